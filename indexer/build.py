@@ -1,0 +1,216 @@
+"""An index build: scan, embed what is new or changed, write a new generation.
+
+The index mirrors the given paths: files that appeared are added, files whose size or
+mtime changed are re-embedded, files that are gone are dropped. Embeddings are staged
+in chunks as they are made, so an interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from indexer.decode import decoded_batches
+from indexer.faiss_build import build_faiss
+from indexer.sources import Skipped, SourceFile, describe_extensions, scan
+from indexer.staging import StagedItem, Staging
+from retrieval.errors import TusouError
+from retrieval.index_store import MANIFEST, CatalogItem, StoredIndex, check_model, open_index, write_index
+from retrieval.model import EmbeddingModel, load_model
+from retrieval.registry import DEFAULT_MODEL
+
+OWN_FILES = {".lock", "staging"}
+
+
+@dataclass
+class BuildSummary:
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list[dict] = field(default_factory=list)
+    total: int = 0
+    index: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@contextmanager
+def build_lock(directory: Path) -> Iterator[None]:
+    """One build per index directory at a time."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TusouError(f"another tusou build is writing {directory}: wait for it to finish") from None
+        yield
+
+
+def check_out_dir(directory: Path) -> None:
+    """Refuse to write into a file or into a folder of the user's that is not an index."""
+    if directory.exists() and not directory.is_dir():
+        raise TusouError(f"--out {directory} is a file, not a directory")
+    if directory.is_dir() and not (directory / MANIFEST).exists() and set(os.listdir(directory)) - OWN_FILES:
+        raise TusouError(f"{directory} exists and is not a tusou index: choose a new or empty --out directory")
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def build_index(
+    paths: list[str | Path],
+    out: str | Path,
+    model_name: str | None = None,
+    *,
+    model: EmbeddingModel | None = None,
+    device: str = "auto",
+    text_weights: str | Path | None = None,
+    image_weights: str | Path | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    checkpoint_every: int = 1024,
+    progress: bool = True,
+) -> BuildSummary:
+    """Build or update the index at `out` from the images under `paths`."""
+    out = Path(out)
+    check_out_dir(out)
+    if batch_size < 1:
+        raise TusouError("--batch-size must be at least 1")
+    created = not out.exists()
+    try:
+        with build_lock(out):
+            previous = open_index(out) if (out / MANIFEST).exists() else None
+            if previous and (model_name or model):
+                check_model(previous.manifest, out, model_name or model.name)
+            if model is None:
+                built = previous.manifest.model if previous else {}
+                model = load_model(
+                    model_name or built.get("name", DEFAULT_MODEL),
+                    device=device,
+                    text_weights=text_weights or built.get("text_weights"),
+                    image_weights=image_weights or built.get("image_weights"),
+                )
+            model_info = {"name": model.name, "fingerprint": model.fingerprint(), **model.sources}
+            if previous:
+                check_model(previous.manifest, out, model.name, model_info["fingerprint"])
+            files, skipped = scan(paths, progress=progress)
+            if not files:
+                shown = ", ".join(str(p) for p in paths)
+                raise TusouError(f"no images found under {shown} (looked for {describe_extensions()})")
+            staging = Staging(out / "staging", model_info)
+            old = {item.path: (row, item) for row, item in enumerate(previous.items)} if previous else {}
+            unchanged = {path for path, source in files.items() if path in old and _same_file(old[path][1], source)}
+            to_embed = [path for path in files if path not in unchanged and staging.get(files[path]) is None]
+            try:
+                skipped += _embed(model, to_embed, files, staging, batch_size, workers, checkpoint_every, progress)
+            finally:
+                staging.flush()
+            summary = _commit(out, previous, model_info, model.dim, files, unchanged, staging, old)
+            staging.clear()
+    except BaseException:
+        if created and out.is_dir() and set(os.listdir(out)) <= {".lock"}:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    summary.skipped = [asdict(item) for item in skipped]
+    return summary
+
+
+def _same_file(item: CatalogItem, source: SourceFile) -> bool:
+    return (item.size, item.mtime_ns) == (source.size, source.mtime_ns)
+
+
+def _embed(
+    model: EmbeddingModel,
+    paths: list[str],
+    files: dict[str, SourceFile],
+    staging: Staging,
+    batch_size: int,
+    workers: int | None,
+    checkpoint_every: int,
+    progress: bool,
+) -> list[Skipped]:
+    skipped: list[Skipped] = []
+    if not paths:
+        return skipped
+    since_flush = 0
+    workers = default_workers() if workers is None else max(0, workers)
+    batches = decoded_batches(paths, model.preprocess, model.image_size, batch_size, workers)
+    with tqdm(total=len(paths), desc="embedding", unit=" img", disable=not progress) as bar:
+        for batch in batches:
+            skipped += [Skipped(item.path, item.error or "unreadable") for item in batch.failed]
+            if batch.pixels is not None:
+                vectors = model.encode_pixels(batch.pixels)
+                for item, vector in zip(batch.ok, vectors):
+                    source = files[item.path]
+                    staging.add(
+                        StagedItem(item.path, source.size, source.mtime_ns, item.sha256, item.width, item.height), vector
+                    )
+                since_flush += len(batch.ok)
+            if since_flush >= checkpoint_every:
+                staging.flush()
+                since_flush = 0
+            bar.update(len(batch.ok) + len(batch.failed))
+    return skipped
+
+
+def _commit(
+    out: Path,
+    previous: StoredIndex | None,
+    model_info: dict,
+    dim: int,
+    files: dict[str, SourceFile],
+    unchanged: set[str],
+    staging: Staging,
+    old: dict[str, tuple[int, CatalogItem]],
+) -> BuildSummary:
+    """Assemble the new catalog in path order and write it as a new generation if anything changed."""
+    next_id = previous.manifest.next_id if previous else 0
+    items: list[CatalogItem] = []
+    rows: list[np.ndarray] = []
+    summary = BuildSummary(index=str(out))
+    for path, source in files.items():
+        if path in unchanged:
+            row, item = old[path]
+            items.append(item)
+            rows.append(previous.embeddings[row])
+            summary.unchanged += 1
+            continue
+        staged = staging.get(source)
+        if staged is None:
+            continue
+        staged_item, vector = staged
+        if path in old:
+            item_id = old[path][1].id
+            summary.updated += 1
+        else:
+            item_id, next_id = next_id, next_id + 1
+            summary.added += 1
+        items.append(CatalogItem(id=item_id, **asdict(staged_item)))
+        rows.append(vector)
+    summary.removed = sum(1 for path in old if path not in files)
+    summary.total = len(items)
+    if previous is not None and [i.path for i in items] == [i.path for i in previous.items] and not summary.updated:
+        return summary
+    embeddings = np.stack(rows).astype(np.float16) if rows else np.zeros((0, dim), np.float16)
+    faiss_index, index_info = build_faiss(embeddings)
+    write_index(
+        out,
+        model=model_info,
+        items=items,
+        embeddings=embeddings,
+        faiss_index=faiss_index,
+        index_info=index_info,
+        previous=previous.manifest if previous else None,
+    )
+    return summary

@@ -1,0 +1,77 @@
+"""The query layer: an index on disk plus the model that built it answers queries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from retrieval.errors import TusouError
+from retrieval.images import load_query_image
+from retrieval.index_store import StoredIndex, check_model, open_index
+from retrieval.model import EmbeddingModel, load_model
+from retrieval.zero_shot import LabelScore, label_images
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    rank: int
+    score: float
+    id: int
+    path: str
+
+
+def clean_query(query: str) -> str:
+    text = (query or "").strip()
+    if not text:
+        raise TusouError("empty query: give some words to search for")
+    return text
+
+
+class Searcher:
+    """`Searcher(index_dir)` loads the index and its model once; queries are then cheap."""
+
+    def __init__(self, index_dir: str | Path, device: str = "auto", model: EmbeddingModel | None = None):
+        self.index: StoredIndex = open_index(index_dir)
+        built = self.index.manifest.model
+        self.model = model or load_model(
+            built["name"],
+            device=device,
+            text_weights=built.get("text_weights"),
+            image_weights=built.get("image_weights"),
+        )
+        check_model(self.index.manifest, self.index.directory, self.model.name, self.model.fingerprint())
+
+    def __len__(self) -> int:
+        return len(self.index.items)
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[SearchResult]]:
+        """Top-k items for each row of `vectors` (L2-normalised, the index's dim)."""
+        k = max(1, min(int(k), len(self)))
+        if len(self) == 0:
+            return [[] for _ in range(len(vectors))]
+        scores, ids = self.index.faiss_index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        return [
+            [
+                SearchResult(rank=rank, score=float(score), id=self.index.items[row].id, path=self.index.items[row].path)
+                for rank, (score, row) in enumerate(zip(row_scores, row_ids), 1)
+                if row >= 0
+            ]
+            for row_scores, row_ids in zip(scores, ids)
+        ]
+
+    def search_text(self, query: str, k: int = 10) -> list[SearchResult]:
+        return self.search_vectors(self.model.encode_texts([clean_query(query)]), k)[0]
+
+    def search_image(self, image: str | Path | Image.Image, k: int = 10) -> list[SearchResult]:
+        picture = load_query_image(image, min_size=self.model.image_size)
+        return self.search_vectors(self.model.encode_images([picture]), k)[0]
+
+    def label(
+        self, image: str | Path | Image.Image, labels: str | Sequence[str], templates: Sequence[str] | None = None
+    ) -> list[LabelScore]:
+        return label_images(self.model, [image], labels, templates)[0]
+

@@ -1,0 +1,86 @@
+"""Zero-shot labelling: which of a list of Chinese labels fits an image best.
+
+Each label is embedded through several prompt templates and the normalised mean is its
+class vector (CLIP's prompt ensembling); cosines times the model's logit scale, through
+a softmax, give probabilities.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from retrieval.errors import TusouError
+from retrieval.images import load_query_image
+from retrieval.model import EmbeddingModel
+
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "一张{}的照片。",
+    "一张{}的图片。",
+    "{}的照片。",
+    "这是{}。",
+    "图中是{}。",
+)
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    probability: float
+
+
+def parse_labels(text: str | Sequence[str]) -> list[str]:
+    """Labels from `猫,狗，老虎、熊` (any Chinese or ASCII comma) or a list; blanks and repeats dropped."""
+    parts = re.split(r"[,，、;；\n]", text) if isinstance(text, str) else list(text)
+    labels = list(dict.fromkeys(part.strip() for part in parts if part.strip()))
+    if not labels:
+        raise TusouError("no labels given: pass them comma-separated, e.g. --labels 猫,狗,老虎")
+    return labels
+
+
+def check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
+    if not templates:
+        return DEFAULT_TEMPLATES
+    for template in templates:
+        if template.count("{}") != 1:
+            raise TusouError(f"template {template!r} must contain {{}} exactly once, where the label goes")
+    return tuple(templates)
+
+
+def label_vectors(model: EmbeddingModel, labels: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
+    templates = check_templates(templates)
+    prompts = [template.format(label) for label in labels for template in templates]
+    vectors = model.encode_texts(prompts).reshape(len(labels), len(templates), -1).mean(axis=1)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def label_probabilities(model: EmbeddingModel, image_vectors: np.ndarray, class_vectors: np.ndarray) -> np.ndarray:
+    logits = model.logit_scale * image_vectors @ class_vectors.T
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def rank_labels(labels: Sequence[str], probabilities: np.ndarray) -> list[LabelScore]:
+    """One image's labels, most probable first (ties keep the order given)."""
+    order = sorted(range(len(labels)), key=lambda i: (-probabilities[i], i))
+    return [LabelScore(labels[i], float(probabilities[i])) for i in order]
+
+
+def label_images(
+    model: EmbeddingModel,
+    images: Sequence[str | Path | Image.Image],
+    labels: str | Sequence[str],
+    templates: Sequence[str] | None = None,
+) -> list[list[LabelScore]]:
+    """For each image, every label with its probability, highest first."""
+    names = parse_labels(labels)
+    classes = label_vectors(model, names, templates)
+    pictures = [load_query_image(image, min_size=model.image_size) for image in images]
+    probabilities = label_probabilities(model, model.encode_images(pictures), classes)
+    return [rank_labels(names, row) for row in probabilities]

@@ -1,0 +1,156 @@
+"""Index builds: the directory format, incremental updates, broken files, resumption."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer import build_index
+from retrieval import Searcher, TusouError, load_model
+from retrieval.index_store import open_index
+from tests.imagegen import draw, write_images
+
+
+def test_build_writes_a_complete_index(tmp_path, image_folder, tiny_model):
+    summary = build_index([image_folder], tmp_path / "index", model=tiny_model, workers=0, progress=False)
+    assert (summary.added, summary.updated, summary.removed, summary.unchanged, summary.total) == (40, 0, 0, 0, 40)
+    stored = open_index(tmp_path / "index")
+    manifest = stored.manifest
+    assert manifest.model["name"] == "test-tiny" and manifest.model["fingerprint"] == tiny_model.fingerprint()
+    assert (manifest.dim, manifest.count, manifest.metric, manifest.index["type"]) == (64, 40, "inner_product", "flat")
+    assert stored.embeddings.dtype == np.float16 and stored.embeddings.shape == (40, 64)
+    assert len({item.id for item in stored.items}) == 40
+    item = next(i for i in stored.items if i.path.endswith("image_0014.webp"))
+    assert (item.width, item.height) == draw(14).size
+    assert item.size == os.path.getsize(item.path) and len(item.sha256) == 64
+    assert {Path(i.path).suffix for i in stored.items} == {".jpg", ".png", ".webp", ".bmp", ".gif", ".JPEG"}
+    # the stored vectors are the model's vectors of the files, within float16 rounding
+    picture = tiny_model.encode_images([__import__("PIL.Image").Image.open(item.path).convert("RGB")])
+    row = stored.items.index(item)
+    np.testing.assert_allclose(stored.embeddings[row].astype(np.float32), picture[0], atol=2e-3)
+
+
+def test_every_image_finds_itself_first(tmp_path, image_folder, tiny_model):
+    build_index([image_folder], tmp_path / "index", model=tiny_model, workers=2, progress=False)
+    searcher = Searcher(tmp_path / "index", model=tiny_model)
+    for item in searcher.index.items:
+        results = searcher.search_image(item.path, k=3)
+        assert results[0].path == item.path and results[0].rank == 1
+        assert results[0].score == pytest.approx(1.0, abs=2e-3)
+        assert results[0].score >= results[1].score >= results[2].score
+
+
+def test_rerun_embeds_only_what_changed(tmp_path, fresh_folder, tiny_model):
+    out = tmp_path / "index"
+    build_index([fresh_folder], out, model=tiny_model, workers=0, progress=False)
+    before = {item.path: item for item in open_index(out).items}
+
+    again = build_index([fresh_folder], out, model=tiny_model, workers=0, progress=False)
+    assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, 24)
+    assert open_index(out).manifest.generation == 1, "an unchanged collection rewrites nothing"
+
+    added = write_images(fresh_folder, 1, start=500)[0]
+    changed = fresh_folder / "image_0001.png"
+    draw(999, size=(90, 60)).save(changed)
+    removed = fresh_folder / "image_0002.webp"
+    removed.unlink()
+    summary = build_index([fresh_folder], out, model=tiny_model, workers=0, progress=False)
+    assert (summary.added, summary.updated, summary.removed, summary.unchanged, summary.total) == (1, 1, 1, 22, 24)
+
+    stored = open_index(out)
+    after = {item.path: item for item in stored.items}
+    assert str(added) in after and str(removed) not in after
+    assert after[str(changed)].id == before[str(changed)].id and (after[str(changed)].width, after[str(changed)].height) == (90, 60)
+    assert after[str(added)].id not in {item.id for item in before.values()}
+    assert all(after[p].id == before[p].id for p in after if p in before)
+    assert sorted(os.listdir(out)) == [".lock", "catalog.2.jsonl", "embeddings.2.npy", "index.2.faiss", "manifest.json"]
+    searcher = Searcher(out, model=tiny_model)
+    assert searcher.search_image(changed, k=1)[0].path == str(changed)
+
+
+def test_broken_files_are_reported_and_the_rest_indexed(tmp_path, fresh_folder, tiny_model):
+    (fresh_folder / "notes.jpg").write_text("this is text, not a JPEG")
+    (fresh_folder / "empty.png").write_bytes(b"")
+    good = (fresh_folder / "image_0006.jpg").read_bytes()
+    (fresh_folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    summary = build_index([fresh_folder], tmp_path / "index", model=tiny_model, workers=2, progress=False)
+    reasons = {Path(item["path"]).name: item["reason"] for item in summary.skipped}
+    assert set(reasons) == {"notes.jpg", "empty.png", "truncated.jpg"}
+    assert reasons["notes.jpg"].startswith("not an image")
+    assert summary.total == summary.added == 24
+
+
+def test_opening_with_another_model_is_a_clear_error(tmp_path, image_folder, tiny_model):
+    out = tmp_path / "index"
+    build_index([image_folder], out, model=tiny_model, workers=0, progress=False)
+    with pytest.raises(TusouError, match="built with model 'test-tiny', not 'taiyi-clip-l14'"):
+        build_index([image_folder], out, "taiyi-clip-l14", progress=False)
+    other_weights = tmp_path / "other.bin"
+    import open_clip, torch
+
+    torch.manual_seed(5)
+    torch.save(open_clip.create_model("tusou-tiny-vit").state_dict(), other_weights)
+    other = load_model("test-tiny", device="cpu", image_weights=other_weights)
+    with pytest.raises(TusouError, match="other weights of 'test-tiny'"):
+        Searcher(out, model=other)
+    with pytest.raises(TusouError, match="other weights"):
+        build_index([image_folder], out, model=other, progress=False)
+
+
+def test_out_directory_that_is_not_an_index_is_left_alone(tmp_path, image_folder, tiny_model):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("precious")
+    with pytest.raises(TusouError, match="is not a tusou index"):
+        build_index([image_folder], tmp_path / "mine", model=tiny_model, progress=False)
+    assert os.listdir(tmp_path / "mine") == ["thesis.txt"]
+
+
+def test_no_images_or_missing_path_is_an_error(tmp_path, tiny_model):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TusouError, match="no images found"):
+        build_index([tmp_path / "empty"], tmp_path / "index", model=tiny_model, progress=False)
+    with pytest.raises(TusouError, match="no such file or folder"):
+        build_index([tmp_path / "nope"], tmp_path / "index", model=tiny_model, progress=False)
+    assert not (tmp_path / "index").exists()
+
+
+KILLED_BUILD = """
+import sys
+from indexer import build_index
+build_index([sys.argv[1]], sys.argv[2], "test-tiny", device="cpu", batch_size=4, workers=0, checkpoint_every=8, progress=False)
+"""
+
+
+def test_killed_build_resumes_without_loss_or_duplicates(tmp_path, tiny_model):
+    folder = tmp_path / "photos"
+    write_images(folder, 400)
+    out = tmp_path / "index"
+    build = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(folder), str(out)])
+    deadline = time.monotonic() + 120
+    while not (out / "staging" / "chunk-000003.npz").exists():
+        assert build.poll() is None and time.monotonic() < deadline, "build ended before it could be killed"
+        time.sleep(0.01)
+    build.send_signal(signal.SIGKILL)
+    build.wait()
+    assert not (out / "manifest.json").exists()
+    staged = len(list((out / "staging").glob("chunk-*.npz")))
+
+    summary = build_index([folder], out, model=tiny_model, workers=0, progress=False)
+    assert summary.added == summary.total == 400
+    resumed = open_index(out)
+    clean = build_index([folder], tmp_path / "clean", model=tiny_model, workers=0, progress=False)
+    reference = open_index(tmp_path / "clean")
+    assert clean.total == 400 and staged >= 3
+    assert [i.path for i in resumed.items] == [i.path for i in reference.items]
+    assert [i.sha256 for i in resumed.items] == [i.sha256 for i in reference.items]
+    np.testing.assert_allclose(np.asarray(resumed.embeddings, np.float32), np.asarray(reference.embeddings, np.float32), atol=1e-3)
+    assert not (out / "staging").exists()
+    assert json.loads((out / "manifest.json").read_text())["count"] == 400

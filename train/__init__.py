@@ -1,0 +1,1 @@
+"""Contrastive training of a text tower against an image tower, and the demo model."""

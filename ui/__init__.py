@@ -1,0 +1,1 @@
+"""User-facing surfaces: the `tusou` command line and the Gradio app."""
