@@ -21,9 +21,9 @@ from tqdm import tqdm
 from indexer.decode import decoded_batches
 from indexer.faiss_build import build_faiss
 from indexer.sources import Skipped, SourceFile, describe_extensions, scan
-from indexer.staging import StagedItem, Staging
+from indexer.staging import Staging
 from retrieval.errors import TusouError
-from retrieval.index_store import MANIFEST, CatalogItem, StoredIndex, check_model, open_index, write_index
+from retrieval.index_store import MANIFEST, CatalogItem, ImageRecord, StoredIndex, check_model, open_index, write_index
 from retrieval.model import EmbeddingModel, load_model
 from retrieval.registry import DEFAULT_MODEL
 
@@ -154,7 +154,7 @@ def _embed(
                 for item, vector in zip(batch.ok, vectors):
                     source = files[item.path]
                     staging.add(
-                        StagedItem(item.path, source.size, source.mtime_ns, item.sha256, item.width, item.height), vector
+                        ImageRecord(item.path, source.size, source.mtime_ns, item.sha256, item.width, item.height), vector
                     )
                 since_flush += len(batch.ok)
             if since_flush >= checkpoint_every:

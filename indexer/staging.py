@@ -8,31 +8,22 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from indexer.sources import SourceFile
 from retrieval.atomic import atomic_write, atomic_write_text
-
-
-@dataclass(frozen=True)
-class StagedItem:
-    path: str
-    size: int
-    mtime_ns: int
-    sha256: str
-    width: int
-    height: int
+from retrieval.index_store import ImageRecord
 
 
 class Staging:
     def __init__(self, directory: Path, model: dict):
         self.directory = directory
         self.model = model
-        self.items: dict[str, tuple[StagedItem, np.ndarray]] = {}
-        self.pending: list[tuple[StagedItem, np.ndarray]] = []
+        self.items: dict[str, tuple[ImageRecord, np.ndarray]] = {}
+        self.pending: list[tuple[ImageRecord, np.ndarray]] = []
         self._load()
 
     def _load(self) -> None:
@@ -42,18 +33,18 @@ class Staging:
                 with np.load(chunk) as data:
                     records = json.loads(str(data["items"]))
                     for record, vector in zip(records, data["vectors"]):
-                        self.items[record["path"]] = (StagedItem(**record), vector)
+                        self.items[record["path"]] = (ImageRecord(**record), vector)
         elif self.directory.exists():
             shutil.rmtree(self.directory)
 
-    def get(self, source: SourceFile) -> tuple[StagedItem, np.ndarray] | None:
+    def get(self, source: SourceFile) -> tuple[ImageRecord, np.ndarray] | None:
         """The staged embedding of `source`, if it was made from the file as it is now."""
         found = self.items.get(source.path)
         if found and (found[0].size, found[0].mtime_ns) == (source.size, source.mtime_ns):
             return found
         return None
 
-    def add(self, item: StagedItem, vector: np.ndarray) -> None:
+    def add(self, item: ImageRecord, vector: np.ndarray) -> None:
         self.items[item.path] = (item, vector)
         self.pending.append((item, vector))
 

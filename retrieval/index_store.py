@@ -33,16 +33,22 @@ def tool_version() -> str:
 
 
 @dataclass
-class CatalogItem:
-    """One indexed image; `id` stays the same for as long as the file is in the index."""
+class ImageRecord:
+    """What a build learns about one image file."""
 
-    id: int
     path: str
     size: int
     mtime_ns: int
     sha256: str
     width: int
     height: int
+
+
+@dataclass
+class CatalogItem(ImageRecord):
+    """One indexed image; `id` stays the same for as long as the file is in the index."""
+
+    id: int
 
 
 @dataclass
