@@ -3,7 +3,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test
+.PHONY: test demo demo-model
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -11,4 +11,12 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: $(STAMP)
+	.ci/ensure-browser
 	$(PYTHON) -m pytest
+
+demo: $(STAMP)
+	$(PYTHON) -m ui.demo
+
+# Retrain the shipped demo model (about 14 minutes on 2 CPU cores) and re-measure it.
+demo-model: $(STAMP)
+	$(PYTHON) -m train.demo train --device cpu

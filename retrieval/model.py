@@ -64,13 +64,14 @@ class EmbeddingModel:
             inputs["attention_mask"] = encoded["attention_mask"].to(self.device)
         return inputs
 
+    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """The tower's raw text vectors (the entry's `feature` output), with autograd if enabled."""
+        return getattr(self.text_model(**self.tokenize(texts)), self.entry.text.feature)
+
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """L2-normalised float32 text vectors, one row per text."""
-        rows = []
         with inference(self.device):
-            for start in range(0, len(texts), batch_size):
-                output = self.text_model(**self.tokenize(texts[start : start + batch_size]))
-                rows.append(_normalise(getattr(output, self.entry.text.feature)))
+            rows = [_normalise(self.text_features(texts[s : s + batch_size])) for s in range(0, len(texts), batch_size)]
         return _stack(rows, self.dim)
 
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:

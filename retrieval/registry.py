@@ -25,6 +25,8 @@ class TextTower:
     """Weights shipped inside tusou, relative to retrieval/assets."""
     bert: Mapping[str, Any] = field(default_factory=dict)
     """BertConfig fields, for building the architecture without weights."""
+    vocab_dir: str = "char-vocab"
+    """Vocabulary (retrieval/assets) for a build without weights, unless the hub's is cached."""
     feature: str = "pooler_output"
     context_length: int = 77
     dynamic_padding: bool = False
@@ -55,28 +57,17 @@ class ModelEntry:
     """Seed for every randomly initialised part, so random builds are reproducible."""
 
 
-BERT_BASE_CHINESE = MappingProxyType(
-    dict(
-        vocab_size=21128,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=512,
-        type_vocab_size=2,
+def bert(hidden: int, layers: int, heads: int, positions: int, **extra: Any) -> Mapping[str, Any]:
+    """BertConfig fields of a BERT with the usual 4x feed-forward width."""
+    return MappingProxyType(
+        dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+             intermediate_size=4 * hidden, max_position_embeddings=positions, type_vocab_size=2, **extra)
     )
-)
 
-TINY_BERT = MappingProxyType(
-    dict(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=80,
-        type_vocab_size=2,
-    )
-)
+
+BERT_BASE_CHINESE = bert(768, 12, 12, 512, vocab_size=21128)
+DEMO_BERT = bert(128, 4, 4, 64)
+TINY_BERT = bert(64, 2, 2, 80)
 
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
@@ -87,6 +78,13 @@ MODELS: dict[str, ModelEntry] = {
             text=TextTower(hub_id="IDEA-CCNL/Taiyi-CLIP-RoBERTa-102M-ViT-L-Chinese", bert=BERT_BASE_CHINESE),
             image=ImageTower(arch="ViT-L-14-quickgelu", pretrained="openai"),
             description="Taiyi-CLIP RoBERTa-102M text tower + OpenAI CLIP ViT-L/14 image tower (frozen)",
+        ),
+        ModelEntry(
+            name="demo",
+            dim=128,
+            text=TextTower(package_dir="demo/text", bert=DEMO_BERT, vocab_dir="demo-vocab", context_length=32),
+            image=ImageTower(arch="tusou-demo-rn", package_file="demo/image.safetensors"),
+            description="small towers trained by tusou on its synthetic Chinese caption set (offline, shipped)",
         ),
         ModelEntry(
             name="test-tiny",

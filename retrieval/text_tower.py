@@ -35,7 +35,7 @@ def load_tokenizer(entry: ModelEntry, directory: Path | None) -> BertTokenizer:
     """The tower's own vocabulary; a random build uses the cached hub vocab or tusou's CJK one."""
     if directory is None and entry.text.hub_id is not None and hub.cached(entry.text.hub_id, ["vocab.txt"]):
         directory = hub.snapshot(entry.text.hub_id, ["vocab.txt", "tokenizer*", "special_tokens_map.json"], fix="")
-    return BertTokenizer.from_pretrained(str(directory or CHAR_VOCAB))
+    return BertTokenizer.from_pretrained(str(directory or PACKAGE_ASSETS / entry.text.vocab_dir))
 
 
 def load_text_tower(entry: ModelEntry, pretrained: bool, text_weights: str | Path | None) -> tuple[BertTokenizer, BertModel]:

@@ -33,3 +33,17 @@ def write_images(folder: Path, count: int, start: int = 0) -> list[Path]:
         draw(number).save(path, quality=95) if path.suffix.lower() in (".jpg", ".jpeg", ".webp") else draw(number).save(path)
         paths.append(path)
     return paths
+
+
+def png_bomb(path: Path, width: int = 30_000, height: int = 30_000) -> Path:
+    """A tiny PNG whose header declares a huge image (a decompression bomb's calling card)."""
+    import struct
+    import zlib
+
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
+    path.write_bytes(bytes(data))
+    return path

@@ -39,10 +39,18 @@ def write_vocab(directory: Path, tokens: list[str]) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Write the CJK character vocabulary.")
+    parser = argparse.ArgumentParser(description="Write a character vocabulary (vocab.txt) for BertTokenizer.")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--charset", choices=["cjk", "synthetic"], default="cjk",
+                        help="cjk: the whole CJK block (test-tiny); synthetic: the caption set's characters (demo)")
     args = parser.parse_args()
-    write_vocab(args.out, char_vocab(CJK_BLOCK))
+    if args.charset == "cjk":
+        chars = CJK_BLOCK
+    else:
+        from train.synthetic import vocabulary_text
+
+        chars = vocabulary_text()
+    write_vocab(args.out, char_vocab(chars))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The `tusou` command line: index, search, label, models.
+"""The `tusou` command line: index, search, label, serve, train, models.
 
 Every subcommand turns a user's mistake into one line on stderr and exit code 2;
 `--json` output is one JSON object per line on stdout.
@@ -11,6 +11,8 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
 
 from retrieval.errors import TusouError
 from retrieval.registry import DEFAULT_MODEL, MODELS
@@ -89,6 +91,29 @@ def cmd_label(args: argparse.Namespace) -> None:
                 print(f"  {score.probability:6.1%}  {score.label}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from train.contrastive import TrainConfig, checkpoint_dir, train
+
+    if args.model is None:
+        raise TusouError("--model is required: the registry entry whose towers to train")
+    settings = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    log = train(TrainConfig(**settings))
+    saved = checkpoint_dir(args.out)
+    print(f"final loss {log[-1]['loss']:.4f} after {log[-1]['step']} steps; weights in {saved}: "
+          f"--text-weights {saved / 'text'} --image-weights {saved / 'image.safetensors'}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from retrieval.index_store import check_model, read_manifest
+    from ui.app import serve
+
+    if args.model:
+        check_model(read_manifest(Path(args.index)), Path(args.index), args.model)
+    examples = [q.strip() for q in args.examples.split("|") if q.strip()] if args.examples else None
+    print(f"tusou: serving {args.index} on http://{args.host}:{args.port}", flush=True)
+    serve(args.index, host=args.host, port=args.port, device=args.device, examples=examples)
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from retrieval.model import weight_sources
 
@@ -133,6 +158,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(label)
     label.add_argument("--json", action="store_true", help="one JSON object per image and label")
     label.set_defaults(run=cmd_label)
+
+    training = commands.add_parser("train", help="contrastive training on a Chinese-CLIP layout dataset")
+    training.add_argument("--data", required=True, type=Path, help="folder with train_imgs.tsv and train_texts.jsonl")
+    training.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, resumed when re-run")
+    _add_model_options(training, default=None)
+    training.add_argument("--pretrained", action="store_true", help="start from the entry's released weights")
+    training.add_argument("--freeze-image", action="store_true", help="train only the text tower (how Taiyi-CLIP was made)")
+    training.add_argument("--epochs", type=int, default=4)
+    training.add_argument("--batch-size", type=int, default=128)
+    training.add_argument("--lr", type=float, default=1e-3)
+    training.add_argument("--seed", type=int, default=0)
+    training.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    _add_device(training)
+    training.set_defaults(run=cmd_train)
+
+    serving = commands.add_parser("serve", help="the Gradio search UI over an index")
+    serving.add_argument("index", metavar="DIR")
+    serving.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serving.add_argument("--port", type=int, default=7860)
+    serving.add_argument("--examples", help="example queries separated by |")
+    serving.add_argument("--model", help="the model the index must have been built with (checked)")
+    _add_device(serving)
+    serving.set_defaults(run=cmd_serve)
 
     models = commands.add_parser("models", help="list the models and whether their weights are here")
     models.add_argument("--json", action="store_true")

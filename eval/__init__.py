@@ -1,0 +1,1 @@
+"""Benchmark datasets, retrieval metrics, evaluation runs and their reports."""

@@ -1,0 +1,59 @@
+"""The shipped `demo` model: loads offline, and meets its quality bar on held-out data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from retrieval import Searcher, load_model
+from retrieval.zero_shot import label_images
+from train.demo import DEMO_DIR, measure
+from train.synthetic import write_collection
+from ui.demo import example_queries, prepare
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    return load_model("demo", device="cpu")
+
+
+def test_demo_weights_ship_in_the_package_and_load_offline(demo_model, monkeypatch):
+    assert (DEMO_DIR / "text" / "config.json").is_file() and (DEMO_DIR / "image.safetensors").is_file()
+    assert demo_model.dim == 128 and demo_model.image_size == 64
+    size = sum(p.stat().st_size for p in DEMO_DIR.rglob("*") if p.is_file())
+    assert size < 10_000_000
+
+
+def test_demo_quality_on_the_held_out_test_split(demo_model):
+    figures = measure(demo_model)
+    assert figures["text_to_image_R@1"] >= 0.40
+    assert figures["text_to_image_R@5"] >= 0.75
+    assert figures["text_to_image_R@10"] >= 0.85
+    assert figures["zero_shot_colour_accuracy"] >= 0.90
+    assert figures["zero_shot_shape_accuracy"] >= 0.90
+    shipped = json.loads((DEMO_DIR / "quality.json").read_text())
+    assert figures == shipped, "the README's figures come from quality.json: re-measure after retraining"
+
+
+def test_zero_shot_labels_hold_on_full_size_collection_images(demo_model, tmp_path):
+    """The collection is drawn at 256 px, four times the training size: labels must still hold."""
+    rows = [r for r in write_collection(tmp_path, 120, seed=123) if r["layout"] == "single"]
+    for labels, truth in (("红色,橙色,黄色,绿色,蓝色,紫色,粉色,黑色", 0), ("圆形,正方形,三角形,星形,菱形,十字形", 1)):
+        scores = label_images(demo_model, [tmp_path / r["file"] for r in rows], labels)
+        accuracy = sum(row[0].label == r["shapes"][0][truth] for row, r in zip(scores, rows)) / len(rows)
+        assert accuracy >= 0.85, (labels, accuracy)
+        assert all(abs(sum(s.probability for s in row) - 1) < 1e-4 for row in scores)
+
+
+def test_demo_setup_builds_once_and_answers(tmp_path):
+    index = prepare(tmp_path, count=60, device="cpu")
+    queries = example_queries(tmp_path)
+    assert len(queries) == 6
+    searcher = Searcher(index, device="cpu")
+    assert len(searcher) == 60 and searcher.index.manifest.model["name"] == "demo"
+    results = searcher.search_text(queries[0], k=5)
+    assert len(results) == 5
+    generation = searcher.index.manifest.generation
+    prepare(tmp_path, count=60, device="cpu")
+    assert Searcher(index, device="cpu").index.manifest.generation == generation

@@ -1,0 +1,109 @@
+"""The Gradio app as a real server: its API through gradio_client, and what it refuses to serve."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+
+from indexer import build_index
+from tests.imagegen import png_bomb, write_images
+from tests.uiserver import UIServer
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ui")
+    collection = root / "collection"
+    write_images(collection, 30)
+    secret = root / "secret.png"
+    write_images(root / "outside", 1)[0].rename(secret)
+    os.symlink(secret, collection / "link_out.png")
+    build_index([collection], root / "index", "test-tiny", device="cpu", workers=0, progress=False)
+    server = UIServer(root / "index")
+    yield server, collection, root
+    server.stop()
+
+
+def test_search_text_api_returns_k_results_inside_the_index(served):
+    server, collection, root = served
+    gallery, results, status = Client(server.url, verbose=False).predict("红色的圆形", 7, api_name="/search_text")
+    assert len(gallery) == 7 and len(results) == 7 and "7" in status
+    for result in results:
+        assert set(result) == {"rank", "score", "id", "file"}
+        assert Path(result["file"]).parent in (collection, collection / "nested")
+    assert [r["rank"] for r in results] == list(range(1, 8))
+
+
+def test_empty_query_gets_a_message_not_an_error(served):
+    server, _, _ = served
+    gallery, results, status = Client(server.url, verbose=False).predict("   ", 5, api_name="/search_text")
+    assert gallery == [] and results == [] and "请输入" in status
+
+
+def test_search_image_api_finds_the_image_itself_first(served):
+    server, collection, _ = served
+    query = next(collection.glob("image_0005.*"))
+    _, results, _ = Client(server.url, verbose=False).predict(handle_file(str(query)), 3, api_name="/search_image")
+    assert results[0]["file"] == str(query) and results[0]["score"] > 0.99
+
+
+def test_label_api_probabilities_sum_to_one(served):
+    server, collection, _ = served
+    image = next(collection.glob("image_0002.*"))
+    scores, status = Client(server.url, verbose=False).predict(handle_file(str(image)), "猫,狗，老虎", "", api_name="/label")
+    confidences = {c["label"]: c["confidence"] for c in scores["confidences"]}
+    assert set(confidences) == {"猫", "狗", "老虎"}
+    assert sum(confidences.values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_not_an_image_upload_gets_a_message_and_the_server_stays_up(served, tmp_path):
+    server, _, _ = served
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image at all")
+    client = Client(server.url, verbose=False)
+    try:
+        gallery, results, status = client.predict(handle_file(str(fake)), 3, api_name="/search_image")
+        assert results == [] and "无法使用" in status
+    except Exception as exc:  # gradio may refuse the upload itself; either way no crash
+        assert "error" in str(exc).lower()
+    assert len(client.predict("红色", 2, api_name="/search_text")[1]) == 2
+
+
+def test_bomb_and_oversized_uploads_are_refused_and_the_server_stays_up(served, tmp_path):
+    server, _, _ = served
+    client = Client(server.url, verbose=False)
+    _, results, status = client.predict(handle_file(str(png_bomb(tmp_path / "bomb.png"))), 3, api_name="/search_image")
+    assert results == [] and "too large" in status
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\x89PNG" + os.urandom(21 * 1024 * 1024))
+    with pytest.raises(Exception):
+        client.predict(handle_file(str(huge)), 3, api_name="/search_image")
+    assert len(client.predict("红色", 2, api_name="/search_text")[1]) == 2
+
+
+def status_of(url: str) -> int:
+    try:
+        return urllib.request.urlopen(url, timeout=10).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("kind", ["absolute", "indexed", "traversal", "encoded", "symlink-target"])
+def test_file_routes_refuse_paths_from_requests(served, kind):
+    server, collection, root = served
+    indexed = next(collection.glob("image_0001.*"))
+    target = {
+        "absolute": "/etc/passwd",
+        "indexed": str(indexed),
+        "traversal": f"{collection}/../../../../etc/passwd",
+        "encoded": urllib.parse.quote(f"{collection}/../secret.png", safe=""),
+        "symlink-target": str(root / "secret.png"),
+    }[kind]
+    for route in ("gradio_api/file=", "file=", "gradio_api/file/"):
+        assert status_of(server.url + route + target) in (403, 404, 405), (route, target)

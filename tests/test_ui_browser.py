@@ -1,0 +1,101 @@
+"""The search UI end to end in headless Chromium (Debian's), driven by Playwright.
+
+Screenshots land in test-artifacts/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tests.uiserver import UIServer
+from ui.demo import example_queries, prepare
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser-demo")
+    index = prepare(root, count=48, device="cpu")
+    server = UIServer(index, "--examples", "|".join(example_queries(root)))
+    yield server, root / "collection"
+    server.stop()
+
+
+def settle(page: Page, shot: str) -> None:
+    """Wait for every image to load and Gradio's loading fade to end, then take a screenshot."""
+    page.wait_for_function("[...document.images].every(img => img.complete && img.naturalWidth > 0)", timeout=30_000)
+    page.wait_for_function("!document.querySelector('.pending, .translucent')", timeout=30_000)
+    page.screenshot(path=ARTIFACTS / shot, full_page=True)
+
+
+@pytest.fixture(scope="module")
+def page(demo_server):
+    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000}, locale="zh-CN")
+        page.goto(demo_server[0].url)
+        page.wait_for_selector("#query textarea", timeout=60_000)
+        yield page
+        browser.close()
+
+
+def test_text_search_fills_the_gallery(page: Page):
+    expect(page.locator("#index-info")).to_contain_text("demo")
+    expect(page.locator("#index-info")).to_contain_text("48")
+    page.fill("#query textarea", "两个绿色的正方形")
+    page.click("#search-text")
+    images = page.locator("#text-gallery img")
+    expect(images).to_have_count(12, timeout=30_000)
+    expect(page.locator("#text-status")).to_contain_text("12 个结果")
+    settle(page, "text-search.png")
+
+
+def test_clicking_a_result_searches_by_it(page: Page):
+    page.locator("#text-gallery img").nth(2).click()
+    expect(page.locator("#text-status")).to_contain_text("与 #3 相似", timeout=30_000)
+    page.keyboard.press("Escape")
+
+
+def test_empty_query_shows_a_message(page: Page):
+    page.fill("#query textarea", "   ")
+    page.click("#search-text")
+    expect(page.locator("#text-status")).to_contain_text("请输入查询文字", timeout=30_000)
+
+
+def test_image_upload_search_shows_results(page: Page, demo_server):
+    _, collection = demo_server
+    page.get_by_role("tab", name="图搜图").click()
+    page.locator("#image-upload input[type=file]").set_input_files(str(collection / "shape_0003.png"))
+    page.wait_for_timeout(500)
+    page.click("#search-image")
+    expect(page.locator("#image-gallery img")).to_have_count(12, timeout=30_000)
+    expect(page.locator("#image-gallery")).to_contain_text("shape_0003.png")
+    settle(page, "image-search.png")
+
+
+def truth_colour(collection: Path, name: str) -> str:
+    rows = [json.loads(line) for line in (collection / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
+    return next(r for r in rows if r["file"] == name)["shapes"][0][0]
+
+
+def test_zero_shot_labels_show_bars(page: Page, demo_server):
+    _, collection = demo_server
+    page.get_by_role("tab", name="零样本标注").click()
+    page.locator("#label-upload input[type=file]").set_input_files(str(collection / "shape_0001.png"))
+    page.fill("#labels textarea", "红色,橙色,黄色,绿色,蓝色,紫色,粉色,黑色")
+    page.wait_for_timeout(500)
+    page.click("#run-label")
+    expect(page.locator("#label-out")).to_contain_text("%", timeout=30_000)
+    expect(page.locator("#label-status")).to_contain_text("8 个标签")
+    expect(page.locator("#label-out .output-class")).to_have_text(truth_colour(collection, "shape_0001.png"))
+    settle(page, "zero-shot.png")

@@ -1,0 +1,190 @@
+"""Contrastive (CLIP, symmetric InfoNCE) training of a text tower against an image tower.
+
+Works for any registry entry: with `freeze_image` only the text tower learns, which is how
+Taiyi-CLIP was made (its BERT trained against a frozen CLIP ViT). Checkpoints are written in
+the formats the registry loads (`text/` for --text-weights, `image.safetensors` for
+--image-weights) plus the optimiser state, so an interrupted run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from eval.cnclip_layout import split_paths
+from eval.metrics import recall_at_k
+from retrieval.errors import TusouError
+from retrieval.images import open_image
+from retrieval.model import EmbeddingModel, load_model
+from train.pairs import PairData
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    data: Path
+    out: Path
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    freeze_image: bool = False
+    pretrained: bool = False
+    """Start from the entry's released weights (True) or from a random build of its architecture."""
+    text_weights: str | None = None
+    image_weights: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 200
+    max_steps: int | None = None
+    """Stop after this many optimiser steps (the schedule still spans all epochs); None: run them all."""
+
+
+def contrastive_loss(text: torch.Tensor, image: torch.Tensor, scale: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE whose targets spread over every true match in the batch.
+
+    With one correct image per text (real caption sets) this is exactly CLIP's loss; when a
+    caption truly describes several images of the batch none of them is pushed away.
+    """
+    logits = scale * F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T
+    targets = positives.float()
+    text_to_image = F.cross_entropy(logits, targets / targets.sum(1, keepdim=True))
+    image_to_text = F.cross_entropy(logits.T, targets.T / targets.T.sum(1, keepdim=True))
+    return (text_to_image + image_to_text) / 2
+
+
+def checkpoint_dir(out: Path) -> Path:
+    return out / "checkpoint"
+
+
+def save_checkpoint(model: EmbeddingModel, out: Path, trainer_state: dict) -> Path:
+    """Write a complete checkpoint beside the old one, then swap it in."""
+    final, fresh, stale = checkpoint_dir(out), out / "checkpoint.new", out / "checkpoint.old"
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir(parents=True)
+    model.text_model.save_pretrained(fresh / "text")
+    model.tokenizer.save_pretrained(fresh / "text")
+    save_file({k: v.contiguous() for k, v in model.image_model.state_dict().items()}, fresh / "image.safetensors")
+    torch.save(trainer_state, fresh / "trainer.pt")
+    if final.exists():
+        final.rename(stale)
+    fresh.rename(final)
+    shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def evaluate(model: EmbeddingModel, data: PairData, limit: int | None = None) -> dict[str, float]:
+    """Text→image hit@1/5/10 over a split's images (the project's retrieval metric)."""
+    ids = sorted(data.images)
+    position = {image_id: row for row, image_id in enumerate(ids)}
+    images = model.encode_images([open_image(data.images[i], model.image_size) for i in ids], batch_size=256)
+    captions = data.captions[:limit] if limit else data.captions
+    texts = model.encode_texts([c.text for c in captions], batch_size=256)
+    recalls = recall_at_k(texts, images, [{position[i] for i in c.image_ids} for c in captions])
+    return {f"R@{k}": value for k, value in recalls.items()}
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> list[dict]:
+    """Train, checkpointing every `checkpoint_every` steps; resumes from `out` when it holds a checkpoint."""
+    out = Path(cfg.out)
+    resume = checkpoint_dir(out) / "trainer.pt"
+    if not resume.exists() and (checkpoint_dir(out).parent / "checkpoint.old" / "trainer.pt").exists():
+        (out / "checkpoint.old").rename(checkpoint_dir(out))
+    state = torch.load(resume, weights_only=True) if resume.exists() else None
+    if state is not None and state["config"] != _config_dict(cfg):
+        raise TusouError(f"{out} holds a run with other settings: resume with the same ones or choose another --out")
+    torch.manual_seed(cfg.seed)
+    model = load_model(
+        cfg.model,
+        device=cfg.device,
+        pretrained=cfg.pretrained,
+        text_weights=checkpoint_dir(out) / "text" if state else cfg.text_weights,
+        image_weights=checkpoint_dir(out) / "image.safetensors" if state else cfg.image_weights,
+    )
+    data = PairData(cfg.data, "train", model.preprocess, model.image_size)
+    steps_per_epoch = len(data) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise TusouError(f"{split_paths(cfg.data, 'train')[1]} has {len(data)} captions, fewer than one batch of {cfg.batch_size}")
+    planned = cfg.epochs * steps_per_epoch
+    total = planned if cfg.max_steps is None else min(cfg.max_steps, planned)
+
+    image_params = [p for p in model.image_model.parameters()]
+    for p in image_params:
+        p.requires_grad_(not cfg.freeze_image)
+    params = [p for p in model.text_model.parameters()] + ([] if cfg.freeze_image else image_params)
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, cfg.warmup_steps, planned))
+    step, log = 0, []
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        step, log = state["step"], json.loads(state["log"])
+
+    model.text_model.train()
+    model.image_model.train(not cfg.freeze_image)
+    order: list[tuple[int, int]] = []
+    with tqdm(total=total, initial=step, desc="training", unit=" step", disable=not progress) as bar:
+        while step < total:
+            epoch, index = divmod(step, steps_per_epoch)
+            if index == 0 or not order:
+                order = data.epoch_order(cfg.seed, epoch)
+            batch = data.batch(order[index * cfg.batch_size : (index + 1) * cfg.batch_size])
+            with torch.autocast("cuda", dtype=torch.float16, enabled=model.device.type == "cuda"):
+                text = model.text_features(batch.texts)
+                image = model.image_model.encode_image(batch.pixels.to(model.device))
+                loss = contrastive_loss(text.float(), image.float(), model.image_model.logit_scale.exp(), batch.positives.to(model.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                model.image_model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            step += 1
+            log.append({"step": step, "epoch": epoch, "loss": round(loss.item(), 5), "lr": schedule.get_last_lr()[0]})
+            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+            bar.update()
+            if step % cfg.checkpoint_every == 0 or step == total:
+                trainer_state = {
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "step": step,
+                    "log": json.dumps(log),
+                    "config": _config_dict(cfg),
+                }
+                save_checkpoint(model, out, trainer_state)
+    model.text_model.eval()
+    model.image_model.eval()
+    return log
+
+
+def _config_dict(cfg: TrainConfig) -> str:
+    """The settings that shape the result (not where it runs or how often it saves)."""
+    fields = asdict(cfg)
+    for key in ("out", "device", "checkpoint_every", "data", "max_steps"):
+        fields.pop(key)
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))

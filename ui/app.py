@@ -1,0 +1,171 @@
+"""The Gradio app: 文搜图, 图搜图 and 零样本标注 over one index.
+
+Safe by default: it binds 127.0.0.1, and it never serves a file by a path that came in a
+request. Result images are read from the index's own catalog paths and sent as
+thumbnails; "search by this result" uses the stored vector of the catalog row picked.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from retrieval.errors import TusouError
+from retrieval.images import ImageError, load_query_image, open_image
+from retrieval.searcher import Searcher, SearchResult, clean_query
+from retrieval.zero_shot import DEFAULT_TEMPLATES, label_images, parse_labels
+
+THUMBNAIL = 256
+MAX_UPLOAD = "20mb"
+GENERIC_EXAMPLES = ["海边的日落", "一只在草地上奔跑的小狗", "城市的夜景", "红色的花"]
+Gallery = list[tuple[Image.Image, str]]
+
+
+def api_result(result: SearchResult) -> dict:
+    """A result as the API returns it. The key is `file`, not `path`: gradio_client takes any
+    dict with a `path` for a file to download, and this server (rightly) refuses such requests."""
+    return {"rank": result.rank, "score": round(result.score, 6), "id": result.id, "file": result.path}
+
+
+class SearchApp:
+    """The app's handlers, over one Searcher loaded once per process (safe across threads)."""
+
+    def __init__(self, searcher: Searcher, examples: list[str] | None = None):
+        self.searcher = searcher
+        self.examples = examples or GENERIC_EXAMPLES
+        self._lock = threading.Lock()
+        """Held while encoding: a fast tokenizer used from two threads at once fails ("Already borrowed")."""
+        self.row_of_id = {item.id: row for row, item in enumerate(searcher.index.items)}
+
+    def _results(self, results: list[SearchResult]) -> tuple[Gallery, list[dict]]:
+        gallery = []
+        for result in results:
+            try:
+                thumbnail = open_image(result.path, min_size=THUMBNAIL)
+            except ImageError:
+                thumbnail = Image.new("RGB", (THUMBNAIL, THUMBNAIL), (235, 235, 235))
+            thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
+            gallery.append((thumbnail, f"#{result.rank}  {result.score:.3f}  {Path(result.path).name}"))
+        return gallery, [api_result(result) for result in results]
+
+    def search_text(self, query: str, k: int) -> tuple[Gallery, list[dict], str]:
+        try:
+            text = clean_query(query)
+        except TusouError:
+            return [], [], "请输入查询文字 (type a query to search)."
+        with self._lock:
+            results = self.searcher.search_text(text, int(k))
+        return *self._results(results), f"“{text}”: {len(results)} 个结果"
+
+    def search_image(self, upload: str | None, k: int) -> tuple[Gallery, list[dict], str]:
+        if not upload:
+            return [], [], "请上传一张图片 (upload an image)."
+        try:
+            picture = load_query_image(upload, min_size=self.searcher.model.image_size)
+        except TusouError as exc:
+            return [], [], f"无法使用这张图片: {str(exc).split(': ', 1)[-1]}"
+        with self._lock:
+            results = self.searcher.search_image(picture, int(k))
+        return *self._results(results), f"以图搜图: {len(results)} 个结果"
+
+    def search_result(self, results: list[dict], k: int, event: gr.SelectData) -> tuple[Gallery, list[dict], str]:
+        """Search by a result picked in a gallery: by its catalog row's stored vector, not by a path."""
+        if not results or not (0 <= event.index < len(results)):
+            return [], [], "请先搜索，再点选一个结果。"
+        row = self.row_of_id.get(int(results[event.index]["id"]))
+        if row is None:
+            return [], [], "这个结果已不在索引中。"
+        vector = np.asarray(self.searcher.index.embeddings[row], dtype=np.float32)[None]
+        found = self.searcher.search_vectors(vector / np.linalg.norm(vector), int(k))[0]
+        return *self._results(found), f"与 #{results[event.index]['rank']} 相似: {len(found)} 个结果"
+
+    def label(self, upload: str | None, labels: str, template: str) -> tuple[dict[str, float], str]:
+        if not upload:
+            return {}, "请上传一张图片 (upload an image)."
+        try:
+            names = parse_labels(labels)
+            templates = [template.strip()] if template and template.strip() else None
+            picture = load_query_image(upload, min_size=self.searcher.model.image_size)
+            with self._lock:
+                scores = label_images(self.searcher.model, [picture], names, templates)[0]
+        except TusouError as exc:
+            return {}, str(exc)
+        return {score.label: score.probability for score in scores}, f"{len(scores)} 个标签"
+
+    def info_markdown(self) -> str:
+        manifest = self.searcher.index.manifest
+        return (
+            f"**模型** `{manifest.model['name']}` · **图片数** {manifest.count} · "
+            f"**索引类型** `{manifest.index['type']}` · **建立时间** {manifest.updated}"
+        )
+
+    def build(self) -> gr.Blocks:
+        with gr.Blocks(title="tusou 图搜") as app:
+            gr.Markdown("# tusou 图搜\n用中文或图片搜索图片。")
+            gr.Markdown(self.info_markdown(), elem_id="index-info")
+            with gr.Tab("文搜图", id="text"):
+                with gr.Row():
+                    query = gr.Textbox(label="查询", placeholder="例如：海边的日落", scale=4, elem_id="query")
+                    k_text = _k_slider()
+                go = gr.Button("搜索", variant="primary", elem_id="search-text")
+                gr.Examples(self.examples, inputs=[query], label="示例查询")
+                text_status, text_gallery, text_results = _results_panel("text", "结果（点选一张以它再搜）")
+            with gr.Tab("图搜图", id="image"):
+                with gr.Row():
+                    upload = _upload("上传图片", "image-upload")
+                    k_image = _k_slider()
+                go_image = gr.Button("以图搜图", variant="primary", elem_id="search-image")
+                image_status, image_gallery, image_results = _results_panel("image", "结果（点选一张以它再搜）")
+            with gr.Tab("零样本标注", id="label"):
+                with gr.Row():
+                    label_upload = _upload("图片", "label-upload")
+                    with gr.Column():
+                        labels = gr.Textbox(label="标签（逗号分隔）", value="猫,狗,老虎", elem_id="labels")
+                        template = gr.Textbox(label="模板（可选，含 {}）", placeholder=DEFAULT_TEMPLATES[0], elem_id="template")
+                        go_label = gr.Button("标注", variant="primary", elem_id="run-label")
+                label_status = gr.Markdown(elem_id="label-status")
+                label_out = gr.Label(label="概率", num_top_classes=10, elem_id="label-out")
+
+            text_outputs = [text_gallery, text_results, text_status]
+            image_outputs = [image_gallery, image_results, image_status]
+            go.click(self.search_text, [query, k_text], text_outputs, api_name="search_text")
+            query.submit(self.search_text, [query, k_text], text_outputs, api_visibility="private")
+            go_image.click(self.search_image, [upload, k_image], image_outputs, api_name="search_image")
+            text_gallery.select(self.search_result, [text_results, k_text], text_outputs, api_visibility="private")
+            image_gallery.select(self.search_result, [image_results, k_image], image_outputs, api_visibility="private")
+            go_label.click(self.label, [label_upload, labels, template], [label_out, label_status], api_name="label")
+        return app
+
+
+def _k_slider() -> gr.Slider:
+    return gr.Slider(1, 50, value=12, step=1, label="返回数量 k")
+
+
+def _upload(label: str, elem_id: str) -> gr.Image:
+    """An upload handed to tusou's decoder as a file path (Gradio only reads its header)."""
+    return gr.Image(type="filepath", image_mode=None, label=label, sources=["upload"], elem_id=elem_id)
+
+
+def _results_panel(prefix: str, label: str) -> tuple[gr.Markdown, gr.Gallery, gr.JSON]:
+    """Status line, result gallery, and the results as data (which rows a click refers to)."""
+    status = gr.Markdown(elem_id=f"{prefix}-status")
+    gallery = gr.Gallery(label=label, columns=6, height="auto", object_fit="contain", elem_id=f"{prefix}-gallery")
+    return status, gallery, gr.JSON(visible=False)
+
+
+def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
+          examples: list[str] | None = None, block: bool = True) -> gr.Blocks:
+    """Load the index and its model once, then serve the app (binding 127.0.0.1 unless told)."""
+    # Gradio opens each upload (header only, image_mode=None) before our handler runs; Pillow's
+    # own bomb check would make that an opaque error. tusou's decoder checks the declared size
+    # before decoding anything (MAX_PIXELS), so the user gets a message instead.
+    Image.MAX_IMAGE_PIXELS = None
+    app = SearchApp(Searcher(index_dir, device=device), examples).build()
+    app.queue(default_concurrency_limit=4)
+    app.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, prevent_thread_lock=not block,
+               show_error=False, quiet=not block)
+    return app
