@@ -1,4 +1,4 @@
-"""The `tusou` command line: index, search, label, serve, train, models.
+"""The `tusou` command line: index, search, label, serve, train, eval, models.
 
 Every subcommand turns a user's mistake into one line on stderr and exit code 2;
 `--json` output is one JSON object per line on stdout.
@@ -114,6 +114,28 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(args.index, host=args.host, port=args.port, device=args.device, examples=examples)
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from eval.features import default_cache_dir
+    from eval.report import table, write_reports
+    from eval.run import evaluate_retrieval, evaluate_zero_shot
+    from retrieval.model import load_model
+
+    model = load_model(args.model, device=args.device, text_weights=args.text_weights, image_weights=args.image_weights)
+    cache = None if args.no_cache else (args.cache or default_cache_dir())
+    if args.dataset == "imagenet-cn":
+        result = evaluate_zero_shot(model, args.data, args.split, args.templates, cache, args.batch_size)
+    else:
+        result = evaluate_retrieval(model, args.dataset, args.data, args.split, args.format, cache, args.batch_size)
+    if args.out:
+        write_reports(result, args.out)
+    if args.json:
+        _print_json(result.results)
+    else:
+        print(table(result.results))
+        if args.out:
+            print(f"reports in {args.out}: results.json, report.md, recall.png" + (", predictions.jsonl" if result.predictions else ""))
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from retrieval.model import weight_sources
 
@@ -182,6 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(serving)
     serving.set_defaults(run=cmd_serve)
 
+    from eval.datasets import DATASETS
+
+    evaluation = commands.add_parser("eval", help="Top-1/5/10 retrieval or zero-shot accuracy on a benchmark")
+    evaluation.add_argument("--dataset", required=True, choices=DATASETS)
+    evaluation.add_argument("--data", required=True, type=Path, help="the dataset folder (layouts: see README)")
+    evaluation.add_argument("--format", help="flickr30k-cn: cnclip (default) or cna; coco-cn: cnclip; wukong50k: csv")
+    evaluation.add_argument("--split", default=None, help="default: test (imagenet-cn: val)")
+    evaluation.add_argument("--templates", type=Path, help="imagenet-cn: a file of prompt templates, one per line with {}")
+    _add_model_options(evaluation)
+    evaluation.add_argument("--batch-size", type=int, default=64)
+    evaluation.add_argument("--cache", type=Path, help="feature cache folder (default: ~/.cache/tusou/features)")
+    evaluation.add_argument("--no-cache", action="store_true", help="always re-embed")
+    evaluation.add_argument("--out", type=Path, help="write results.json, report.md, recall.png, predictions.jsonl here")
+    _add_device(evaluation)
+    evaluation.add_argument("--json", action="store_true", help="print results.json to stdout")
+    evaluation.set_defaults(run=cmd_eval)
+
     models = commands.add_parser("models", help="list the models and whether their weights are here")
     models.add_argument("--json", action="store_true")
     models.set_defaults(run=cmd_models)
@@ -191,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.getLogger().setLevel(logging.ERROR)
+    if getattr(args, "command", None) == "eval" and args.split is None:
+        args.split = "val" if args.dataset == "imagenet-cn" else "test"
     run: Callable[[argparse.Namespace], None] = args.run
     try:
         run(args)
