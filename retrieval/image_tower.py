@@ -12,9 +12,8 @@ from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
 from retrieval import hub
 from retrieval.errors import TusouError
-from retrieval.registry import ModelEntry
+from retrieval.registry import PACKAGE_ASSETS, ModelEntry
 
-PACKAGE_ASSETS = Path(__file__).resolve().parent / "assets"
 open_clip.add_model_config(PACKAGE_ASSETS / "open_clip")
 
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")

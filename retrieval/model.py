@@ -15,8 +15,9 @@ from PIL import Image
 from transformers import BertModel, BertTokenizer
 
 from retrieval.devices import inference, resolve_device
-from retrieval.image_tower import load_image_tower
-from retrieval.registry import DEFAULT_MODEL, ModelEntry, get_entry
+from retrieval import hub
+from retrieval.image_tower import hub_checkpoint, load_image_tower
+from retrieval.registry import DEFAULT_MODEL, PACKAGE_ASSETS, ModelEntry, get_entry
 from retrieval.text_tower import load_text_tower
 
 
@@ -145,9 +146,6 @@ def load_model(
 
 def weight_sources(entry: ModelEntry) -> dict[str, object]:
     """Where an entry's weights come from and whether they are on this machine (no network)."""
-    from retrieval import hub
-    from retrieval.image_tower import PACKAGE_ASSETS, hub_checkpoint
-
     present = True
     if entry.text.package_dir:
         text = f"package:{entry.text.package_dir}"

@@ -7,12 +7,14 @@ vector. `load_model` (retrieval.model) is the only code that reads these fields.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
 from retrieval.errors import TusouError
 
-ASSETS = "retrieval/assets"
+PACKAGE_ASSETS = Path(__file__).resolve().parent / "assets"
+"""Files shipped inside tusou: vocabularies, open_clip configs, the demo model's weights."""
 
 
 @dataclass(frozen=True)

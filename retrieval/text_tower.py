@@ -9,10 +9,9 @@ from transformers import BertConfig, BertModel, BertTokenizer
 
 from retrieval import hub
 from retrieval.errors import TusouError
-from retrieval.registry import ModelEntry
+from retrieval.registry import PACKAGE_ASSETS, ModelEntry
 
 HUB_FILES = ["config.json", "vocab.txt", "*.safetensors", "pytorch_model.bin", "tokenizer*", "special_tokens_map.json"]
-PACKAGE_ASSETS = Path(__file__).resolve().parent / "assets"
 CHAR_VOCAB = PACKAGE_ASSETS / "char-vocab"
 
 

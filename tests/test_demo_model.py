@@ -18,7 +18,7 @@ def demo_model():
     return load_model("demo", device="cpu")
 
 
-def test_demo_weights_ship_in_the_package_and_load_offline(demo_model, monkeypatch):
+def test_demo_weights_ship_in_the_package_and_load_offline(demo_model):
     assert (DEMO_DIR / "text" / "config.json").is_file() and (DEMO_DIR / "image.safetensors").is_file()
     assert demo_model.dim == 128 and demo_model.image_size == 64
     size = sum(p.stat().st_size for p in DEMO_DIR.rglob("*") if p.is_file())

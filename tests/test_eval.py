@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from eval.cnclip_layout import Caption, encode_image_bytes, write_split
+from eval.cnclip_layout import encode_image_bytes, write_split
 from eval.metrics import hits_at_k, rank_items, recall_at_k, top_k
-from retrieval import TusouError
 from tests.imagegen import draw
 from train.synthetic import COLOURS, make_split
 from ui.cli import main
