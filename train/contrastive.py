@@ -20,9 +20,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from eval.cnclip_layout import split_paths
-from eval.metrics import recall_at_k
 from retrieval.errors import TusouError
-from retrieval.images import open_image
 from retrieval.model import EmbeddingModel, load_model
 from train.pairs import PairData
 
@@ -84,22 +82,11 @@ def save_checkpoint(model: EmbeddingModel, out: Path, trainer_state: dict) -> Pa
     return final
 
 
-def evaluate(model: EmbeddingModel, data: PairData, limit: int | None = None) -> dict[str, float]:
-    """Text→image hit@1/5/10 over a split's images (the project's retrieval metric)."""
-    ids = sorted(data.images)
-    position = {image_id: row for row, image_id in enumerate(ids)}
-    images = model.encode_images([open_image(data.images[i], model.image_size) for i in ids], batch_size=256)
-    captions = data.captions[:limit] if limit else data.captions
-    texts = model.encode_texts([c.text for c in captions], batch_size=256)
-    recalls = recall_at_k(texts, images, [{position[i] for i in c.image_ids} for c in captions])
-    return {f"R@{k}": value for k, value in recalls.items()}
-
-
 def train(cfg: TrainConfig, progress: bool = True) -> list[dict]:
     """Train, checkpointing every `checkpoint_every` steps; resumes from `out` when it holds a checkpoint."""
     out = Path(cfg.out)
     resume = checkpoint_dir(out) / "trainer.pt"
-    if not resume.exists() and (checkpoint_dir(out).parent / "checkpoint.old" / "trainer.pt").exists():
+    if not resume.exists() and (out / "checkpoint.old" / "trainer.pt").exists():
         (out / "checkpoint.old").rename(checkpoint_dir(out))
     state = torch.load(resume, weights_only=True) if resume.exists() else None
     if state is not None and state["config"] != _config_dict(cfg):
