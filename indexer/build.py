@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer.decode import decoded_batches
-from indexer.faiss_build import build_faiss
+from indexer.faiss_build import index_embeddings
 from indexer.sources import Skipped, SourceFile, describe_extensions, scan
 from indexer.staging import Staging
 from retrieval.errors import TusouError
@@ -80,9 +80,15 @@ def build_index(
     batch_size: int = 32,
     workers: int | None = None,
     checkpoint_every: int = 1024,
+    index_type: str | None = None,
+    max_index_memory: int | None = None,
     progress: bool = True,
 ) -> BuildSummary:
-    """Build or update the index at `out` from the images under `paths`."""
+    """Build or update the index at `out` from the images under `paths`.
+
+    `index_type` None keeps what the index was built with (`auto` for a new one), so an
+    `auto` index changes type as the collection grows.
+    """
     out = Path(out)
     check_out_dir(out)
     if batch_size < 1:
@@ -116,7 +122,8 @@ def build_index(
                 skipped += _embed(model, to_embed, files, staging, batch_size, workers, checkpoint_every, progress)
             finally:
                 staging.flush()
-            summary = _commit(out, previous, model_info, model.dim, files, unchanged, staging, old)
+            layout = _layout(previous, index_type, max_index_memory)
+            summary = _commit(out, previous, model_info, model.dim, files, unchanged, staging, old, layout, progress)
             staging.clear()
     except BaseException:
         if created and out.is_dir() and set(os.listdir(out)) <= {".lock"}:
@@ -124,6 +131,15 @@ def build_index(
         raise
     summary.skipped = [asdict(item) for item in skipped]
     return summary
+
+
+def _layout(previous: StoredIndex | None, index_type: str | None, max_memory: int | None) -> dict:
+    """The requested index type and memory budget: as given, else as the index was built."""
+    built = previous.manifest.index if previous else {}
+    return {
+        "requested": index_type or built.get("requested", "auto"),
+        "max_memory": max_memory or built.get("max_memory"),
+    }
 
 
 def _same_file(item: CatalogItem, source: SourceFile) -> bool:
@@ -173,6 +189,8 @@ def _commit(
     unchanged: set[str],
     staging: Staging,
     old: dict[str, tuple[int, CatalogItem]],
+    layout: dict,
+    progress: bool,
 ) -> BuildSummary:
     """Assemble the new catalog in path order and write it as a new generation if anything changed."""
     next_id = previous.manifest.next_id if previous else 0
@@ -200,10 +218,11 @@ def _commit(
         rows.append(vector)
     summary.removed = sum(1 for path in old if path not in files)
     summary.total = len(items)
-    if previous is not None and [i.path for i in items] == [i.path for i in previous.items] and not summary.updated:
+    unchanged_items = previous is not None and [i.path for i in items] == [i.path for i in previous.items] and not summary.updated
+    if unchanged_items and all(previous.manifest.index.get(key) == value for key, value in layout.items()):
         return summary
     embeddings = np.stack(rows).astype(np.float16) if rows else np.zeros((0, dim), np.float16)
-    faiss_index, index_info = build_faiss(embeddings)
+    faiss_index, index_info = index_embeddings(embeddings, layout["requested"], layout["max_memory"], progress)
     write_index(
         out,
         model=model_info,

@@ -17,6 +17,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from retrieval import ann
 from retrieval.atomic import atomic_write, atomic_write_text
 from retrieval.errors import TusouError
 
@@ -58,7 +59,7 @@ class Manifest:
     dim: int
     count: int
     index: dict
-    """FAISS index type and its parameters."""
+    """FAISS index: type, requested type and memory budget, build params, tuned search params."""
     files: dict[str, str]
     generation: int
     next_id: int
@@ -77,6 +78,11 @@ class StoredIndex:
     embeddings: np.ndarray
     """float16, one row per catalog item, in catalog order (FAISS ids are row numbers)."""
     faiss_index: faiss.Index
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, rows) per query row, with the search parameters the build tuned."""
+        rerank = int(self.manifest.index.get("search", {}).get("rerank", 0))
+        return ann.search(self.faiss_index, self.embeddings, queries, k, rerank)
 
 
 def _now() -> str:
@@ -117,30 +123,48 @@ def read_catalog(path: Path) -> list[CatalogItem]:
     return items
 
 
-def open_index(directory: str | Path) -> StoredIndex:
-    """Read and cross-check an index directory; any inconsistency is a one-line TusouError."""
-    directory = Path(directory)
-    manifest = read_manifest(directory)
+def data_paths(directory: Path, manifest: Manifest) -> dict[str, Path]:
+    """The manifest's catalog, embeddings and FAISS files; a missing one is a one-line error."""
     paths = {role: directory / name for role, name in manifest.files.items()}
     for role in ("catalog", "embeddings", "faiss"):
         if role not in paths or not paths[role].is_file():
             raise TusouError(f"{directory} is damaged: its {role} file is missing: {REBUILD}")
-    items = read_catalog(paths["catalog"])
+    return paths
+
+
+def open_embeddings(path: Path, manifest: Manifest) -> np.ndarray:
+    """The stored float16 vectors, memory-mapped (an index of any size opens at once)."""
     try:
-        embeddings = np.load(paths["embeddings"], mmap_mode="r")
+        embeddings = np.load(path, mmap_mode="r")
     except (OSError, ValueError) as exc:
-        raise TusouError(f"{paths['embeddings']} is damaged ({exc}): {REBUILD}") from None
+        raise TusouError(f"{path} is damaged ({exc}): {REBUILD}") from None
+    if embeddings.ndim != 2 or embeddings.shape != (manifest.count, manifest.dim):
+        raise TusouError(
+            f"{path.parent} is inconsistent (embeddings are {embeddings.shape}, the manifest says "
+            f"{manifest.count} × {manifest.dim}): {REBUILD}"
+        )
+    return embeddings
+
+
+def open_index(directory: str | Path) -> StoredIndex:
+    """Read and cross-check an index directory; any inconsistency is a one-line TusouError."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    paths = data_paths(directory, manifest)
+    items = read_catalog(paths["catalog"])
+    embeddings = open_embeddings(paths["embeddings"], manifest)
     try:
         faiss_index = faiss.read_index(str(paths["faiss"]))
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
         raise TusouError(f"{paths['faiss']} is damaged ({reason}): {REBUILD}") from None
-    counts = {"manifest": manifest.count, "catalog": len(items), "embeddings": len(embeddings), "faiss": faiss_index.ntotal}
+    counts = {"manifest": manifest.count, "catalog": len(items), "faiss": faiss_index.ntotal}
     if len(set(counts.values())) != 1:
         listed = ", ".join(f"{k} {v}" for k, v in counts.items())
         raise TusouError(f"{directory} is inconsistent (item counts: {listed}): {REBUILD}")
-    if embeddings.ndim != 2 or embeddings.shape[1] != manifest.dim or faiss_index.d != manifest.dim:
-        raise TusouError(f"{directory} is inconsistent (vectors are not {manifest.dim}-d): {REBUILD}")
+    if faiss_index.d != manifest.dim:
+        raise TusouError(f"{directory} is inconsistent (its FAISS index is not {manifest.dim}-d): {REBUILD}")
+    ann.apply_params(faiss_index, manifest.index.get("search", {}))
     return StoredIndex(directory, manifest, items, embeddings, faiss_index)
 
 
@@ -148,35 +172,44 @@ def write_index(
     directory: Path,
     *,
     model: dict,
-    items: list[CatalogItem],
-    embeddings: np.ndarray,
+    items: list[CatalogItem] | None,
+    embeddings: np.ndarray | None,
     faiss_index: faiss.Index,
     index_info: dict,
     previous: Manifest | None,
 ) -> Manifest:
-    """Write a new generation and switch the manifest to it; returns the new manifest."""
-    if not (len(items) == len(embeddings) == faiss_index.ntotal):
+    """Write a new generation and switch the manifest to it; returns the new manifest.
+
+    `items` and `embeddings` None keep the previous generation's catalog and embeddings
+    (a reindex): only the FAISS file is new.
+    """
+    keep = items is None or embeddings is None
+    if keep and previous is None:
+        raise ValueError("only an existing index can keep its catalog and embeddings")
+    count = previous.count if keep else len(items)
+    if not (keep or len(items) == len(embeddings)) or faiss_index.ntotal != count:
         raise ValueError("catalog, embeddings and FAISS index must have one row per item")
     directory.mkdir(parents=True, exist_ok=True)
     generation = previous.generation + 1 if previous else 1
     files = {
-        "catalog": f"catalog.{generation}.jsonl",
-        "embeddings": f"embeddings.{generation}.npy",
+        "catalog": previous.files["catalog"] if keep else f"catalog.{generation}.jsonl",
+        "embeddings": previous.files["embeddings"] if keep else f"embeddings.{generation}.npy",
         "faiss": f"index.{generation}.faiss",
     }
-    catalog_text = "".join(json.dumps(asdict(item)) + "\n" for item in items)
-    atomic_write_text(directory / files["catalog"], catalog_text)
-    atomic_write(directory / files["embeddings"], lambda tmp: _save_npy(tmp, embeddings.astype(np.float16)))
+    if not keep:
+        catalog_text = "".join(json.dumps(asdict(item)) + "\n" for item in items)
+        atomic_write_text(directory / files["catalog"], catalog_text)
+        atomic_write(directory / files["embeddings"], lambda tmp: _save_npy(tmp, embeddings.astype(np.float16)))
     atomic_write(directory / files["faiss"], lambda tmp: faiss.write_index(faiss_index, str(tmp)))
     now = _now()
     manifest = Manifest(
         model=model,
-        dim=int(embeddings.shape[1]),
-        count=len(items),
+        dim=previous.dim if keep else int(embeddings.shape[1]),
+        count=count,
         index=index_info,
         files=files,
         generation=generation,
-        next_id=max([previous.next_id if previous else 0] + [item.id + 1 for item in items]),
+        next_id=max([previous.next_id if previous else 0] + [item.id + 1 for item in items or []]),
         created=previous.created if previous else now,
         updated=now,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,8 +16,8 @@ import torch
 from PIL import Image
 from transformers import BertModel, BertTokenizer
 
-from retrieval.devices import inference, resolve_device
 from retrieval import hub
+from retrieval.devices import inference, resolve_device
 from retrieval.image_tower import hub_checkpoint, load_image_tower
 from retrieval.registry import DEFAULT_MODEL, PACKAGE_ASSETS, ModelEntry, get_entry
 from retrieval.text_tower import load_text_tower
@@ -87,6 +89,12 @@ class EmbeddingModel:
             for start in range(0, len(images), batch_size)
         ]
         return _stack(rows, self.dim)
+
+    def with_text_dtype(self, dtype: torch.dtype) -> EmbeddingModel:
+        """A copy whose text tower runs in `dtype` (the image tower is shared, not copied)."""
+        if next(self.text_model.parameters()).dtype == dtype:
+            return self
+        return dataclasses.replace(self, text_model=copy.deepcopy(self.text_model).to(dtype))
 
     def fingerprint(self) -> str:
         """A short hash of both towers' weights: names, shapes and a strided sample of values.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from retrieval.devices import query_dtype
 from retrieval.errors import TusouError
 from retrieval.images import load_query_image
 from retrieval.index_store import StoredIndex, check_model, open_index
@@ -31,10 +33,41 @@ def clean_query(query: str) -> str:
     return text
 
 
-class Searcher:
-    """`Searcher(index_dir)` loads the index and its model once; queries are then cheap."""
+class QueryCache:
+    """The vectors of the last `size` distinct text queries: a repeated one skips the text tower."""
 
-    def __init__(self, index_dir: str | Path, device: str = "auto", model: EmbeddingModel | None = None):
+    def __init__(self, size: int = 1024):
+        self.size = size
+        self.vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def encode(self, model: EmbeddingModel, texts: Sequence[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.vectors))
+        for text, vector in zip(missing, model.encode_texts(missing) if missing else []):
+            self.vectors[text] = vector
+        rows = []
+        for text in texts:
+            self.vectors.move_to_end(text)
+            rows.append(self.vectors[text])
+        while len(self.vectors) > self.size:
+            self.vectors.popitem(last=False)
+        return np.stack(rows)
+
+
+class Searcher:
+    """`Searcher(index_dir)` loads the index and its model once; queries are then cheap.
+
+    Text queries run through `query_model` (the text tower in the `precision` chosen, see
+    retrieval.devices.query_dtype) and a cache of recent queries.
+    """
+
+    def __init__(
+        self,
+        index_dir: str | Path,
+        device: str = "auto",
+        model: EmbeddingModel | None = None,
+        precision: str = "auto",
+        cache_size: int = 1024,
+    ):
         self.index: StoredIndex = open_index(index_dir)
         built = self.index.manifest.model
         self.model = model or load_model(
@@ -44,6 +77,8 @@ class Searcher:
             image_weights=built.get("image_weights"),
         )
         check_model(self.index.manifest, self.index.directory, self.model.name, self.model.fingerprint())
+        self.query_model = self.model.with_text_dtype(query_dtype(self.model.device, precision))
+        self.cache = QueryCache(cache_size)
 
     def __len__(self) -> int:
         return len(self.index.items)
@@ -53,7 +88,7 @@ class Searcher:
         k = max(1, min(int(k), len(self)))
         if len(self) == 0:
             return [[] for _ in range(len(vectors))]
-        scores, ids = self.index.faiss_index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        scores, ids = self.index.search(vectors, k)
         return [
             [
                 SearchResult(rank=rank, score=float(score), id=self.index.items[row].id, path=self.index.items[row].path)
@@ -63,8 +98,12 @@ class Searcher:
             for row_scores, row_ids in zip(scores, ids)
         ]
 
+    def search_texts(self, queries: Sequence[str], k: int = 10) -> list[list[SearchResult]]:
+        """Several text queries at once: one batch through the text tower, one FAISS search."""
+        return self.search_vectors(self.cache.encode(self.query_model, [clean_query(q) for q in queries]), k)
+
     def search_text(self, query: str, k: int = 10) -> list[SearchResult]:
-        return self.search_vectors(self.model.encode_texts([clean_query(query)]), k)[0]
+        return self.search_texts([query], k)[0]
 
     def search_image(self, image: str | Path | Image.Image, k: int = 10) -> list[SearchResult]:
         picture = load_query_image(image, min_size=self.model.image_size)
@@ -73,5 +112,5 @@ class Searcher:
     def label(
         self, image: str | Path | Image.Image, labels: str | Sequence[str], templates: Sequence[str] | None = None
     ) -> list[LabelScore]:
-        return label_images(self.model, [image], labels, templates)[0]
+        return label_images(self.query_model, [image], labels, templates)[0]
 

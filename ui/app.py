@@ -16,6 +16,7 @@ from PIL import Image
 
 from retrieval.errors import TusouError
 from retrieval.images import ImageError, load_query_image, open_image
+from retrieval.index_info import describe
 from retrieval.searcher import Searcher, SearchResult, clean_query
 from retrieval.zero_shot import DEFAULT_TEMPLATES, label_images, parse_labels
 
@@ -98,9 +99,10 @@ class SearchApp:
 
     def info_markdown(self) -> str:
         manifest = self.searcher.index.manifest
+        precision = str(next(self.searcher.query_model.text_model.parameters()).dtype).removeprefix("torch.")
         return (
             f"**模型** `{manifest.model['name']}` · **图片数** {manifest.count} · "
-            f"**索引类型** `{manifest.index['type']}` · **建立时间** {manifest.updated}"
+            f"**索引** `{describe(manifest)}` · **查询精度** `{precision}` · **建立时间** {manifest.updated}"
         )
 
     def build(self) -> gr.Blocks:
@@ -158,13 +160,13 @@ def _results_panel(prefix: str, label: str) -> tuple[gr.Markdown, gr.Gallery, gr
 
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
-          examples: list[str] | None = None, block: bool = True) -> gr.Blocks:
+          examples: list[str] | None = None, block: bool = True, precision: str = "auto") -> gr.Blocks:
     """Load the index and its model once, then serve the app (binding 127.0.0.1 unless told)."""
     # Gradio opens each upload (header only, image_mode=None) before our handler runs; Pillow's
     # own bomb check would make that an opaque error. tusou's decoder checks the declared size
     # before decoding anything (MAX_PIXELS), so the user gets a message instead.
     Image.MAX_IMAGE_PIXELS = None
-    app = SearchApp(Searcher(index_dir, device=device), examples).build()
+    app = SearchApp(Searcher(index_dir, device=device, precision=precision), examples).build()
     app.queue(default_concurrency_limit=4)
     app.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, prevent_thread_lock=not block,
                show_error=False, quiet=not block)

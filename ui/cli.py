@@ -1,4 +1,4 @@
-"""The `tusou` command line: index, search, label, serve, train, eval, models.
+"""The `tusou` command line: index, reindex, info, search, label, serve, train, eval, models.
 
 Every subcommand turns a user's mistake into one line on stderr and exit code 2;
 `--json` output is one JSON object per line on stdout.
@@ -35,6 +35,25 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda (default: auto)")
 
 
+def _add_index_type(parser: argparse.ArgumentParser, default: str | None) -> None:
+    from indexer.faiss_build import CHOICES
+
+    kept = "the index's current type; auto for a new index" if default is None else default
+    parser.add_argument("--index-type", choices=CHOICES, default=default, help=f"FAISS index type (default: {kept}); see README, Index types")
+    parser.add_argument("--max-index-memory", metavar="SIZE", help="memory budget for the index, e.g. 1G or 800M (default: half of RAM)")
+
+
+def _add_precision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="text tower precision for queries (default: auto = bf16 on CPUs with AMX, else fp32)")
+
+
+def _budget(args: argparse.Namespace) -> int | None:
+    from indexer.faiss_build import parse_size
+
+    return parse_size(args.max_index_memory) if args.max_index_memory else None
+
+
 def cmd_index(args: argparse.Namespace) -> None:
     from indexer.build import build_index
 
@@ -47,6 +66,8 @@ def cmd_index(args: argparse.Namespace) -> None:
         image_weights=args.image_weights,
         batch_size=args.batch_size,
         workers=args.workers,
+        index_type=args.index_type,
+        max_index_memory=_budget(args),
     )
     if args.json:
         _print_json(summary.to_dict())
@@ -60,12 +81,41 @@ def cmd_index(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_reindex(args: argparse.Namespace) -> None:
+    from indexer.reindex import reindex
+    from retrieval.index_info import describe
+
+    manifest = reindex(args.index, args.index_type, _budget(args), progress=not args.json)
+    if args.json:
+        _print_json(manifest.index)
+    else:
+        print(f"{args.index}: {manifest.count} images, {describe(manifest)}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from indexer.faiss_build import format_size
+    from retrieval.index_info import summary
+
+    info = summary(args.index)
+    if args.json:
+        _print_json(info)
+        return
+    model = info["model"]
+    print(f"{info['index']}: {info['count']} images, {info['dim']}-d")
+    print(f"  model:  {model.get('name')} (weights fingerprint {model.get('fingerprint')})")
+    print(f"  index:  {info['description']}")
+    sizes = ", ".join(f"{role} {format_size(size) if size is not None else 'missing'}" for role, size in info["bytes_on_disk"].items())
+    print(f"  files:  {sizes}")
+    print(f"  generation {info['generation']}, format {info['format_version']}, written by tusou {info['tool_version']}, "
+          f"created {info['created']}, updated {info['updated']}")
+
+
 def cmd_search(args: argparse.Namespace) -> None:
     from retrieval.searcher import Searcher
 
     if (args.query is None) == (args.image is None):
         raise TusouError("give either a text query or --image PATH (not both)")
-    searcher = Searcher(args.index, device=args.device)
+    searcher = Searcher(args.index, device=args.device, precision=args.precision)
     results = searcher.search_text(args.query, args.k) if args.query is not None else searcher.search_image(args.image, args.k)
     for result in results:
         if args.json:
@@ -111,7 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         check_model(read_manifest(Path(args.index)), Path(args.index), args.model)
     examples = [q.strip() for q in args.examples.split("|") if q.strip()] if args.examples else None
     print(f"tusou: serving {args.index} on http://{args.host}:{args.port}", flush=True)
-    serve(args.index, host=args.host, port=args.port, device=args.device, examples=examples)
+    serve(args.index, host=args.host, port=args.port, device=args.device, examples=examples, precision=args.precision)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -159,15 +209,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(index, default=None)
     index.add_argument("--batch-size", type=int, default=32)
     index.add_argument("--workers", type=int, default=None, help="decoding processes (default: min(4, cores))")
+    _add_index_type(index, default=None)
     _add_device(index)
     index.add_argument("--json", action="store_true", help="print one summary object at the end")
     index.set_defaults(run=cmd_index)
+
+    rebuild = commands.add_parser("reindex", help="rebuild an index as another type from its stored embeddings")
+    rebuild.add_argument("index", metavar="DIR")
+    _add_index_type(rebuild, default="auto")
+    rebuild.add_argument("--json", action="store_true", help="print the new index entry of the manifest")
+    rebuild.set_defaults(run=cmd_reindex)
+
+    information = commands.add_parser("info", help="what an index holds: model, type, tuned recall, sizes")
+    information.add_argument("index", metavar="DIR")
+    information.add_argument("--json", action="store_true")
+    information.set_defaults(run=cmd_info)
 
     search = commands.add_parser("search", help="search an index by text or by image")
     search.add_argument("index", metavar="DIR")
     search.add_argument("query", nargs="?", help="Chinese text query")
     search.add_argument("--image", help="search by this image instead of text")
     search.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+    _add_precision(search)
     _add_device(search)
     search.add_argument("--json", action="store_true", help="one JSON object per result")
     search.set_defaults(run=cmd_search)
@@ -201,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--port", type=int, default=7860)
     serving.add_argument("--examples", help="example queries separated by |")
     serving.add_argument("--model", help="the model the index must have been built with (checked)")
+    _add_precision(serving)
     _add_device(serving)
     serving.set_defaults(run=cmd_serve)
 

@@ -1,0 +1,32 @@
+"""Rebuilding an index's FAISS file as another type, from its stored embeddings.
+
+No image is read and no model is loaded: the float16 embeddings are the source, so a
+reindex of a million images takes the FAISS build's time only. The catalog and embeddings
+files stay as they are; a new FAISS file and manifest make the next generation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from indexer.build import build_lock
+from indexer.faiss_build import index_embeddings
+from retrieval.index_store import Manifest, data_paths, open_embeddings, read_manifest, write_index
+
+
+def reindex(directory: str | Path, index_type: str = "auto", max_memory: int | None = None, progress: bool = True) -> Manifest:
+    directory = Path(directory)
+    read_manifest(directory)  # a clear error before taking the lock in a folder that is no index
+    with build_lock(directory):
+        manifest = read_manifest(directory)
+        embeddings = open_embeddings(data_paths(directory, manifest)["embeddings"], manifest)
+        faiss_index, info = index_embeddings(embeddings, index_type, max_memory, progress)
+        return write_index(
+            directory,
+            model=manifest.model,
+            items=None,
+            embeddings=None,
+            faiss_index=faiss_index,
+            index_info=info,
+            previous=manifest,
+        )

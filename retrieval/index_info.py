@@ -1,0 +1,38 @@
+"""What an index is, for people: `tusou info`, the UI's header and the build's last line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retrieval.index_store import Manifest, read_manifest
+
+
+def describe(manifest: Manifest) -> str:
+    """One line: type, its tuned search setting and the recall measured against exact search."""
+    index = manifest.index
+    search = index.get("search", {})
+    knobs = ", ".join(f"{key} {value}" for key, value in {**index.get("params", {}), **search}.items() if key not in ("recall_at_10", "tuning_queries"))
+    recall = "exact" if index.get("type") == "flat" else f"recall@10 {search.get('recall_at_10', float('nan')):.3f} vs exact"
+    chosen = " (auto)" if index.get("requested") == "auto" else ""
+    return f"{index.get('type')}{chosen}" + (f" [{knobs}]" if knobs else "") + f", {recall}"
+
+
+def summary(directory: str | Path) -> dict:
+    """The manifest's facts and the files' sizes on disk."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    sizes = {role: (directory / name).stat().st_size if (directory / name).is_file() else None for role, name in manifest.files.items()}
+    return {
+        "index": str(directory),
+        "count": manifest.count,
+        "dim": manifest.dim,
+        "model": manifest.model,
+        "index_type": manifest.index,
+        "description": describe(manifest),
+        "bytes_on_disk": sizes,
+        "generation": manifest.generation,
+        "format_version": manifest.format_version,
+        "tool_version": manifest.tool_version,
+        "created": manifest.created,
+        "updated": manifest.updated,
+    }
