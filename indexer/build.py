@@ -22,6 +22,7 @@ from indexer.decode import decoded_batches
 from indexer.faiss_build import index_embeddings
 from indexer.sources import Skipped, SourceFile, describe_extensions, scan
 from indexer.staging import Staging
+from retrieval.devices import compute_dtype
 from retrieval.errors import TusouError
 from retrieval.index_store import MANIFEST, CatalogItem, ImageRecord, StoredIndex, check_model, open_index, write_index
 from retrieval.model import EmbeddingModel, load_model
@@ -82,6 +83,7 @@ def build_index(
     checkpoint_every: int = 1024,
     index_type: str | None = None,
     max_index_memory: int | None = None,
+    precision: str = "auto",
     progress: bool = True,
 ) -> BuildSummary:
     """Build or update the index at `out` from the images under `paths`.
@@ -110,6 +112,7 @@ def build_index(
             model_info = {"name": model.name, "fingerprint": model.fingerprint(), **model.sources}
             if previous:
                 check_model(previous.manifest, out, model.name, model_info["fingerprint"])
+            model = model.with_dtype(compute_dtype(model.device, precision))
             files, skipped = scan(paths, progress=progress)
             if not files:
                 shown = ", ".join(str(p) for p in paths)

@@ -80,7 +80,7 @@ class EmbeddingModel:
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """Vectors of images already run through `preprocess` (a batch tensor)."""
         with inference(self.device):
-            return _normalise(self.image_model.encode_image(pixels.to(self.device)))
+            return _normalise(self.image_model.encode_image(pixels.to(self.device, self.dtype)))
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """L2-normalised float32 image vectors, one row per image."""
@@ -90,11 +90,16 @@ class EmbeddingModel:
         ]
         return _stack(rows, self.dim)
 
-    def with_text_dtype(self, dtype: torch.dtype) -> EmbeddingModel:
-        """A copy whose text tower runs in `dtype` (the image tower is shared, not copied)."""
-        if next(self.text_model.parameters()).dtype == dtype:
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.image_model.parameters()).dtype
+
+    def with_dtype(self, dtype: torch.dtype) -> EmbeddingModel:
+        """A copy whose towers run in `dtype`; this model is left as it is."""
+        if self.dtype == dtype:
             return self
-        return dataclasses.replace(self, text_model=copy.deepcopy(self.text_model).to(dtype))
+        towers = {name: copy.deepcopy(getattr(self, name)).to(dtype) for name in ("text_model", "image_model")}
+        return dataclasses.replace(self, **towers)
 
     def fingerprint(self) -> str:
         """A short hash of both towers' weights: names, shapes and a strided sample of values.

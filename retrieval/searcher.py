@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from retrieval.devices import query_dtype
+from retrieval.devices import compute_dtype
 from retrieval.errors import TusouError
 from retrieval.images import load_query_image
 from retrieval.index_store import StoredIndex, check_model, open_index
@@ -56,8 +56,8 @@ class QueryCache:
 class Searcher:
     """`Searcher(index_dir)` loads the index and its model once; queries are then cheap.
 
-    Text queries run through `query_model` (the text tower in the `precision` chosen, see
-    retrieval.devices.query_dtype) and a cache of recent queries.
+    Queries run in the `precision` chosen (retrieval.devices.compute_dtype); repeated text
+    queries come from a cache.
     """
 
     def __init__(
@@ -77,7 +77,7 @@ class Searcher:
             image_weights=built.get("image_weights"),
         )
         check_model(self.index.manifest, self.index.directory, self.model.name, self.model.fingerprint())
-        self.query_model = self.model.with_text_dtype(query_dtype(self.model.device, precision))
+        self.model = self.model.with_dtype(compute_dtype(self.model.device, precision))
         self.cache = QueryCache(cache_size)
 
     def __len__(self) -> int:
@@ -100,7 +100,7 @@ class Searcher:
 
     def search_texts(self, queries: Sequence[str], k: int = 10) -> list[list[SearchResult]]:
         """Several text queries at once: one batch through the text tower, one FAISS search."""
-        return self.search_vectors(self.cache.encode(self.query_model, [clean_query(q) for q in queries]), k)
+        return self.search_vectors(self.cache.encode(self.model, [clean_query(q) for q in queries]), k)
 
     def search_text(self, query: str, k: int = 10) -> list[SearchResult]:
         return self.search_texts([query], k)[0]
@@ -112,5 +112,5 @@ class Searcher:
     def label(
         self, image: str | Path | Image.Image, labels: str | Sequence[str], templates: Sequence[str] | None = None
     ) -> list[LabelScore]:
-        return label_images(self.query_model, [image], labels, templates)[0]
+        return label_images(self.model, [image], labels, templates)[0]
 

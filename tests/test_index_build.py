@@ -20,7 +20,7 @@ from tests.imagegen import draw, write_images
 
 
 def test_build_writes_a_complete_index(tmp_path, image_folder, tiny_model):
-    summary = build_index([image_folder], tmp_path / "index", model=tiny_model, workers=0, progress=False)
+    summary = build_index([image_folder], tmp_path / "index", model=tiny_model, workers=0, precision="fp32", progress=False)
     assert (summary.added, summary.updated, summary.removed, summary.unchanged, summary.total) == (40, 0, 0, 0, 40)
     stored = open_index(tmp_path / "index")
     manifest = stored.manifest

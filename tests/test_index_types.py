@@ -8,6 +8,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from bench.vectors import ClipLikeSpace
 from indexer import build_index
@@ -165,8 +167,9 @@ def test_bf16_queries_stay_within_cosine_0999_of_fp32(vector_index, tiny_model):
     texts = ["两个绿色的正方形", "一只在草地上奔跑的小狗", "城市的夜景"]
     fp32 = Searcher(vector_index, model=tiny_model, precision="fp32")
     bf16 = Searcher(vector_index, model=tiny_model, precision="bf16")
-    assert next(bf16.query_model.text_model.parameters()).dtype.is_floating_point
-    assert str(next(bf16.query_model.text_model.parameters()).dtype) == "torch.bfloat16"
-    assert str(next(tiny_model.text_model.parameters()).dtype) == "torch.float32"  # the shared model is untouched
-    cosines = np.sum(fp32.cache.encode(fp32.query_model, texts) * bf16.cache.encode(bf16.query_model, texts), axis=1)
+    assert bf16.model.dtype == next(bf16.model.text_model.parameters()).dtype == torch.bfloat16
+    assert tiny_model.dtype == torch.float32  # the model passed in is left as it is
+    cosines = np.sum(fp32.cache.encode(fp32.model, texts) * bf16.cache.encode(bf16.model, texts), axis=1)
     assert cosines.min() >= 0.999
+    image = Image.new("RGB", (40, 40), (200, 30, 30))
+    assert float(fp32.model.encode_images([image])[0] @ bf16.model.encode_images([image])[0]) >= 0.999

@@ -99,7 +99,7 @@ class SearchApp:
 
     def info_markdown(self) -> str:
         manifest = self.searcher.index.manifest
-        precision = str(next(self.searcher.query_model.text_model.parameters()).dtype).removeprefix("torch.")
+        precision = str(next(self.searcher.model.text_model.parameters()).dtype).removeprefix("torch.")
         return (
             f"**模型** `{manifest.model['name']}` · **图片数** {manifest.count} · "
             f"**索引** `{describe(manifest)}` · **查询精度** `{precision}` · **建立时间** {manifest.updated}"

@@ -45,7 +45,7 @@ def _add_index_type(parser: argparse.ArgumentParser, default: str | None) -> Non
 
 def _add_precision(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                        help="text tower precision for queries (default: auto = bf16 on CPUs with AMX, else fp32)")
+                        help="the towers' precision (default: auto = bf16 on CPUs with AMX, else fp32)")
 
 
 def _budget(args: argparse.Namespace) -> int | None:
@@ -68,6 +68,7 @@ def cmd_index(args: argparse.Namespace) -> None:
         workers=args.workers,
         index_type=args.index_type,
         max_index_memory=_budget(args),
+        precision=args.precision,
     )
     if args.json:
         _print_json(summary.to_dict())
@@ -210,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--batch-size", type=int, default=32)
     index.add_argument("--workers", type=int, default=None, help="decoding processes (default: min(4, cores))")
     _add_index_type(index, default=None)
+    _add_precision(index)
     _add_device(index)
     index.add_argument("--json", action="store_true", help="print one summary object at the end")
     index.set_defaults(run=cmd_index)
