@@ -3,7 +3,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-model
+.PHONY: test demo demo-model bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,6 +16,12 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PYTHON) -m ui.demo
+
+# The three performance tables of the README (about 15 minutes on 2 CPU cores).
+bench: $(STAMP)
+	$(PYTHON) -m bench.query_latency
+	$(PYTHON) -m bench.build_throughput
+	$(PYTHON) -m bench.index_types
 
 # Retrain the shipped demo model (about 14 minutes on 2 CPU cores) and re-measure it.
 demo-model: $(STAMP)

@@ -90,8 +90,10 @@ def test_auto_picks_by_size_and_memory_budget():
         plan_index(10_000_000, 768, "auto", 10 * 1024**2)
     with pytest.raises(TusouError, match="over the 1.0 GB budget"):
         plan_index(1_000_000, 768, "flat", GiB)
-    with pytest.raises(TusouError, match="ivfpq needs at least"):
+    with pytest.raises(TusouError, match="ivfpq needs at least 624 images"):
         plan_index(300, 64, "ivfpq")
+    with pytest.raises(TusouError, match="ivf needs at least 39 images"):
+        plan_index(30, 64, "ivf")
 
 
 def test_sizes_parse_as_users_write_them():

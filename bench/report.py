@@ -1,0 +1,47 @@
+"""Timing and tables shared by the benchmarks: medians of repeated calls, ratios to a baseline."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+
+def timed(call: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = call()
+    return time.perf_counter() - start, result
+
+
+def latencies(call: Callable[[object], object], inputs: Iterable[object], warmup: Sequence[object] = ()) -> np.ndarray:
+    """Seconds per call of `call(x)` for each input, after untimed warm-up calls."""
+    for x in warmup:
+        call(x)
+    return np.array([timed(lambda x=x: call(x))[0] for x in inputs])
+
+
+def machine() -> str:
+    import os
+
+    import torch
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]], notes: Sequence[str] = ()) -> str:
+    """A Markdown table (what the README shows), printed as the benchmark's result."""
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = lambda values: "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"  # noqa: E731
+    out = [f"### {title}", "", line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)]
+    return "\n".join([*out, "", *notes]).rstrip() + "\n"
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
