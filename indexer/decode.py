@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from retrieval.images import ImageError, decode
+from retrieval.images import ImageError, decode, file_error_reason
 
 
 @dataclass
@@ -48,7 +48,7 @@ class DecodedImages(Dataset):
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
-            return Decoded(path, error=exc.strerror or type(exc).__name__), None
+            return Decoded(path, error=file_error_reason(exc)), None
         try:
             image, (width, height) = decode(data, self.min_size)
             pixels = self.preprocess(image)

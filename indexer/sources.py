@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from retrieval.errors import TusouError
-from retrieval.images import IMAGE_EXTENSIONS, is_image_path
+from retrieval.images import IMAGE_EXTENSIONS, file_error_reason, is_image_path
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ def scan(paths: list[str | Path], progress: bool = True) -> tuple[dict[str, Sour
     """Every image file under `paths` by absolute path, and those that could not be looked at.
 
     Symlinked folders are not followed (no loops); symlinked files are. A path that does
-    not exist is the user's error.
+    not exist is the user's error. Only regular files are taken: reading a FIFO or device
+    that happens to be named `.jpg` would block the build forever.
     """
     for path in paths:
         if not os.path.lexists(path):
@@ -40,11 +42,14 @@ def scan(paths: list[str | Path], progress: bool = True) -> tuple[dict[str, Sour
         for candidate in _walk(paths, skipped):
             bar.update()
             try:
-                stat = os.stat(candidate)
+                info = os.stat(candidate)
             except OSError as exc:
-                skipped.append(Skipped(candidate, exc.strerror or type(exc).__name__))
+                skipped.append(Skipped(candidate, file_error_reason(exc)))
                 continue
-            found[candidate] = SourceFile(candidate, stat.st_size, stat.st_mtime_ns)
+            if not stat.S_ISREG(info.st_mode):
+                skipped.append(Skipped(candidate, "not a regular file (a pipe, socket or device)"))
+                continue
+            found[candidate] = SourceFile(candidate, info.st_size, info.st_mtime_ns)
     return dict(sorted(found.items())), skipped
 
 
@@ -54,7 +59,8 @@ def _walk(paths: list[str | Path], skipped: list[Skipped]):
         if not os.path.isdir(root):
             yield root
             continue
-        for folder, dirs, files in os.walk(root, onerror=lambda exc: skipped.append(Skipped(exc.filename, exc.strerror))):
+        on_error = lambda exc: skipped.append(Skipped(str(exc.filename or root), file_error_reason(exc)))
+        for folder, dirs, files in os.walk(root, onerror=on_error):
             dirs.sort()
             for name in sorted(files):
                 if is_image_path(name):

@@ -7,7 +7,9 @@ model's resolution, EXIF orientation applied, alpha flattened onto white, RGB.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -20,6 +22,15 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 MAX_PIXELS = 100_000_000
 """Images declaring more pixels than this are refused before decoding (decompression bombs)."""
 ORIENTATION_TAG = 0x0112
+FILE_ERRORS = {
+    errno.ENOENT: "file not found",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EISDIR: "is a directory",
+    errno.ELOOP: "symlink loop",
+    errno.ENAMETOOLONG: "file name too long",
+}
+"""Reasons for the ways opening a file fails, worded the same by the scan, the workers and queries."""
 
 
 class ImageError(Exception):
@@ -30,8 +41,32 @@ def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def file_error_reason(exc: OSError) -> str:
+    """A short lowercase reason for a file that cannot be opened (not the OS's capitalised strerror)."""
+    return FILE_ERRORS.get(exc.errno) or (exc.strerror or type(exc).__name__).lower()
+
+
+def _scaled_pixels(width: int, height: int, min_size: int) -> int:
+    """Pixels once the shorter side is scaled to `min_size`, as the models' preprocessing does.
+
+    A thin strip (say 1,000,000 x 1) is small on disk and in memory but becomes gigabytes
+    when scaled up, so a worker would run out of memory and take the whole build down.
+    """
+    short, long = sorted((max(width, 1), max(height, 1)))
+    return -(-long * min_size // short) * min_size
+
+
+def _is_empty(source: str | Path | bytes) -> bool:
+    """Whether `source` has no bytes at all: "empty file" says more than "not an image"."""
+    try:
+        return len(source) == 0 if isinstance(source, bytes) else os.path.getsize(source) == 0
+    except OSError:
+        return False
+
+
 def open_image(source: str | Path | bytes | Image.Image, min_size: int | None = None) -> Image.Image:
-    """Decode `source` into an RGB image; `min_size` lets JPEGs decode at a reduced scale.
+    """Decode `source` into an RGB image; `min_size` lets JPEGs decode at a reduced scale
+    (and refuses strips too thin to scale up to it).
 
     Raises ImageError with a one-line reason for anything unreadable.
     """
@@ -49,6 +84,8 @@ def decode(source: str | Path | bytes | Image.Image, min_size: int | None = None
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise ImageError(f"too large: {width}x{height} pixels (limit {MAX_PIXELS:,})")
+            if min_size and _scaled_pixels(width, height, min_size) > MAX_PIXELS:
+                raise ImageError(f"too large: {width}x{height} pixels, too long and thin to scale its short side to {min_size}")
             if image.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8):
                 width, height = height, width
             if min_size and image.format == "JPEG":
@@ -57,17 +94,15 @@ def decode(source: str | Path | bytes | Image.Image, min_size: int | None = None
             return _to_rgb(ImageOps.exif_transpose(image)), (width, height)
     except ImageError:
         raise
-    except FileNotFoundError:
-        raise ImageError("file not found") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
-    except IsADirectoryError:
-        raise ImageError("is a directory") from None
     except UnidentifiedImageError:
-        raise ImageError("not an image (unknown or broken format)") from None
+        raise ImageError("empty file" if _is_empty(source) else "not an image (unknown or broken format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError("too large: decompression bomb") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except OSError as exc:
+        if exc.errno is not None:  # the file could not be read; Pillow's errors about the data carry no errno
+            raise ImageError(file_error_reason(exc)) from None
+        raise ImageError(f"broken image: {exc}".splitlines()[0]) from None
+    except (SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"broken image: {exc}".splitlines()[0]) from None
 
 
