@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,8 +27,23 @@ class SearchResult:
     path: str
 
 
-def clean_query(query: str) -> str:
-    text = (query or "").strip()
+MAX_QUERY_CHARS = 2000
+"""A query is cut here before tokenizing: the text towers read at most 77 tokens (far fewer
+characters than this), while tokenizing a megabyte-long query would hold the model for seconds."""
+
+
+def strip_controls(text: str) -> str:
+    """`text` without control, format, private-use or unpaired surrogate characters (Unicode
+    category C*), whitespace kept. The BERT tokenizer drops these anyway, so a query of only
+    them is empty; and an unpaired surrogate (a bad byte in argv, or "\\ud800" in JSON) makes
+    the tokenizer raise instead."""
+    return "".join(ch for ch in text if ch.isspace() or not unicodedata.category(ch).startswith("C"))
+
+
+def clean_query(query: str | None) -> str:
+    """The query the model is given: controls dropped, whitespace collapsed, at most
+    MAX_QUERY_CHARS; TusouError when nothing is left to search for."""
+    text = " ".join(strip_controls((query or "")[:MAX_QUERY_CHARS]).split())
     if not text:
         raise TusouError("empty query: give some words to search for")
     return text

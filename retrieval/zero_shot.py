@@ -8,6 +8,7 @@ a softmax, give probabilities.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +45,19 @@ def parse_labels(text: str | Sequence[str]) -> list[str]:
 
 
 def check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
+    """The templates, each with exactly one bare `{}`, checked without formatting them: they go
+    to str.format, where "{x}" or "{0}{}" raise and "{:>999999999}" builds a gigabyte string."""
     if not templates:
         return DEFAULT_TEMPLATES
     for template in templates:
-        if template.count("{}") != 1:
-            raise TusouError(f"template {template!r} must contain {{}} exactly once, where the label goes")
+        try:
+            fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template) if name is not None]
+        except ValueError:  # a lone { or }
+            fields = []
+        if fields != [("", "", None)]:
+            shown = template if len(template) <= 40 else template[:40] + "…"
+            raise TusouError(f"template (模板) {shown!r} must contain {{}} exactly once, where the label goes "
+                             "(write {{ and }} for literal braces)")
     return tuple(templates)
 
 

@@ -30,3 +30,25 @@ def fresh_folder(tmp_path) -> Path:
     folder = tmp_path / "photos"
     write_images(folder, 24)
     return folder
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A real `tusou serve` (no --host) over 30 images indexed with test-tiny, for one test module.
+
+    Yields (server, collection, root): the index is root/index, the server's Gradio temp dir
+    root/gradio-tmp, and collection/link_out.png is a symlink to root/secret.png, outside it.
+    """
+    from indexer import build_index
+    from tests.uiserver import UIServer
+
+    root = tmp_path_factory.mktemp("ui")
+    collection = root / "collection"
+    write_images(collection, 30)
+    secret = root / "secret.png"
+    write_images(root / "outside", 1)[0].rename(secret)
+    os.symlink(secret, collection / "link_out.png")
+    build_index([collection], root / "index", "test-tiny", device="cpu", workers=0, progress=False)
+    server = UIServer(root / "index", env={"GRADIO_TEMP_DIR": str(root / "gradio-tmp")})
+    yield server, collection, root
+    server.stop()

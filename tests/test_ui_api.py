@@ -1,4 +1,7 @@
-"""The Gradio app as a real server: its API through gradio_client, and what it refuses to serve."""
+"""The Gradio app as a real server: its API through gradio_client, and what it refuses to serve.
+
+The server is the `served` fixture of tests/conftest.py (shared with tests/test_ui_hostile.py).
+"""
 
 from __future__ import annotations
 
@@ -11,23 +14,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 
-from indexer import build_index
-from tests.imagegen import png_bomb, write_images
-from tests.uiserver import UIServer
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ui")
-    collection = root / "collection"
-    write_images(collection, 30)
-    secret = root / "secret.png"
-    write_images(root / "outside", 1)[0].rename(secret)
-    os.symlink(secret, collection / "link_out.png")
-    build_index([collection], root / "index", "test-tiny", device="cpu", workers=0, progress=False)
-    server = UIServer(root / "index")
-    yield server, collection, root
-    server.stop()
+from tests.imagegen import png_bomb
 
 
 def test_search_text_api_returns_k_results_inside_the_index(served):

@@ -18,11 +18,11 @@ def free_port() -> int:
 
 
 class UIServer:
-    def __init__(self, index: Path, *extra: str):
+    def __init__(self, index: Path, *extra: str, env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         tusou = str(Path(sys.executable).with_name("tusou"))
-        env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
+        env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", **(env or {}))
         self.process = subprocess.Popen(
             [tusou, "serve", str(index), "--port", str(self.port), "--device", "cpu", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,

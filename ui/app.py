@@ -7,23 +7,44 @@ thumbnails; "search by this result" uses the stored vector of the catalog row pi
 
 from __future__ import annotations
 
+import base64
+import binascii
+import html
+import re
 import threading
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
+from gradio.data_classes import ImageData
 from PIL import Image
 
 from retrieval.errors import TusouError
 from retrieval.images import ImageError, load_query_image, open_image
 from retrieval.index_info import describe
-from retrieval.searcher import Searcher, SearchResult, clean_query
-from retrieval.zero_shot import DEFAULT_TEMPLATES, label_images, parse_labels
+from retrieval.searcher import Searcher, SearchResult, clean_query, strip_controls
+from retrieval.zero_shot import DEFAULT_TEMPLATES, check_templates, label_images, parse_labels
 
 THUMBNAIL = 256
 MAX_UPLOAD = "20mb"
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_LABELS = 200
+"""More labels than this are refused: each is embedded with every template while the model is held."""
+SHOWN_QUERY_CHARS = 40
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~$])")
 GENERIC_EXAMPLES = ["海边的日落", "一只在草地上奔跑的小狗", "城市的夜景", "红色的花"]
 Gallery = list[tuple[Image.Image, str]]
+
+
+def shown_query(text: str) -> str:
+    """A query as the Markdown status line shows it: short, and as literal text, not markup."""
+    short = text if len(text) <= SHOWN_QUERY_CHARS else text[:SHOWN_QUERY_CHARS] + "…"
+    return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(short, quote=False))
+
+
+def image_message(exc: TusouError) -> str:
+    """Why an upload cannot be used, without the server's temporary path of it."""
+    return f"无法使用这张图片: {str(exc).split(': ', 1)[-1]}"
 
 
 def api_result(result: SearchResult) -> dict:
@@ -60,15 +81,15 @@ class SearchApp:
             return [], [], "请输入查询文字 (type a query to search)."
         with self._lock:
             results = self.searcher.search_text(text, int(k))
-        return *self._results(results), f"“{text}”: {len(results)} 个结果"
+        return *self._results(results), f"“{shown_query(text)}”: {len(results)} 个结果"
 
-    def search_image(self, upload: str | None, k: int) -> tuple[Gallery, list[dict], str]:
+    def search_image(self, upload: str | bytes | None, k: int) -> tuple[Gallery, list[dict], str]:
         if not upload:
             return [], [], "请上传一张图片 (upload an image)."
         try:
             picture = load_query_image(upload, min_size=self.searcher.model.image_size)
         except TusouError as exc:
-            return [], [], f"无法使用这张图片: {str(exc).split(': ', 1)[-1]}"
+            return [], [], image_message(exc)
         with self._lock:
             results = self.searcher.search_image(picture, int(k))
         return *self._results(results), f"以图搜图: {len(results)} 个结果"
@@ -84,13 +105,23 @@ class SearchApp:
         found = self.searcher.search_vectors(vector / np.linalg.norm(vector), int(k))[0]
         return *self._results(found), f"与 #{results[event.index]['rank']} 相似: {len(found)} 个结果"
 
-    def label(self, upload: str | None, labels: str, template: str) -> tuple[dict[str, float], str]:
+    def label(self, upload: str | bytes | None, labels: str, template: str) -> tuple[dict[str, float], str]:
         if not upload:
             return {}, "请上传一张图片 (upload an image)."
         try:
-            names = parse_labels(labels)
-            templates = [template.strip()] if template and template.strip() else None
+            # Controls and unpaired surrogates dropped as in a query: the tokenizer raises on the latter.
+            names = parse_labels(strip_controls(labels or ""))
+            if len(names) > MAX_LABELS:
+                raise TusouError(f"最多 {MAX_LABELS} 个标签 (at most {MAX_LABELS} labels), 收到 {len(names)} 个")
+            template = strip_controls(template or "").strip()
+            templates = check_templates([template]) if template else None
+        except TusouError as exc:
+            return {}, str(exc)
+        try:
             picture = load_query_image(upload, min_size=self.searcher.model.image_size)
+        except TusouError as exc:
+            return {}, image_message(exc)
+        try:
             with self._lock:
                 scores = label_images(self.searcher.model, [picture], names, templates)[0]
         except TusouError as exc:
@@ -147,9 +178,33 @@ def _k_slider() -> gr.Slider:
     return gr.Slider(1, 50, value=12, step=1, label="返回数量 k")
 
 
+def upload_payload(payload: ImageData | None) -> str | bytes | None:
+    """An upload as the handlers take it, unopened: its path, or the bytes of a `data:` URL.
+
+    Replaces gr.Image.preprocess, which opens every upload with Pillow: a file that is not an
+    image failed there with an opaque error, and a `data:` URL was decoded in full (a
+    decompression bomb) before tusou's decoder could check its size and say why.
+    """
+    if payload is None:
+        return None
+    if payload.url and payload.url.startswith("data:"):
+        if len(payload.url) > MAX_UPLOAD_BYTES * 4 // 3 + 1024:
+            raise gr.Error(f"无法使用这张图片: larger than {MAX_UPLOAD}")
+        try:
+            return base64.b64decode(payload.url.rsplit(",", 1)[-1], validate=True)
+        except (binascii.Error, ValueError):
+            raise gr.Error("无法使用这张图片: not valid base64 data") from None
+    # Gradio has already refused any path that was not uploaded to this server.
+    return str(payload.path) if payload.path else None
+
+
 def _upload(label: str, elem_id: str) -> gr.Image:
-    """An upload handed to tusou's decoder as a file path (Gradio only reads its header)."""
-    return gr.Image(type="filepath", image_mode=None, label=label, sources=["upload"], elem_id=elem_id)
+    """An upload handed to tusou's decoder as a file path or bytes (Gradio does not open it)."""
+    image = gr.Image(type="filepath", image_mode=None, label=label, sources=["upload"], elem_id=elem_id)
+    # Set on the instance, not by subclassing: Gradio writes a .pyi stub beside any module
+    # that defines a component subclass.
+    image.preprocess = upload_payload  # type: ignore[method-assign]
+    return image
 
 
 def _results_panel(prefix: str, label: str) -> tuple[gr.Markdown, gr.Gallery, gr.JSON]:
@@ -162,9 +217,8 @@ def _results_panel(prefix: str, label: str) -> tuple[gr.Markdown, gr.Gallery, gr
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
           examples: list[str] | None = None, block: bool = True, precision: str = "auto") -> gr.Blocks:
     """Load the index and its model once, then serve the app (binding 127.0.0.1 unless told)."""
-    # Gradio opens each upload (header only, image_mode=None) before our handler runs; Pillow's
-    # own bomb check would make that an opaque error. tusou's decoder checks the declared size
-    # before decoding anything (MAX_PIXELS), so the user gets a message instead.
+    # tusou's decoder checks the declared size before decoding anything (MAX_PIXELS), and says
+    # so; Pillow's own, lower bomb limit would make some images the index accepts an error here.
     Image.MAX_IMAGE_PIXELS = None
     app = SearchApp(Searcher(index_dir, device=device, precision=precision), examples).build()
     app.queue(default_concurrency_limit=4)

@@ -112,10 +112,12 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from retrieval.searcher import Searcher
+    from retrieval.searcher import Searcher, clean_query
 
     if (args.query is None) == (args.image is None):
         raise TusouError("give either a text query or --image PATH (not both)")
+    if args.query is not None:
+        clean_query(args.query)  # an empty query is refused before the model loads
     searcher = Searcher(args.index, device=args.device, precision=args.precision)
     results = searcher.search_text(args.query, args.k) if args.query is not None else searcher.search_image(args.image, args.k)
     for result in results:
@@ -127,10 +129,10 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 def cmd_label(args: argparse.Namespace) -> None:
     from retrieval.model import load_model
-    from retrieval.zero_shot import label_images, parse_labels
+    from retrieval.zero_shot import check_templates, label_images, parse_labels
 
     labels = parse_labels(args.labels)
-    templates = [t for t in args.templates.split("|")] if args.templates else None
+    templates = check_templates(args.templates.split("|")) if args.templates else None
     model = load_model(args.model, device=args.device, text_weights=args.text_weights, image_weights=args.image_weights)
     for image, scores in zip(args.images, label_images(model, args.images, labels, templates)):
         if args.json:
@@ -293,7 +295,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _escape_undecodable_names() -> None:
+    """File names that are not valid UTF-8 reach Python as lone surrogates; a strict UTF-8
+    stdout would crash printing them. As backslash escapes they stay readable, and inside
+    `--json` output `\udcff` is a valid JSON escape of the same string."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _escape_undecodable_names()
     args = build_parser().parse_args(argv)
     logging.getLogger().setLevel(logging.ERROR)
     if getattr(args, "command", None) == "eval" and args.split is None:
