@@ -3,6 +3,9 @@
 No image is read and no model is loaded: the float16 embeddings are the source, so a
 reindex of a million images takes the FAISS build's time only. The catalog and embeddings
 files stay as they are; a new FAISS file and manifest make the next generation.
+
+It is also the repair of a damaged or missing FAISS file: only the manifest, catalog and
+embeddings are checked (a fault in those refuses, writing nothing), never the old FAISS file.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from pathlib import Path
 
 from indexer.build import build_lock
 from indexer.faiss_build import index_embeddings
-from retrieval.index_store import Manifest, data_paths, open_embeddings, read_manifest, write_index
+from retrieval.index_store import Manifest, open_vectors, read_manifest, write_index
 
 
 def reindex(directory: str | Path, index_type: str = "auto", max_memory: int | None = None, progress: bool = True) -> Manifest:
@@ -19,7 +22,7 @@ def reindex(directory: str | Path, index_type: str = "auto", max_memory: int | N
     read_manifest(directory)  # a clear error before taking the lock in a folder that is no index
     with build_lock(directory):
         manifest = read_manifest(directory)
-        embeddings = open_embeddings(data_paths(directory, manifest)["embeddings"], manifest)
+        _, embeddings = open_vectors(directory, manifest)  # catalog and embeddings agree: safe to keep them
         faiss_index, info = index_embeddings(embeddings, index_type, max_memory, progress)
         return write_index(
             directory,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retrieval.index_store import Manifest, read_manifest
+from retrieval.index_store import Manifest, open_index
 
 
 def describe(manifest: Manifest) -> str:
@@ -18,9 +18,13 @@ def describe(manifest: Manifest) -> str:
 
 
 def summary(directory: str | Path) -> dict:
-    """The manifest's facts and the files' sizes on disk."""
+    """The manifest's facts and the files' sizes on disk.
+
+    The whole index is checked first (the FAISS file memory-mapped, so this stays cheap): `info`
+    must not report a healthy index that `search` would then refuse.
+    """
     directory = Path(directory)
-    manifest = read_manifest(directory)
+    manifest = open_index(directory, mmap=True).manifest
     sizes = {role: (directory / name).stat().st_size if (directory / name).is_file() else None for role, name in manifest.files.items()}
     return {
         "index": str(directory),

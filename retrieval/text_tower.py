@@ -9,6 +9,7 @@ from transformers import BertConfig, BertModel, BertTokenizer
 
 from retrieval import hub
 from retrieval.errors import TusouError
+from retrieval.image_tower import refused_by_unpickler, unsafe_pickle
 from retrieval.registry import PACKAGE_ASSETS, ModelEntry
 
 HUB_FILES = ["config.json", "vocab.txt", "*.safetensors", "pytorch_model.bin", "tokenizer*", "special_tokens_map.json"]
@@ -37,11 +38,29 @@ def load_tokenizer(entry: ModelEntry, directory: Path | None) -> BertTokenizer:
     return BertTokenizer.from_pretrained(str(directory or PACKAGE_ASSETS / entry.text.vocab_dir))
 
 
+def load_weights(directory: Path) -> BertModel:
+    """The tower from a transformers directory: model.safetensors when there is one, else
+    pytorch_model.bin through torch.load(weights_only=True).
+
+    weights_only is transformers' default, passed here anyway: an implicit default is what
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD turns off, and a refused file must be one line, not a traceback.
+    """
+    try:
+        return BertModel.from_pretrained(str(directory), weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a refused pickle, missing, truncated or mismatched weights: one line
+        if refused_by_unpickler(exc):
+            pickled = directory / "pytorch_model.bin"
+            fix = "use a directory with model.safetensors instead (model.save_pretrained(DIR) writes one) from a source you trust"
+            raise unsafe_pickle("text weights", pickled if pickled.is_file() else directory, exc, fix) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TusouError(f"cannot load text weights from {directory}: {first}") from None
+
+
 def load_text_tower(entry: ModelEntry, pretrained: bool, text_weights: str | Path | None) -> tuple[BertTokenizer, BertModel]:
     directory = weights_dir(entry, text_weights) if pretrained or text_weights is not None else None
     tokenizer = load_tokenizer(entry, directory)
     if directory is not None:
-        model = BertModel.from_pretrained(str(directory))
+        model = load_weights(directory)
     else:
         config = BertConfig(**{"vocab_size": len(tokenizer), **entry.text.bert})
         with torch.random.fork_rng(devices=[]):

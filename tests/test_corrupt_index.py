@@ -1,0 +1,292 @@
+"""Damaged and mismatched index directories: one clear line, exit 2, the right fix, nothing touched.
+
+One small real index is built once; each case damages a copy of it the way disks, crashes,
+hand edits and other programs do, then runs the real CLI (search, info, index, reindex) on it.
+When only the FAISS file is bad the fix is `tusou reindex DIR`, which must repair the index
+from its stored embeddings; anything else needs a rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from indexer import build_index
+from retrieval import Searcher, TusouError
+from tests.imagegen import write_images
+from ui.cli import main
+
+QUERY = "红色"
+
+
+class Touch:
+    """Unpickling this creates `marker`: proof that a file was unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
+    """(collection, index): 12 images and the index a build of test-tiny writes for them."""
+    collection = tmp_path_factory.mktemp("corrupt-collection")
+    write_images(collection, 12)
+    index = tmp_path_factory.mktemp("corrupt-original") / "index"
+    build_index([collection], index, model=tiny_model, workers=0, progress=False)
+    return collection, index
+
+
+def manifest(directory: Path) -> dict:
+    return json.loads((directory / "manifest.json").read_text())
+
+
+def edit_manifest(directory: Path, change: Callable[[dict], None]) -> None:
+    raw = manifest(directory)
+    change(raw)
+    (directory / "manifest.json").write_text(json.dumps(raw))
+
+
+def data_file(directory: Path, role: str) -> Path:
+    return directory / manifest(directory)["files"][role]
+
+
+def truncate(path: Path, keep: float) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def stored_vectors(directory: Path) -> np.ndarray:
+    return np.load(data_file(directory, "embeddings"), allow_pickle=False).astype(np.float32)
+
+
+def swap_faiss(directory: Path, index: faiss.Index, vectors: np.ndarray) -> None:
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    faiss.write_index(index, str(data_file(directory, "faiss")))
+
+
+def replace_catalog_line(directory: Path, number: int, line: bytes | None) -> None:
+    path = data_file(directory, "catalog")
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[number - 1 : number] = [] if line is None else [line]
+    path.write_bytes(b"".join(lines))
+
+
+def save_embeddings(directory: Path, array: np.ndarray) -> None:
+    with open(data_file(directory, "embeddings"), "wb") as handle:
+        np.save(handle, array, allow_pickle=True)
+
+
+def pickled_embeddings(directory: Path) -> None:
+    """A .npy of Python objects whose unpickling would create a marker file beside the index."""
+    save_embeddings(directory, np.array([Touch(directory.parent / "UNPICKLED")] * 12, dtype=object))
+
+
+def pickle_as_embeddings(directory: Path) -> None:
+    """Not a .npy at all: a bare pickle in the embeddings file's place."""
+    data_file(directory, "embeddings").write_bytes(pickle.dumps(Touch(directory.parent / "UNPICKLED")))
+
+
+def point_outside(role: str, name: str) -> Callable[[Path], None]:
+    def damage(directory: Path) -> None:
+        edit_manifest(directory, lambda raw: raw["files"].__setitem__(role, name))
+
+    return damage
+
+
+def catalog_copied_outside(directory: Path) -> None:
+    """A valid catalog outside the directory, named by the manifest: followed, the index would work."""
+    shutil.copy(data_file(directory, "catalog"), directory.parent / "outside.jsonl")
+    edit_manifest(directory, lambda raw: raw["files"].__setitem__("catalog", "../outside.jsonl"))
+
+
+def delete(role: str) -> Callable[[Path], None]:
+    return lambda directory: data_file(directory, role).unlink()
+
+
+def set_model(name: str) -> Callable[[Path], None]:
+    return lambda directory: edit_manifest(directory, lambda raw: raw["model"].__setitem__("name", name))
+
+
+def set_field(key: str, value: object) -> Callable[[Path], None]:
+    return lambda directory: edit_manifest(directory, lambda raw: raw.__setitem__(key, value))
+
+
+def drop_fields(*keys: str) -> Callable[[Path], None]:
+    return lambda directory: edit_manifest(directory, lambda raw: [raw.pop(key) for key in keys])
+
+
+FAISS_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "faiss-truncated-half": (lambda d: truncate(data_file(d, "faiss"), 0.5), "is truncated or corrupt"),
+    "faiss-zero-bytes": (lambda d: truncate(data_file(d, "faiss"), 0), "is empty"),
+    "faiss-garbage": (
+        lambda d: data_file(d, "faiss").write_bytes(np.random.default_rng(1).bytes(data_file(d, "faiss").stat().st_size)),
+        "is not a FAISS index",
+    ),
+    "faiss-deleted": (delete("faiss"), "is missing"),
+    "faiss-other-dim": (lambda d: swap_faiss(d, faiss.IndexFlatIP(32), stored_vectors(d)[:, :32]), "holds 32-d vectors, the index is 64-d"),
+    "faiss-other-type": (
+        lambda d: swap_faiss(d, faiss.IndexHNSWFlat(64, 32, faiss.METRIC_INNER_PRODUCT), stored_vectors(d)),
+        "holds an IndexHNSWFlat, the manifest says flat",
+    ),
+    "faiss-l2-metric": (lambda d: swap_faiss(d, faiss.IndexFlatL2(64), stored_vectors(d)), "holds an IndexFlatL2"),
+    "faiss-fewer-vectors": (lambda d: swap_faiss(d, faiss.IndexFlatIP(64), stored_vectors(d)[:11]), "holds 11 vectors, the index has 12 items"),
+}
+
+REBUILD_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "catalog-deleted": (delete("catalog"), "its catalog file catalog.1.jsonl is missing"),
+    "catalog-truncated-mid-line": (
+        lambda d: data_file(d, "catalog").write_bytes(data_file(d, "catalog").read_bytes()[:-40]),
+        "catalog.1.jsonl line 12 is damaged (cut short)",
+    ),
+    "catalog-garbage-line": (lambda d: replace_catalog_line(d, 5, b"this is not JSON\n"), "catalog.1.jsonl line 5 is damaged (not JSON)"),
+    "catalog-binary-line": (lambda d: replace_catalog_line(d, 7, b"\xff\xfe\x00\x81garbage\n"), "catalog.1.jsonl line 7 is damaged (not UTF-8 text)"),
+    "catalog-json-not-an-item": (lambda d: replace_catalog_line(d, 2, b"[1, 2, 3]\n"), "catalog.1.jsonl line 2 is damaged"),
+    "catalog-line-removed": (lambda d: replace_catalog_line(d, 3, None), "item counts: manifest 12, catalog 11, embeddings 12"),
+    "embeddings-truncated": (lambda d: truncate(data_file(d, "embeddings"), 0.5), "embeddings.1.npy is damaged (truncated)"),
+    "embeddings-zero-bytes": (lambda d: truncate(data_file(d, "embeddings"), 0), "embeddings.1.npy is damaged (empty)"),
+    "embeddings-wrong-dim": (lambda d: save_embeddings(d, np.zeros((12, 32), np.float16)), "vectors are float16 12 × 32, the manifest says float16 × 64"),
+    "embeddings-wrong-dtype": (lambda d: save_embeddings(d, np.zeros((12, 64), np.float64)), "vectors are float64 12 × 64"),
+    "embeddings-fewer-rows": (lambda d: save_embeddings(d, np.zeros((11, 64), np.float16)), "item counts: manifest 12, catalog 12, embeddings 11"),
+    "embeddings-deleted": (delete("embeddings"), "its embeddings file embeddings.1.npy is missing"),
+    "embeddings-object-array": (pickled_embeddings, "embeddings.1.npy is damaged (holds pickled Python objects"),
+    "embeddings-bare-pickle": (pickle_as_embeddings, "embeddings.1.npy is damaged (holds pickled Python objects"),
+    "manifest-invalid-json": (lambda d: truncate(d / "manifest.json", 0.5), "manifest.json is damaged ("),
+    "manifest-not-an-object": (lambda d: (d / "manifest.json").write_text("[]"), "manifest.json is damaged (not a JSON object)"),
+    "manifest-missing-keys": (drop_fields("dim", "files"), "manifest.json is damaged (no dim, files)"),
+    "manifest-wrong-type": (set_field("dim", "64"), "manifest.json is damaged (dim is '64')"),
+    "manifest-unknown-field": (set_field("colour", "red"), "manifest.json is damaged (unknown field colour)"),
+    "manifest-other-model": (set_model("taiyi-clip-l14"), "model taiyi-clip-l14 makes 768-d vectors, the manifest says 64-d"),
+    "manifest-unknown-model": (set_model("no-such-model"), "names model 'no-such-model', which this tusou does not know"),
+    "manifest-other-dim": (set_field("dim", 128), "model test-tiny makes 64-d vectors, the manifest says 128-d"),
+    "manifest-count-disagrees": (set_field("count", 13), "item counts: manifest 13, catalog 12, embeddings 12"),
+    "manifest-metric": (set_field("metric", "l2"), "manifest.json is damaged (metric 'l2'"),
+    "manifest-unknown-index-type": (
+        lambda d: edit_manifest(d, lambda raw: raw["index"].__setitem__("type", "annoy")),
+        "manifest.json is damaged (index type 'annoy'",
+    ),
+    "manifest-knob-of-another-type": (
+        lambda d: edit_manifest(d, lambda raw: raw["index"]["search"].__setitem__("nprobe", 8)),
+        "manifest.json is damaged (search setting nprobe on a flat index)",
+    ),
+    "manifest-path-escape": (point_outside("catalog", "../../etc/passwd"), "its catalog file '../../etc/passwd' is not a file inside"),
+    "manifest-absolute-path": (point_outside("embeddings", "/etc/passwd"), "its embeddings file '/etc/passwd' is not a file inside"),
+    "manifest-faiss-path-escape": (point_outside("faiss", "../index.1.faiss"), "its faiss file '../index.1.faiss' is not a file inside"),
+    "manifest-valid-catalog-outside": (catalog_copied_outside, "its catalog file '../outside.jsonl' is not a file inside"),
+}
+
+UPGRADE_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "manifest-newer-format": (set_field("format_version", 2), "was written by a newer tusou (index format 2, this one reads up to 1)"),
+}
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under `root` (the index copy and whatever sits beside it), by relative path."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def damaged_copy(original: Path, tmp_path: Path, damage: Callable[[Path], None]) -> Path:
+    directory = tmp_path / "index"
+    shutil.copytree(original, directory)
+    damage(directory)
+    return directory
+
+
+def one_error_line(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and err.endswith("\n"), err
+    assert lines[0].startswith("tusou: error: "), err
+    return lines[0]
+
+
+def cli_runs(collection: Path, directory: Path) -> list[list[str]]:
+    return [
+        ["search", str(directory), QUERY, "--json"],
+        ["info", str(directory)],
+        ["info", str(directory), "--json"],
+        ["index", str(collection), "--out", str(directory)],
+    ]
+
+
+def rebuild_hint(directory: Path) -> str:
+    return f"delete {directory} and rebuild it with `tusou index PATH --out {directory}`"
+
+
+@pytest.mark.parametrize("case", list(REBUILD_CASES) + list(UPGRADE_CASES))
+def test_damage_that_needs_a_rebuild_is_one_line_and_touches_nothing(case, original, tmp_path, capsys):
+    collection, index = original
+    damage, names = {**REBUILD_CASES, **UPGRADE_CASES}[case]
+    directory = damaged_copy(index, tmp_path, damage)
+    before = snapshot(tmp_path)
+
+    for argv in cli_runs(collection, directory) + [["reindex", str(directory)]]:
+        line = one_error_line(capsys, argv)
+        assert names in line, (argv, line)
+        if case in UPGRADE_CASES:
+            assert line.endswith(": upgrade tusou"), line
+        else:
+            assert line.endswith(rebuild_hint(directory)), line
+            assert "tusou reindex" not in line, "a reindex cannot restore a catalog, embeddings or manifest"
+        assert snapshot(tmp_path) == before, f"{argv[0]} changed the damaged directory"
+
+    with pytest.raises(TusouError, match="upgrade tusou" if case in UPGRADE_CASES else "delete .* and rebuild it"):
+        Searcher(directory, device="cpu")
+    assert snapshot(tmp_path) == before
+    assert not (tmp_path / "UNPICKLED").exists(), "the embeddings file was unpickled"
+    if case in ("embeddings-object-array", "embeddings-bare-pickle"):  # the file was armed: numpy with pickles allowed runs it
+        with open(data_file(directory, "embeddings"), "rb") as handle:
+            np.load(handle, allow_pickle=True)
+        assert (tmp_path / "UNPICKLED").exists()
+
+
+@pytest.mark.parametrize("case", list(FAISS_CASES))
+def test_damaged_faiss_file_points_at_reindex_which_repairs_it(case, original, tmp_path, capsys):
+    collection, index = original
+    assert main(["search", str(index), QUERY, "--json"]) == 0
+    expected = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(expected) == 10
+
+    damage, names = FAISS_CASES[case]
+    directory = damaged_copy(index, tmp_path, damage)
+    before = snapshot(tmp_path)
+    for argv in cli_runs(collection, directory):
+        line = one_error_line(capsys, argv)
+        assert names in line and f"FAISS file {manifest(directory)['files']['faiss']}" in line, (argv, line)
+        # the embeddings are still good: nothing needs re-embedding
+        assert line.endswith(f"rebuild the FAISS file from them with `tusou reindex {directory}`"), line
+        assert snapshot(tmp_path) == before, f"{argv[0]} changed the damaged directory"
+    with pytest.raises(TusouError, match=f"`tusou reindex {directory}`"):
+        Searcher(directory, device="cpu")
+
+    kept = {role: data_file(directory, role).read_bytes() for role in ("catalog", "embeddings")}
+    assert main(["reindex", str(directory)]) == 0
+    capsys.readouterr()
+    assert {role: data_file(directory, role).read_bytes() for role in kept} == kept  # nothing re-embedded
+    assert sorted(os.listdir(directory)) == [".lock", "catalog.1.jsonl", "embeddings.1.npy", "index.2.faiss", "manifest.json"]
+    assert main(["search", str(directory), QUERY, "--json"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == expected
+    assert main(["info", str(directory)]) == 0
+
+
+def test_a_clean_index_passes_every_check(original, capsys):
+    """The checks above are not so strict that a healthy index fails them."""
+    collection, index = original
+    before = snapshot(index)
+    assert main(["info", str(index), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["count"], info["dim"], info["index_type"]["type"]) == (12, 64, "flat")
+    assert main(["search", str(index), QUERY, "-k", "3", "--json"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    assert snapshot(index) == before
