@@ -7,6 +7,7 @@ in chunks as they are made, so an interrupted build resumes where it stopped.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -24,7 +25,17 @@ from indexer.sources import Skipped, SourceFile, describe_extensions, scan
 from indexer.staging import Staging
 from retrieval.devices import compute_dtype
 from retrieval.errors import TusouError
-from retrieval.index_store import MANIFEST, CatalogItem, ImageRecord, StoredIndex, check_model, open_index, write_index
+from retrieval.faults import kill_point
+from retrieval.index_store import (
+    MANIFEST,
+    CatalogItem,
+    ImageRecord,
+    StoredIndex,
+    check_model,
+    open_index,
+    remove_leftovers,
+    write_index,
+)
 from retrieval.model import EmbeddingModel, load_model
 from retrieval.registry import DEFAULT_MODEL
 
@@ -47,12 +58,19 @@ class BuildSummary:
 
 @contextmanager
 def build_lock(directory: Path) -> Iterator[None]:
-    """One build per index directory at a time."""
+    """One build per index directory at a time.
+
+    A POSIX record lock (lockf), not flock: decode workers forked by the build share its open
+    files, and an flock would stay held by orphaned workers for seconds after the build is
+    killed; a record lock belongs to the build's process alone and dies with it.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / ".lock", "w") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
             raise TusouError(f"another tusou build is writing {directory}: wait for it to finish") from None
         yield
 
@@ -98,6 +116,7 @@ def build_index(
     created = not out.exists()
     try:
         with build_lock(out):
+            remove_leftovers(out)
             previous = open_index(out) if (out / MANIFEST).exists() else None
             if previous and (model_name or model):
                 check_model(previous.manifest, out, model_name or model.name)
@@ -127,6 +146,7 @@ def build_index(
                 staging.flush()
             layout = _layout(previous, index_type, max_index_memory)
             summary = _commit(out, previous, model_info, model.dim, files, unchanged, staging, old, layout, progress)
+            kill_point("committed")
             staging.clear()
     except BaseException:
         if created and out.is_dir() and set(os.listdir(out)) <= {".lock"}:
@@ -180,6 +200,7 @@ def _embed(
                 staging.flush()
                 since_flush = 0
             bar.update(len(batch.ok) + len(batch.failed))
+            kill_point("embedded")
     return skipped
 
 
@@ -196,6 +217,7 @@ def _commit(
     progress: bool,
 ) -> BuildSummary:
     """Assemble the new catalog in path order and write it as a new generation if anything changed."""
+    kill_point("commit")
     next_id = previous.manifest.next_id if previous else 0
     items: list[CatalogItem] = []
     rows: list[np.ndarray] = []

@@ -14,13 +14,14 @@ from pathlib import Path
 
 from indexer.build import build_lock
 from indexer.faiss_build import index_embeddings
-from retrieval.index_store import Manifest, open_vectors, read_manifest, write_index
+from retrieval.index_store import Manifest, open_vectors, read_manifest, remove_leftovers, write_index
 
 
 def reindex(directory: str | Path, index_type: str = "auto", max_memory: int | None = None, progress: bool = True) -> Manifest:
     directory = Path(directory)
     read_manifest(directory)  # a clear error before taking the lock in a folder that is no index
     with build_lock(directory):
+        remove_leftovers(directory)
         manifest = read_manifest(directory)
         _, embeddings = open_vectors(directory, manifest)  # catalog and embeddings agree: safe to keep them
         faiss_index, info = index_embeddings(embeddings, index_type, max_memory, progress)

@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from retrieval.errors import TusouError
+from retrieval.faults import kill_point
 from retrieval.images import IMAGE_EXTENSIONS, file_error_reason, is_image_path
 
 
@@ -41,6 +42,7 @@ def scan(paths: list[str | Path], progress: bool = True) -> tuple[dict[str, Sour
     with tqdm(desc="scanning", unit=" files", disable=not progress, leave=False) as bar:
         for candidate in _walk(paths, skipped):
             bar.update()
+            kill_point("scan")
             try:
                 info = os.stat(candidate)
             except OSError as exc:

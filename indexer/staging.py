@@ -15,6 +15,7 @@ import numpy as np
 
 from indexer.sources import SourceFile
 from retrieval.atomic import atomic_write, atomic_write_text
+from retrieval.faults import kill_point
 from retrieval.index_store import ImageRecord
 
 
@@ -66,6 +67,7 @@ class Staging:
 
         atomic_write(self.directory / f"chunk-{number:06d}.npz", write)
         self.pending = []
+        kill_point("staged")
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

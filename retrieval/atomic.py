@@ -10,6 +10,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from retrieval.faults import kill_point
+
 
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
@@ -26,6 +28,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        kill_point(f"written:{path.name.split('.')[0].split('-')[0]}")  # e.g. written:catalog, not yet renamed
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

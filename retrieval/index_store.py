@@ -9,6 +9,7 @@ killed at any point leaves the previous index intact.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -20,6 +21,7 @@ import numpy as np
 from retrieval import ann
 from retrieval.atomic import atomic_write, atomic_write_text
 from retrieval.errors import TusouError
+from retrieval.faults import kill_point
 from retrieval.registry import MODELS
 
 FORMAT_VERSION = 1
@@ -336,6 +338,29 @@ def open_index(directory: str | Path, mmap: bool = False) -> StoredIndex:
     return StoredIndex(directory, manifest, items, embeddings, faiss_index)
 
 
+GENERATION_FILE = re.compile(r"(catalog\.\d+\.jsonl|embeddings\.\d+\.npy|index\.\d+\.faiss)")
+TEMPORARY_FILE = re.compile(r"\..+\.tmp-\d+")
+
+
+def remove_leftovers(directory: Path) -> list[str]:
+    """Delete what a killed writer left: temporary files, and generation files no manifest names.
+
+    Only for a writer holding the build lock. Returns the names removed.
+    """
+    manifest = read_manifest(directory) if (directory / MANIFEST).is_file() else None
+    named = set(manifest.files.values()) if manifest else set()
+    removed = []
+    for folder in (directory, directory / "staging"):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            stale_generation = folder == directory and GENERATION_FILE.fullmatch(path.name) and path.name not in named
+            if path.is_file() and (TEMPORARY_FILE.fullmatch(path.name) or stale_generation):
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+    return removed
+
+
 def write_index(
     directory: Path,
     *,
@@ -386,6 +411,7 @@ def write_index(
         for name in previous.files.values():
             if name not in files.values() and _plain_name(name):  # never a path outside the directory
                 (directory / name).unlink(missing_ok=True)
+                kill_point("cleanup")
     return manifest
 
 
