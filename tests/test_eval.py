@@ -71,7 +71,7 @@ def test_cnclip_run_writes_reports_that_rescore_identically_and_caches(cnclip_se
     assert results["settings"]["features_cached"] is False
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 120 and all(len(p["image_ids"]) == 10 for p in predictions)
-    truth = {json.loads(l)["text_id"]: set(json.loads(l)["image_ids"]) for l in (cnclip_set / "test_texts.jsonl").read_text().splitlines()}
+    truth = {json.loads(row)["text_id"]: set(json.loads(row)["image_ids"]) for row in (cnclip_set / "test_texts.jsonl").read_text().splitlines()}
     for k in (1, 5, 10):
         assert independent_hits(predictions, truth, k) == pytest.approx(results["metrics"][f"text_to_image_R@{k}"], abs=0.01)
     assert results["metrics"]["text_to_image_R@10"] > 50, "the demo model must be far above chance (1/60 per caption)"
@@ -84,8 +84,10 @@ def test_cnclip_run_writes_reports_that_rescore_identically_and_caches(cnclip_se
 
 
 def test_standard_base64_alphabet_is_accepted(tmp_path):
+    import base64
+    import io
+
     from eval.datasets import read_cnclip
-    import base64, io
 
     buffer = io.BytesIO()
     draw(1).save(buffer, format="JPEG")
