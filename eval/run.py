@@ -10,7 +10,7 @@ import numpy as np
 from eval import datasets
 from eval.features import cache_path, load_or_embed
 from eval.metrics import KS, hits_at_k, rank_items
-from eval.published import SOURCE, published
+from eval.published import figures
 from retrieval.errors import TusouError
 from retrieval.model import EmbeddingModel
 from retrieval.zero_shot import DEFAULT_TEMPLATES, label_vectors
@@ -26,15 +26,25 @@ class EvalResult:
 
 
 def _settings(model: EmbeddingModel) -> dict:
-    text = model.entry.text
+    """How the model reads its inputs, from one real tokenization (so the report cannot drift from the code)."""
+    inputs = model.text_model.tokenize(["一"])
+    ids = next(iter(inputs.values()))
+    padding = f"max_length {ids.shape[1]}" if ids.shape[1] == model.text_model.context_length else "longest"
     return {
-        "context_length": text.context_length,
-        "padding": "longest + attention mask" if text.dynamic_padding else f"max_length {text.context_length}, no mask",
-        "text_feature": text.feature,
+        "model": model.name,
+        "context_length": model.text_model.context_length,
+        "padding": f"{padding}, {'attention mask' if 'attention_mask' in inputs else 'no mask' if 'input_ids' in inputs else 'masked by the model'}",
+        "text_tower": type(model.text_model).__name__,
         "image_size": model.image_size,
-        "image_tower": model.entry.image.arch,
+        "image_tower": type(model.image_model).__name__,
         "device": str(model.device),
     }
+
+
+def _published(model: EmbeddingModel, dataset: str) -> dict:
+    """The published figures for this model and dataset, and where they come from (test set included)."""
+    found = figures(model.name, dataset)
+    return {"published": dict(found.metrics) if found else {}, "published_source": found.cite() if found else None}
 
 
 def evaluate_retrieval(
@@ -83,8 +93,7 @@ def evaluate_retrieval(
             "texts_without_image": len(rows.captions) - len(captions),
         },
         "metrics": metrics,
-        "published": published(model.name, dataset),
-        "published_source": SOURCE if published(model.name, dataset) else None,
+        **_published(model, dataset),
         "missing": missing,
         "settings": _settings(model) | {"features_cached": features.cached, "metric": "hit@K (Chinese-CLIP evaluation.py)"},
     }
@@ -123,8 +132,7 @@ def evaluate_zero_shot(
             "top5": round(100 * float(top5.mean()), 2),
             "mean_per_class_recall": round(100 * float(np.mean(per_class)), 2),
         },
-        "published": published(model.name, "imagenet-cn"),
-        "published_source": SOURCE if published(model.name, "imagenet-cn") else None,
+        **_published(model, "imagenet-cn"),
         "missing": features.failed,
         "settings": _settings(model) | {"templates": templates, "features_cached": features.cached},
     }

@@ -2,6 +2,7 @@
 
 from retrieval.errors import TusouError
 from retrieval.model import EmbeddingModel, load_model
+from retrieval.query import Query
 from retrieval.registry import DEFAULT_MODEL, MODELS
 from retrieval.searcher import Searcher, SearchResult
 from retrieval.zero_shot import DEFAULT_TEMPLATES, LabelScore, label_images
@@ -12,6 +13,7 @@ __all__ = [
     "MODELS",
     "EmbeddingModel",
     "LabelScore",
+    "Query",
     "SearchResult",
     "Searcher",
     "TusouError",

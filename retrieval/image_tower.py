@@ -26,41 +26,49 @@ from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from retrieval import hub
 from retrieval.errors import TusouError
 from retrieval.registry import PACKAGE_ASSETS, ModelEntry
+from retrieval.towers import ImageEncoder
 
 open_clip.add_model_config(PACKAGE_ASSETS / "open_clip")
 
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 
 
-def hub_checkpoint(entry: ModelEntry) -> tuple[str, list[str]]:
+def hub_checkpoint(arch: str, pretrained: str) -> tuple[str, list[str]]:
     """The hub repo and candidate file names of an open_clip pretrained tag, as open_clip names them."""
-    cfg = open_clip.get_pretrained_cfg(entry.image.arch, entry.image.pretrained or "")
+    cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     if not cfg.get("hf_hub"):
-        raise TusouError(f"open_clip has no hub weights for {entry.image.arch} / {entry.image.pretrained}")
+        raise TusouError(f"open_clip has no hub weights for {arch} / {pretrained}")
     repo, filename = os.path.split(cfg["hf_hub"].rstrip("/") + "/")
     if filename:
         return repo, [filename]
     return repo, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
 
 
+def pretrained_checkpoint(name: str, arch: str, pretrained: str) -> tuple[Path, dict]:
+    """An open_clip pretrained tag's checkpoint file (HF cache, else download) and the
+    preprocessing its weights expect."""
+    repo, names = hub_checkpoint(arch, pretrained)
+    fix = f"model {name!r} needs it; use --model demo, pass --image-weights FILE (an open_clip checkpoint of {arch}), or go online once"
+    cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+    return hub.file(repo, names, fix=fix), {k: cfg[k] for k in PREPROCESS_KEYS if k in cfg}
+
+
+def local_checkpoint(image_weights: str | Path) -> Path:
+    path = Path(image_weights)
+    if not path.is_file():
+        raise TusouError(f"--image-weights {path}: no such file (expected an open_clip checkpoint)")
+    return path
+
+
 def checkpoint(entry: ModelEntry, image_weights: str | Path | None) -> tuple[Path | None, dict]:
     """The checkpoint file to load (None: random) and the preprocessing its weights expect."""
     if image_weights is not None:
-        path = Path(image_weights)
-        if not path.is_file():
-            raise TusouError(f"--image-weights {path}: no such file (expected an open_clip checkpoint)")
-        return path, {}
+        return local_checkpoint(image_weights), {}
     if entry.image.package_file is not None:
         return PACKAGE_ASSETS / entry.image.package_file, {}
     if entry.image.pretrained is None:
         return None, {}
-    repo, names = hub_checkpoint(entry)
-    fix = (
-        f"model {entry.name!r} needs it; use --model demo, pass --image-weights FILE "
-        f"(an open_clip checkpoint of {entry.image.arch}), or go online once"
-    )
-    cfg = open_clip.get_pretrained_cfg(entry.image.arch, entry.image.pretrained)
-    return hub.file(repo, names, fix=fix), {k: cfg[k] for k in PREPROCESS_KEYS if k in cfg}
+    return pretrained_checkpoint(entry.name, entry.image.arch, entry.image.pretrained)
 
 
 SAFETENSORS_FIX = "re-save it as .safetensors (safetensors.torch.save_file(state_dict, PATH)) from a source you trust"
@@ -165,21 +173,51 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def load_image_tower(
-    entry: ModelEntry, pretrained: bool, image_weights: str | Path | None
-) -> tuple[open_clip.CLIP, Callable]:
-    path, preprocess_cfg = checkpoint(entry, image_weights) if pretrained or image_weights is not None else (None, {})
+class OpenClipImage(ImageEncoder):
+    """The image side of an open_clip model (the whole model is kept: training and
+    logit_scale use it)."""
+
+    def __init__(self, clip: torch.nn.Module, preprocess: Callable):
+        super().__init__()
+        self.clip, self.preprocess = clip, preprocess
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(pixels)
+
+    @property
+    def image_size(self) -> int:
+        size = self.clip.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.clip.logit_scale.detach().exp().clamp(max=100.0))
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.clip.visual.state_dict()
+
+
+def create_open_clip(
+    arch: str, seed: int, path: Path | None, preprocess_cfg: dict, **model_kwargs: object
+) -> tuple[torch.nn.Module, Callable]:
+    """open_clip's `arch` with the weights in `path` (read safely), or random from `seed`."""
     state_dict = read_checkpoint(path) if path is not None else None
     with torch.random.fork_rng(devices=[]), _quiet_about_random_init(state_dict is not None):
-        torch.manual_seed(entry.seed)
+        torch.manual_seed(seed)
         model, _, preprocess = open_clip.create_model_and_transforms(
-            entry.image.arch,
+            arch,
             pretrained=None,  # the weights are loaded below, from tensors read safely
             **{f"image_{key}": value for key, value in preprocess_cfg.items()},
+            **model_kwargs,
         )
     if state_dict is not None:
         try:
             load_state_dict(model, state_dict)
         except Exception as exc:  # noqa: BLE001 - missing keys, wrong shapes: the file is for another model
-            raise TusouError(f"cannot load image weights {path} into {entry.image.arch}: {_first_line(exc)}") from None
+            raise TusouError(f"cannot load image weights {path} into {arch}: {_first_line(exc)}") from None
     return model.eval(), preprocess
+
+
+def load_image_tower(entry: ModelEntry, pretrained: bool, image_weights: str | Path | None) -> OpenClipImage:
+    path, preprocess_cfg = checkpoint(entry, image_weights) if pretrained or image_weights is not None else (None, {})
+    return OpenClipImage(*create_open_clip(entry.image.arch, entry.seed, path, preprocess_cfg))

@@ -11,25 +11,35 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import open_clip
 import torch
 from PIL import Image
-from transformers import BertModel, BertTokenizer
 
 from retrieval import hub
+from retrieval.chinese_clip import load_chinese_clip
 from retrieval.devices import inference, resolve_device
 from retrieval.image_tower import hub_checkpoint, load_image_tower
-from retrieval.registry import DEFAULT_MODEL, PACKAGE_ASSETS, ModelEntry, get_entry
+from retrieval.open_clip_hf import load_open_clip_hf
+from retrieval.registry import (
+    DEFAULT_MODEL,
+    PACKAGE_ASSETS,
+    ChineseClip,
+    ImageSpec,
+    ImageTower,
+    ModelEntry,
+    OpenClip,
+    TextSpec,
+    TextTower,
+    get_entry,
+)
 from retrieval.text_tower import load_text_tower
+from retrieval.towers import ImageEncoder, TextEncoder
 
 
 @dataclass
 class EmbeddingModel:
     entry: ModelEntry
-    tokenizer: BertTokenizer
-    text_model: BertModel
-    image_model: open_clip.CLIP
-    preprocess: Callable[[Image.Image], torch.Tensor]
+    text_model: TextEncoder
+    image_model: ImageEncoder
     device: torch.device
     sources: dict[str, str | None]
     """Where the weights came from (`text_weights`, `image_weights`), for reopening an index."""
@@ -44,32 +54,22 @@ class EmbeddingModel:
 
     @property
     def image_size(self) -> int:
-        size = self.image_model.visual.image_size
-        return int(size[0] if isinstance(size, (tuple, list)) else size)
+        return self.image_model.image_size
+
+    @property
+    def preprocess(self) -> Callable[[Image.Image], torch.Tensor]:
+        return self.image_model.preprocess
 
     @property
     def logit_scale(self) -> float:
-        """exp(learned temperature), ≈100 for CLIP: turns cosines into zero-shot logits."""
-        return float(self.image_model.logit_scale.detach().exp().clamp(max=100.0))
+        return self.image_model.logit_scale
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Taiyi-CLIP's way by default: every text padded to 77 tokens, no attention mask."""
-        spec = self.entry.text
-        encoded = self.tokenizer(
-            list(texts),
-            padding=True if spec.dynamic_padding else "max_length",
-            truncation=True,
-            max_length=spec.context_length,
-            return_tensors="pt",
-        )
-        inputs = {"input_ids": encoded["input_ids"].to(self.device)}
-        if spec.dynamic_padding:
-            inputs["attention_mask"] = encoded["attention_mask"].to(self.device)
-        return inputs
+        return {key: value.to(self.device) for key, value in self.text_model.tokenize(texts).items()}
 
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
-        """The tower's raw text vectors (the entry's `feature` output), with autograd if enabled."""
-        return getattr(self.text_model(**self.tokenize(texts)), self.entry.text.feature)
+        """The tower's raw text vectors, with autograd if enabled."""
+        return self.text_model(**self.tokenize(texts))
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """L2-normalised float32 text vectors, one row per text."""
@@ -80,7 +80,7 @@ class EmbeddingModel:
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """Vectors of images already run through `preprocess` (a batch tensor)."""
         with inference(self.device):
-            return _normalise(self.image_model.encode_image(pixels.to(self.device, self.dtype)))
+            return _normalise(self.image_model(pixels.to(self.device, self.dtype)))
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """L2-normalised float32 image vectors, one row per image."""
@@ -95,11 +95,11 @@ class EmbeddingModel:
         return next(self.image_model.parameters()).dtype
 
     def with_dtype(self, dtype: torch.dtype) -> EmbeddingModel:
-        """A copy whose towers run in `dtype`; this model is left as it is."""
+        """A copy whose towers run in `dtype`; this model is left as it is (one copy of what both towers share)."""
         if self.dtype == dtype:
             return self
-        towers = {name: copy.deepcopy(getattr(self, name)).to(dtype) for name in ("text_model", "image_model")}
-        return dataclasses.replace(self, **towers)
+        text, image = copy.deepcopy((self.text_model, self.image_model))
+        return dataclasses.replace(self, text_model=text.to(dtype), image_model=image.to(dtype))
 
     def fingerprint(self) -> str:
         """A short hash of both towers' weights: names, shapes and a strided sample of values.
@@ -108,8 +108,8 @@ class EmbeddingModel:
         milliseconds rather than hashing every byte of a ViT-L.
         """
         digest = hashlib.sha256(self.name.encode())
-        for prefix, module in (("text.", self.text_model), ("image.", self.image_model.visual)):
-            for key, tensor in sorted(module.state_dict().items()):
+        for prefix, tower in (("text.", self.text_model), ("image.", self.image_model)):
+            for key, tensor in sorted(tower.weights().items()):
                 flat = tensor.detach().reshape(-1)
                 sample = flat[:: max(1, flat.numel() // 256)].float().cpu().numpy()
                 digest.update(f"{prefix}{key}{tuple(tensor.shape)}".encode())
@@ -124,6 +124,19 @@ def _normalise(features: torch.Tensor) -> np.ndarray:
 
 def _stack(rows: list[np.ndarray], dim: int) -> np.ndarray:
     return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+
+
+Loader = Callable[[ModelEntry, bool, "str | Path | None", "str | Path | None"], tuple[TextEncoder, ImageEncoder]]
+
+
+def _bert_and_open_clip(
+    entry: ModelEntry, pretrained: bool, text_weights: str | Path | None, image_weights: str | Path | None
+) -> tuple[TextEncoder, ImageEncoder]:
+    return load_text_tower(entry, pretrained, text_weights), load_image_tower(entry, pretrained, image_weights)
+
+
+FAMILIES: dict[type, Loader] = {TextTower: _bert_and_open_clip, ChineseClip: load_chinese_clip, OpenClip: load_open_clip_hf}
+"""Each family's loader, by the type of an entry's text spec."""
 
 
 def load_model(
@@ -141,14 +154,11 @@ def load_model(
     """
     entry = get_entry(name)
     resolved = resolve_device(device)
-    tokenizer, text_model = load_text_tower(entry, pretrained, text_weights)
-    image_model, preprocess = load_image_tower(entry, pretrained, image_weights)
+    text_model, image_model = FAMILIES[type(entry.text)](entry, pretrained, text_weights, image_weights)
     return EmbeddingModel(
         entry=entry,
-        tokenizer=tokenizer,
         text_model=text_model.to(resolved),
         image_model=image_model.to(resolved),
-        preprocess=preprocess,
         device=resolved,
         sources={
             "text_weights": str(Path(text_weights).resolve()) if text_weights else None,
@@ -157,24 +167,30 @@ def load_model(
     )
 
 
+def _text_source(spec: TextSpec) -> tuple[str, bool]:
+    if isinstance(spec, ChineseClip):
+        return f"hub:{spec.hub_id}", hub.cached(spec.hub_id, ["config.json"])
+    if isinstance(spec, OpenClip):
+        return f"hub:{spec.text_hub_id} (config, tokenizer)", hub.cached(spec.text_hub_id, ["config.json"])
+    if spec.package_dir:
+        return f"package:{spec.package_dir}", (PACKAGE_ASSETS / spec.package_dir / "config.json").is_file()
+    if spec.hub_id:
+        return f"hub:{spec.hub_id}", hub.cached(spec.hub_id, ["config.json"])
+    return "random (fixed seed)", True
+
+
+def _image_source(spec: ImageSpec) -> tuple[str, bool]:
+    if isinstance(spec, ChineseClip):
+        return f"hub:{spec.hub_id}", hub.cached(spec.hub_id, ["config.json"])
+    if isinstance(spec, ImageTower) and spec.package_file:
+        return f"package:{spec.package_file}", (PACKAGE_ASSETS / spec.package_file).is_file()
+    if spec.pretrained:
+        repo, names = hub_checkpoint(spec.arch, spec.pretrained)
+        return f"open_clip:{spec.arch}/{spec.pretrained} (hub:{repo})", hub.cached(repo, names)
+    return f"open_clip:{spec.arch}, random (fixed seed)", True
+
+
 def weight_sources(entry: ModelEntry) -> dict[str, object]:
     """Where an entry's weights come from and whether they are on this machine (no network)."""
-    present = True
-    if entry.text.package_dir:
-        text = f"package:{entry.text.package_dir}"
-        present &= (PACKAGE_ASSETS / entry.text.package_dir / "config.json").is_file()
-    elif entry.text.hub_id:
-        text = f"hub:{entry.text.hub_id}"
-        present &= hub.cached(entry.text.hub_id, ["config.json"])
-    else:
-        text = "random (fixed seed)"
-    if entry.image.package_file:
-        image = f"package:{entry.image.package_file}"
-        present &= (PACKAGE_ASSETS / entry.image.package_file).is_file()
-    elif entry.image.pretrained:
-        repo, names = hub_checkpoint(entry)
-        image = f"open_clip:{entry.image.arch}/{entry.image.pretrained} (hub:{repo})"
-        present &= hub.cached(repo, names)
-    else:
-        image = f"open_clip:{entry.image.arch}, random (fixed seed)"
-    return {"name": entry.name, "dim": entry.dim, "text": text, "image": image, "present": present}
+    (text, text_here), (image, image_here) = _text_source(entry.text), _image_source(entry.image)
+    return {"name": entry.name, "dim": entry.dim, "text": text, "image": image, "present": text_here and image_here}

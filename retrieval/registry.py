@@ -1,7 +1,11 @@
 """The models tusou knows, as data: one entry per name, nothing model-specific elsewhere.
 
 An entry says where each tower's weights come from and how a text or an image becomes a
-vector. `load_model` (retrieval.model) is the only code that reads these fields.
+vector. Three families: a BERT text tower beside an open_clip image tower (Taiyi-CLIP and
+tusou's own models), a transformers ChineseCLIPModel (both towers in one checkpoint), and one
+open_clip model whose text side is a Hugging Face transformer (multilingual CLIP). For the
+last two an entry's `text` and `image` are the same spec. `load_model` (retrieval.model)
+picks the family's loader by the specs' types.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ PACKAGE_ASSETS = Path(__file__).resolve().parent / "assets"
 
 @dataclass(frozen=True)
 class TextTower:
-    """A BERT text tower whose `feature` output is the text vector."""
+    """A BERT text tower: the `feature` output of transformers' `architecture` is the text vector."""
 
     hub_id: str | None = None
     """Hugging Face repo with config, vocab and weights; None for towers tusou builds itself."""
@@ -29,11 +33,15 @@ class TextTower:
     """BertConfig fields, for building the architecture without weights."""
     vocab_dir: str = "char-vocab"
     """Vocabulary (retrieval/assets) for a build without weights, unless the hub's is cached."""
+    architecture: str = "BertModel"
+    """BertModel (feature pooler_output) or BertForSequenceClassification (feature logits,
+    num_labels = the entry's dim), as the tower's model card loads it."""
     feature: str = "pooler_output"
     context_length: int = 77
     dynamic_padding: bool = False
     """False: pad every text to `context_length`, no attention mask (Taiyi-CLIP's own code;
-    batch-invariant). True: pad to the longest text in the batch and pass the mask."""
+    batch-invariant). True: pad to the longest text in the batch and pass the mask, which gives
+    each text the vector it gets alone, unpadded (how the 102M/326M model cards call it)."""
 
 
 @dataclass(frozen=True)
@@ -49,11 +57,41 @@ class ImageTower:
 
 
 @dataclass(frozen=True)
+class ChineseClip:
+    """Both towers of a transformers ChineseCLIPModel (OFA-Sys/chinese-clip-vit-*).
+
+    Chinese-CLIP's own conventions, from its code: texts padded to 52 tokens with the attention
+    mask; images resized to a square (no center crop), bicubic, CLIP mean/std.
+    """
+
+    hub_id: str
+    config: Mapping[str, Any]
+    """ChineseCLIPConfig fields (text_config, vision_config, projection_dim): the architecture
+    without weights, for random builds and measurements."""
+    context_length: int = 52
+
+
+@dataclass(frozen=True)
+class OpenClip:
+    """Both towers of one open_clip model whose text side is a Hugging Face transformer."""
+
+    arch: str
+    pretrained: str
+    text_hub_id: str
+    """The transformer's config and tokenizer (open_clip fetches them by this name)."""
+    context_length: int = 77
+
+
+TextSpec = TextTower | ChineseClip | OpenClip
+ImageSpec = ImageTower | ChineseClip | OpenClip
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     name: str
     dim: int
-    text: TextTower
-    image: ImageTower
+    text: TextSpec
+    image: ImageSpec
     description: str
     seed: int = 0
     """Seed for every randomly initialised part, so random builds are reproducible."""
@@ -67,7 +105,27 @@ def bert(hidden: int, layers: int, heads: int, positions: int, **extra: Any) -> 
     )
 
 
+def vision(hidden: int, layers: int, heads: int, patch: int, size: int = 224) -> dict[str, Any]:
+    """ChineseCLIPVisionConfig fields of a ViT with the usual 4x feed-forward width."""
+    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                intermediate_size=4 * hidden, patch_size=patch, image_size=size)
+
+
+def chinese_clip(hub_id: str, text: Mapping[str, Any], image: dict[str, Any], dim: int) -> dict[str, ChineseClip]:
+    """The `text` and `image` of a Chinese-CLIP entry: one spec for both."""
+    spec = ChineseClip(hub_id, MappingProxyType(dict(text_config=dict(text), vision_config=image, projection_dim=dim)))
+    return dict(text=spec, image=spec)
+
+
+def classifier_text(hub_id: str, config: Mapping[str, Any]) -> TextTower:
+    """A Taiyi-CLIP text tower whose classification head's logits are the text vector (the 102M and
+    326M releases), called as their model cards call it: each text unpadded, which padding to the
+    longest text with the attention mask reproduces batch by batch."""
+    return TextTower(hub_id=hub_id, bert=config, architecture="BertForSequenceClassification", feature="logits", dynamic_padding=True)
+
+
 BERT_BASE_CHINESE = bert(768, 12, 12, 512, vocab_size=21128)
+BERT_LARGE_CHINESE = bert(1024, 24, 16, 512, vocab_size=21128)
 DEMO_BERT = bert(128, 4, 4, 64)
 TINY_BERT = bert(64, 2, 2, 80)
 
@@ -80,6 +138,57 @@ MODELS: dict[str, ModelEntry] = {
             text=TextTower(hub_id="IDEA-CCNL/Taiyi-CLIP-RoBERTa-102M-ViT-L-Chinese", bert=BERT_BASE_CHINESE),
             image=ImageTower(arch="ViT-L-14-quickgelu", pretrained="openai"),
             description="Taiyi-CLIP RoBERTa-102M text tower + OpenAI CLIP ViT-L/14 image tower (frozen)",
+        ),
+        ModelEntry(
+            name="taiyi-clip-h14",
+            dim=1024,
+            text=TextTower(hub_id="IDEA-CCNL/Taiyi-CLIP-RoBERTa-326M-ViT-H-Chinese", bert=BERT_LARGE_CHINESE),
+            image=ImageTower(arch="ViT-H-14", pretrained="laion2b_s32b_b79k"),
+            description="Taiyi-CLIP RoBERTa-326M text tower + LAION-2B open_clip ViT-H/14 image tower (frozen)",
+        ),
+        ModelEntry(
+            name="taiyi-clip-b32",
+            dim=512,
+            text=classifier_text("IDEA-CCNL/Taiyi-CLIP-Roberta-102M-Chinese", BERT_BASE_CHINESE),
+            image=ImageTower(arch="ViT-B-32-quickgelu", pretrained="openai"),
+            description="Taiyi-CLIP RoBERTa-102M (classification head = text vector) + OpenAI CLIP ViT-B/32 (frozen)",
+        ),
+        ModelEntry(
+            name="taiyi-clip-large-l14",
+            dim=768,
+            text=classifier_text("IDEA-CCNL/Taiyi-CLIP-Roberta-large-326M-Chinese", BERT_LARGE_CHINESE),
+            image=ImageTower(arch="ViT-L-14-quickgelu", pretrained="openai"),
+            description="Taiyi-CLIP RoBERTa-large-326M (classification head = text vector) + OpenAI CLIP ViT-L/14 (frozen)",
+        ),
+        ModelEntry(
+            name="cn-clip-b16",
+            dim=512,
+            **chinese_clip("OFA-Sys/chinese-clip-vit-base-patch16", BERT_BASE_CHINESE, vision(768, 12, 12, 16), 512),
+            description="Chinese-CLIP ViT-B/16 + RoBERTa-wwm-base, trained jointly on 200M Chinese pairs",
+        ),
+        ModelEntry(
+            name="cn-clip-l14",
+            dim=768,
+            **chinese_clip("OFA-Sys/chinese-clip-vit-large-patch14", BERT_BASE_CHINESE, vision(1024, 24, 16, 14), 768),
+            description="Chinese-CLIP ViT-L/14 + RoBERTa-wwm-base",
+        ),
+        ModelEntry(
+            name="cn-clip-l14-336",
+            dim=768,
+            **chinese_clip("OFA-Sys/chinese-clip-vit-large-patch14-336px", BERT_BASE_CHINESE, vision(1024, 24, 16, 14, 336), 768),
+            description="Chinese-CLIP ViT-L/14 at 336 px + RoBERTa-wwm-base",
+        ),
+        ModelEntry(
+            name="cn-clip-h14",
+            dim=1024,
+            **chinese_clip("OFA-Sys/chinese-clip-vit-huge-patch14", BERT_LARGE_CHINESE, vision(1280, 32, 16, 14), 1024),
+            description="Chinese-CLIP ViT-H/14 + RoBERTa-wwm-large",
+        ),
+        ModelEntry(
+            name="xlmr-h14",
+            dim=1024,
+            **dict.fromkeys(("text", "image"), OpenClip("xlm-roberta-large-ViT-H-14", "frozen_laion5b_s13b_b90k", "FacebookAI/xlm-roberta-large")),
+            description="open_clip multilingual: frozen XLM-RoBERTa-large text tower + ViT-H/14, LAION-5B (100 languages)",
         ),
         ModelEntry(
             name="demo",

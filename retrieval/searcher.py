@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,41 +11,28 @@ import numpy as np
 from PIL import Image
 
 from retrieval.devices import compute_dtype
-from retrieval.errors import TusouError
 from retrieval.images import load_query_image
 from retrieval.index_store import StoredIndex, check_model, open_index
 from retrieval.model import EmbeddingModel, load_model
+from retrieval.query import POOL_FACTOR, Query, QueryImage, clean_query, mix, rank
 from retrieval.zero_shot import LabelScore, label_images
 
 
 @dataclass(frozen=True)
 class SearchResult:
+    """One result. `score` is its cosine to the query, less the negative terms' push when the
+    query has any (retrieval.query.rank)."""
+
     rank: int
     score: float
     id: int
     path: str
+    duplicate_paths: tuple[str, ...] = ()
+    """Near-duplicates folded into this result (only when the query de-duplicates)."""
 
-
-MAX_QUERY_CHARS = 2000
-"""A query is cut here before tokenizing: the text towers read at most 77 tokens (far fewer
-characters than this), while tokenizing a megabyte-long query would hold the model for seconds."""
-
-
-def strip_controls(text: str) -> str:
-    """`text` without control, format, private-use or unpaired surrogate characters (Unicode
-    category C*), whitespace kept. The BERT tokenizer drops these anyway, so a query of only
-    them is empty; and an unpaired surrogate (a bad byte in argv, or "\\ud800" in JSON) makes
-    the tokenizer raise instead."""
-    return "".join(ch for ch in text if ch.isspace() or not unicodedata.category(ch).startswith("C"))
-
-
-def clean_query(query: str | None) -> str:
-    """The query the model is given: controls dropped, whitespace collapsed, at most
-    MAX_QUERY_CHARS; TusouError when nothing is left to search for."""
-    text = " ".join(strip_controls((query or "")[:MAX_QUERY_CHARS]).split())
-    if not text:
-        raise TusouError("empty query: give some words to search for")
-    return text
+    @property
+    def duplicates(self) -> int:
+        return len(self.duplicate_paths)
 
 
 class QueryCache:
@@ -99,6 +85,10 @@ class Searcher:
     def __len__(self) -> int:
         return len(self.index.items)
 
+    def _result(self, rank: int, row: int, score: float, folded: Sequence[int] = ()) -> SearchResult:
+        items = self.index.items
+        return SearchResult(rank, float(score), items[row].id, items[row].path, tuple(items[f].path for f in folded))
+
     def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[SearchResult]]:
         """Top-k items for each row of `vectors` (L2-normalised, the index's dim)."""
         k = max(1, min(int(k), len(self)))
@@ -106,11 +96,7 @@ class Searcher:
             return [[] for _ in range(len(vectors))]
         scores, ids = self.index.search(vectors, k)
         return [
-            [
-                SearchResult(rank=rank, score=float(score), id=self.index.items[row].id, path=self.index.items[row].path)
-                for rank, (score, row) in enumerate(zip(row_scores, row_ids), 1)
-                if row >= 0
-            ]
+            [self._result(rank, row, score) for rank, (score, row) in enumerate(zip(row_scores, row_ids), 1) if row >= 0]
             for row_scores, row_ids in zip(scores, ids)
         ]
 
@@ -119,11 +105,35 @@ class Searcher:
         return self.search_vectors(self.cache.encode(self.model, [clean_query(q) for q in queries]), k)
 
     def search_text(self, query: str, k: int = 10) -> list[SearchResult]:
-        return self.search_texts([query], k)[0]
+        return self.search(Query(text=query), k)
 
-    def search_image(self, image: str | Path | Image.Image, k: int = 10) -> list[SearchResult]:
-        picture = load_query_image(image, min_size=self.model.image_size)
-        return self.search_vectors(self.model.encode_images([picture]), k)[0]
+    def search_image(self, image: QueryImage, k: int = 10) -> list[SearchResult]:
+        return self.search(Query(image=image), k)
+
+    def query_vectors(self, query: Query) -> tuple[np.ndarray, np.ndarray]:
+        """The query's positive vector and its negative terms' vectors (one row each)."""
+        texts = ([query.text] if query.text is not None else []) + list(query.negatives)
+        encoded = self.cache.encode(self.model, texts) if texts else np.empty((0, self.model.dim), np.float32)
+        text, negatives = (encoded[0], encoded[1:]) if query.text is not None else (None, encoded)
+        image = None
+        if query.image is not None:
+            image = self.model.encode_images([load_query_image(query.image, min_size=self.model.image_size)])[0]
+        return mix(text, image, query.weight), negatives
+
+    def search(self, query: Query, k: int = 10) -> list[SearchResult]:
+        """The top k for a composed query (retrieval.query): fetches more candidates than k
+        when negatives or de-duplication can drop some, until the top k are settled."""
+        positive, negatives = self.query_vectors(query)
+        if len(self) == 0:
+            return []
+        k = max(1, min(int(k), len(self)))
+        pool = min(len(self), POOL_FACTOR * k) if query.reranks else k
+        while True:
+            scores, rows = self.index.search(positive[None], pool)
+            hits, final = rank(query, scores[0], rows[0], self.index.embeddings, negatives, k)
+            if final or pool == len(self):
+                return [self._result(number, hit.row, hit.score, hit.folded) for number, hit in enumerate(hits, 1)]
+            pool = min(len(self), pool * POOL_FACTOR)
 
     def label(
         self, image: str | Path | Image.Image, labels: str | Sequence[str], templates: Sequence[str] | None = None

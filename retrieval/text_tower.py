@@ -1,52 +1,79 @@
-"""Loading a BERT text tower and its tokenizer, from a local directory, the hub, or at random."""
+"""The BERT text tower (Taiyi-CLIP, tusou's own models) and its tokenizer, from a local
+directory, the hub, or at random."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertModel, BertTokenizer
+import transformers
+from transformers import BertConfig, BertTokenizer, PreTrainedModel
 
 from retrieval import hub
 from retrieval.errors import TusouError
 from retrieval.image_tower import refused_by_unpickler, unsafe_pickle
 from retrieval.registry import PACKAGE_ASSETS, ModelEntry
+from retrieval.towers import TextEncoder, bert_inputs
 
 HUB_FILES = ["config.json", "vocab.txt", "*.safetensors", "pytorch_model.bin", "tokenizer*", "special_tokens_map.json"]
 CHAR_VOCAB = PACKAGE_ASSETS / "char-vocab"
 
 
-def weights_dir(entry: ModelEntry, text_weights: str | Path | None) -> Path | None:
-    """The directory the text weights load from, or None for a tower built at random."""
-    if text_weights is not None:
-        path = Path(text_weights)
+def weights_dir(
+    name: str, hub_id: str | None, local: str | Path | None, package_dir: str | None = None, files: list[str] = HUB_FILES
+) -> Path | None:
+    """The transformers directory weights load from: `local` (--text-weights), the package, or the
+    hub's `files` of `hub_id` (cache first); None for a tower built at random."""
+    if local is not None:
+        path = Path(local)
         if not (path / "config.json").is_file():
             raise TusouError(f"--text-weights {path}: not a transformers model directory (no config.json)")
         return path
-    if entry.text.package_dir is not None:
-        return PACKAGE_ASSETS / entry.text.package_dir
-    if entry.text.hub_id is not None:
-        fix = f"use --model demo, pass --text-weights DIR with a copy of {entry.text.hub_id}, or go online once"
-        return hub.snapshot(entry.text.hub_id, HUB_FILES, fix=f"model {entry.name!r} needs it; {fix}")
+    if package_dir is not None:
+        return PACKAGE_ASSETS / package_dir
+    if hub_id is not None:
+        fix = f"use --model demo, pass --text-weights DIR with a copy of {hub_id}, or go online once"
+        return hub.snapshot(hub_id, files, fix=f"model {name!r} needs it; {fix}")
     return None
 
 
-def load_tokenizer(entry: ModelEntry, directory: Path | None) -> BertTokenizer:
+def load_tokenizer(hub_id: str | None, vocab_dir: str, directory: Path | None) -> BertTokenizer:
     """The tower's own vocabulary; a random build uses the cached hub vocab or tusou's CJK one."""
-    if directory is None and entry.text.hub_id is not None and hub.cached(entry.text.hub_id, ["vocab.txt"]):
-        directory = hub.snapshot(entry.text.hub_id, ["vocab.txt", "tokenizer*", "special_tokens_map.json"], fix="")
-    return BertTokenizer.from_pretrained(str(directory or PACKAGE_ASSETS / entry.text.vocab_dir))
+    if directory is None and hub_id is not None and hub.cached(hub_id, ["vocab.txt"]):
+        directory = hub.snapshot(hub_id, ["vocab.txt", "tokenizer*", "special_tokens_map.json"], fix="")
+    return BertTokenizer.from_pretrained(str(directory or PACKAGE_ASSETS / vocab_dir))
 
 
-def load_weights(directory: Path) -> BertModel:
-    """The tower from a transformers directory: model.safetensors when there is one, else
+class BertText(TextEncoder):
+    """A BERT whose `feature` output is the text vector."""
+
+    def __init__(self, tokenizer: BertTokenizer, bert: PreTrainedModel, feature: str, context_length: int, dynamic_padding: bool):
+        super().__init__()
+        self.tokenizer, self.bert, self.feature = tokenizer, bert, feature
+        self.context_length, self.dynamic_padding = context_length, dynamic_padding
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Taiyi-CLIP's way by default: every text padded to 77 tokens, no attention mask."""
+        dynamic = self.dynamic_padding
+        return bert_inputs(self.tokenizer, texts, self.context_length, longest=dynamic, mask=dynamic)
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return getattr(self.bert(**inputs), self.feature)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.bert.state_dict()
+
+
+def load_weights(directory: Path, architecture: str = "BertModel") -> PreTrainedModel:
+    """A transformers model (`architecture`) from a directory: model.safetensors when there is one, else
     pytorch_model.bin through torch.load(weights_only=True).
 
     weights_only is transformers' default, passed here anyway: an implicit default is what
     TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD turns off, and a refused file must be one line, not a traceback.
     """
     try:
-        return BertModel.from_pretrained(str(directory), weights_only=True)
+        return getattr(transformers, architecture).from_pretrained(str(directory), weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a refused pickle, missing, truncated or mismatched weights: one line
         if refused_by_unpickler(exc):
             pickled = directory / "pytorch_model.bin"
@@ -56,14 +83,16 @@ def load_weights(directory: Path) -> BertModel:
         raise TusouError(f"cannot load text weights from {directory}: {first}") from None
 
 
-def load_text_tower(entry: ModelEntry, pretrained: bool, text_weights: str | Path | None) -> tuple[BertTokenizer, BertModel]:
-    directory = weights_dir(entry, text_weights) if pretrained or text_weights is not None else None
-    tokenizer = load_tokenizer(entry, directory)
+def load_text_tower(entry: ModelEntry, pretrained: bool, text_weights: str | Path | None) -> BertText:
+    spec = entry.text
+    load = pretrained or text_weights is not None
+    directory = weights_dir(entry.name, spec.hub_id, text_weights, spec.package_dir) if load else None
+    tokenizer = load_tokenizer(spec.hub_id, spec.vocab_dir, directory)
     if directory is not None:
-        model = load_weights(directory)
+        model = load_weights(directory, spec.architecture)
     else:
-        config = BertConfig(**{"vocab_size": len(tokenizer), **entry.text.bert})
+        config = BertConfig(**{"vocab_size": len(tokenizer), "num_labels": entry.dim, **spec.bert})
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(entry.seed)
-            model = BertModel(config)
-    return tokenizer, model.eval()
+            model = getattr(transformers, spec.architecture)(config)
+    return BertText(tokenizer, model.eval(), spec.feature, spec.context_length, spec.dynamic_padding)

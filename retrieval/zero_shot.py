@@ -35,10 +35,16 @@ class LabelScore:
     probability: float
 
 
-def parse_labels(text: str | Sequence[str]) -> list[str]:
-    """Labels from `猫,狗，老虎、熊` (any Chinese or ASCII comma) or a list; blanks and repeats dropped."""
+def split_list(text: str | Sequence[str]) -> list[str]:
+    """Items of `猫,狗，老虎、熊` (any Chinese or ASCII comma, semicolon or newline) or of a list;
+    blanks and repeats dropped. How a user types labels, and negative terms in the UI."""
     parts = re.split(r"[,，、;；\n]", text) if isinstance(text, str) else list(text)
-    labels = list(dict.fromkeys(part.strip() for part in parts if part.strip()))
+    return list(dict.fromkeys(part.strip() for part in parts if part.strip()))
+
+
+def parse_labels(text: str | Sequence[str]) -> list[str]:
+    """Labels as `split_list` reads them; none at all is the user's error."""
+    labels = split_list(text)
     if not labels:
         raise TusouError("no labels given: pass them comma-separated, e.g. --labels 猫,狗,老虎")
     return labels

@@ -11,6 +11,18 @@ from retrieval import EmbeddingModel, load_model  # noqa: E402
 from tests.imagegen import write_images  # noqa: E402
 
 
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache for this test, offline: what a test puts there is all there is."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> EmbeddingModel:
     return load_model("test-tiny", device="cpu")

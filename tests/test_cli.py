@@ -87,13 +87,36 @@ def test_models_lists_every_entry(capsys):
     assert code == 0 and {"taiyi-clip-l14", "test-tiny"} <= set(entries)
     assert entries["taiyi-clip-l14"]["dim"] == 768 and "IDEA-CCNL/Taiyi-CLIP-RoBERTa-102M-ViT-L-Chinese" in entries["taiyi-clip-l14"]["text"]
     assert entries["test-tiny"]["present"] is True
+    # counted on the real architectures (built without weights): BERT-base Chinese and CLIP's ViT-L/14 image tower
+    assert entries["taiyi-clip-l14"]["parameters"] == {"text": 102_267_648, "image": 303_966_208}
+    assert "text_query_ms" not in entries["test-tiny"], "timing only when asked (--measure)"
+
+
+def test_models_measure_times_a_text_query_on_the_named_models(capsys):
+    code, stdout, _ = run(capsys, "models", "test-tiny,demo", "--measure", "--json")
+    rows = json_lines(stdout)
+    assert code == 0 and [row["name"] for row in rows] == ["test-tiny", "demo"]
+    for row in rows:
+        assert row["parameters"]["text"] > 0 and row["parameters"]["image"] > 0 and row["text_query_ms"] > 0
+    code, stdout, _ = run(capsys, "models", "test-tiny", "--measure")
+    header, row, *details = stdout.splitlines()
+    assert header.split() == ["model", "dim", "parameters", "weights", "ms/query"]
+    name, dim, text_count, plus, image_count, weights, latency = row.split()
+    assert (name, dim, plus, weights) == ("test-tiny", "64", "+", "present") and float(latency) > 0
+    assert text_count.endswith(("K", "M")) and details[0].split()[0] == "text:"
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["search", "{index}", "   "], "empty query"),
-        (["search", "{index}"], "either a text query or --image"),
+        (["search", "{index}"], "nothing to search for"),
+        (["search", "{index}", "猫", "--image", "{image}", "--weight", "1.5"], "weight 1.5 is outside 0..1"),
+        (["search", "{index}", "猫", "--weight", "0.3"], "--weight mixes a text query with --image"),
+        (["search", "{index}", "--not", "猫"], "negative terms only push results down"),
+        (["search", "{index}", "猫", "--not", " "], "empty negative term"),
+        (["search", "{index}", "猫", "--min-score", "2"], "min-score 2.0 is outside -1..1"),
+        (["search", "{index}", "猫", "--dedupe", "0"], "dedupe threshold 0.0 is outside (0, 1]"),
         (["search", "{missing}", "猫"], "no index at"),
         (["search", "{index}", "--image", "{missing}"], "cannot use image"),
         (["index", "{missing}", "--out", "{new}", "--model", "test-tiny"], "no such file or folder"),
@@ -102,6 +125,7 @@ def test_models_lists_every_entry(capsys):
         (["label", "{missing}", "--labels", "猫", "--model", "test-tiny"], "cannot use image"),
         (["label", "{image}", "--labels", " , ", "--model", "test-tiny"], "no labels given"),
         (["label", "{image}", "--labels", "猫", "--templates", "没有占位符", "--model", "test-tiny"], "must contain {}"),
+        (["models", "demo,nope", "--measure"], "unknown model 'nope'"),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(built_index, tmp_path, capsys, argv, message):

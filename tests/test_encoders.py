@@ -12,8 +12,7 @@ from safetensors.torch import save_file
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from retrieval import TusouError, load_model
-from retrieval.model import EmbeddingModel
-from retrieval.text_tower import CHAR_VOCAB
+from retrieval.text_tower import CHAR_VOCAB, BertText
 from tests.imagegen import draw
 
 QUERIES = ["猫", "一只在草地上奔跑的小狗", "海边的日落，天空是橙色的，远处有几艘帆船和飞翔的海鸥", "红色"]
@@ -71,24 +70,22 @@ def test_query_vector_does_not_depend_on_its_batch(tiny_model):
 
 
 def test_dynamic_padding_switch_passes_the_attention_mask(tiny_model):
-    entry = tiny_model.entry
-    dynamic = EmbeddingModel(
-        **{f.name: getattr(tiny_model, f.name) for f in dataclasses.fields(tiny_model)}
-        | {"entry": dataclasses.replace(entry, text=dataclasses.replace(entry.text, dynamic_padding=True))}
-    )
+    text = tiny_model.text_model
+    switched = BertText(text.tokenizer, text.bert, text.feature, text.context_length, dynamic_padding=True)
+    dynamic = dataclasses.replace(tiny_model, text_model=switched)
     encoded = dynamic.tokenize(QUERIES)
     assert encoded["input_ids"].shape[1] < 77 and "attention_mask" in encoded
     with torch.no_grad():
-        expected = tiny_model.text_model(**encoded).pooler_output
+        expected = text.bert(**encoded).pooler_output
     np.testing.assert_allclose(dynamic.encode_texts(QUERIES), torch.nn.functional.normalize(expected, dim=-1).numpy(), atol=1e-5)
     assert "attention_mask" not in tiny_model.tokenize(QUERIES)
 
 
 def test_taiyi_architecture_has_quickgelu_and_768d_on_both_sides():
     model = load_model("taiyi-clip-l14", device="cpu", pretrained=False)
-    gelus = {type(m.mlp.gelu).__name__ for m in model.image_model.visual.transformer.resblocks}
+    gelus = {type(m.mlp.gelu).__name__ for m in model.image_model.clip.visual.transformer.resblocks}
     assert gelus == {"QuickGELU"}
-    assert model.text_model.config.hidden_size == 768 and model.text_model.config.num_hidden_layers == 12
+    assert model.text_model.bert.config.hidden_size == 768 and model.text_model.bert.config.num_hidden_layers == 12
     assert model.image_size == 224 and model.dim == 768
     assert model.encode_texts(["一张猫的照片。"]).shape == (1, 768)
     assert model.encode_images([draw(0)]).shape == (1, 768)

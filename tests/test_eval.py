@@ -1,9 +1,11 @@
-"""Evaluation runs: dataset layouts, hit@K by hand, re-scoring of predictions, caching, reports."""
+"""Evaluation runs: dataset layouts, hit@K by hand, re-scoring of predictions, caching, reports,
+and several models compared in one table."""
 
 from __future__ import annotations
 
 import csv
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +190,105 @@ def test_table_sets_published_taiyi_figures_beside_measured():
     assert "1,000" in lines[0] and any(line.split() == ["text_to_image_R@1", "57.90", "58.32"] for line in lines)
     assert published("taiyi-clip-l14", "imagenet-cn") == {"top1": 55.04, "top5": 81.75}
     assert published("taiyi-clip-l14", "wukong50k")["text_to_image_R@10"] == 96.28
+
+
+def test_published_figures_name_their_source_and_test_set():
+    from eval.datasets import DATASETS
+    from eval.published import PUBLISHED
+
+    retrieval_metrics = {f"{d}_R@{k}" for d in ("text_to_image", "image_to_text") for k in (1, 5, 10)}
+    for (model, dataset), found in PUBLISHED.items():
+        assert dataset in DATASETS and found.source.startswith("https://") and found.setting, (model, dataset)
+        assert set(found.metrics) <= ({"top1", "top5"} if dataset == "imagenet-cn" else retrieval_metrics), (model, dataset)
+        assert all(0 < value <= 100 for value in found.metrics.values()), (model, dataset)
+    taiyi, cn_clip = PUBLISHED[("taiyi-clip-l14", "flickr30k-cn")], PUBLISHED[("cn-clip-l14", "flickr30k-cn")]
+    assert "Flickr30k-CNA" in taiyi.setting and "OFA-Sys/Chinese-CLIP" in cn_clip.source
+    assert cn_clip.metrics["text_to_image_R@1"] == 68.0 and cn_clip.metrics["image_to_text_R@1"] == 80.2
+
+
+def test_comparison_table_sets_each_models_published_figures_beneath_it():
+    from eval.published import figures
+    from eval.report import comparison_table
+
+    def run(model: str, r1: float) -> dict:
+        found = figures(model, "flickr30k-cn")
+        metrics = {f"{d}_R@{k}": r1 for d in ("text_to_image", "image_to_text") for k in (1, 5, 10)} | {"mean_recall": r1}
+        return {"dataset": "flickr30k-cn", "split": "test", "model": {"name": model}, "counts": {"images": 1000, "texts": 5000},
+                "metrics": metrics, "published": dict(found.metrics) if found else {}, "published_source": found.cite() if found else None}
+
+    lines = comparison_table([run("taiyi-clip-l14", 57.9), run("cn-clip-l14", 67.5), run("demo", 1.0)]).splitlines()
+    assert lines[0] == "flickr30k-cn test · 3 models · images 1,000, texts 5,000"
+    assert lines[1].split() == ["model", "t2i", "R@1", "t2i", "R@5", "t2i", "R@10", "i2t", "R@1", "i2t", "R@5", "i2t", "R@10", "mean", "R"]
+    rows = [line.split() for line in lines[2:7]]
+    assert rows[0] == ["taiyi-clip-l14"] + ["57.90"] * 7
+    assert rows[1] == ["published", "58.32", "82.96", "89.40", "—", "—", "—", "—"], "Taiyi's card gives text→image only"
+    assert rows[2][0] == "cn-clip-l14" and rows[3] == ["published", "68.00", "89.70", "94.40", "80.20", "96.60", "98.20", "—"]
+    assert rows[4] == ["demo"] + ["1.00"] * 7, "no published row for a model without figures"
+    sources = lines[7:]
+    assert len(sources) == 2 and sources[0].startswith("taiyi-clip-l14: published: https://huggingface.co/IDEA-CCNL/")
+    assert "Flickr30k-CNA test" in sources[0] and "Flickr30K-CN official test set" in sources[1]
+
+
+def test_comparison_of_two_models_matches_their_single_runs(cnclip_set, tmp_path, capsys):
+    """`--model demo,test-tiny`: one table, each row the figures of that model's own run."""
+    common = ["eval", "--dataset", "coco-cn", "--data", cnclip_set, "--device", "cpu"]
+    single = {}
+    for name in ("demo", "test-tiny"):
+        code, stdout, _ = run_cli(capsys, *common, "--model", name, "--cache", tmp_path / "cache", "--json")
+        single[name] = json.loads(stdout)["metrics"]
+    out = tmp_path / "compare"
+    code, stdout, stderr = run_cli(capsys, *common, "--model", "demo,test-tiny", "--no-cache", "--out", out)
+    assert code == 0 and "model 1 of 2: demo" in stderr and "model 2 of 2: test-tiny" in stderr
+    lines = stdout.splitlines()
+    assert lines[0].startswith("coco-cn test · 2 models · images 60, texts 120")
+    for name, metrics in single.items():
+        (row,) = [line.split() for line in lines if line.split()[:1] == [name]]
+        assert row[1:] == [f"{value:.2f}" for value in metrics.values()], name
+    saved = json.loads((out / "comparison.json").read_text())
+    assert [m["model"]["name"] for m in saved["models"]] == ["demo", "test-tiny"]
+    assert {m["model"]["name"]: m["metrics"] for m in saved["models"]} == single
+    assert json.loads((out / "demo" / "results.json").read_text())["metrics"] == single["demo"]
+    assert (out / "test-tiny" / "predictions.jsonl").is_file() and "| test-tiny |" in (out / "comparison.md").read_text()
+
+    code, stdout, _ = run_cli(capsys, *common, "--model", "demo,test-tiny", "--cache", tmp_path / "cache", "--json")
+    (printed,) = stdout.splitlines()
+    assert code == 0 and {m["model"]["name"]: m["metrics"] for m in json.loads(printed)["models"]} == single
+
+
+def test_models_are_evaluated_one_at_a_time(cnclip_set):
+    """Each model is released before the next one loads, so big models never pile up in memory."""
+    from eval.compare import evaluate_each
+    from eval.run import evaluate_retrieval
+    from retrieval.model import load_model
+
+    loaded: list[weakref.ref] = []
+
+    def load(name: str):
+        assert all(ref() is None for ref in loaded), "the previous model is still in memory"
+        model = load_model(name, device="cpu")
+        loaded.append(weakref.ref(model))
+        return model
+
+    results = evaluate_each(["test-tiny", "demo", "test-tiny"], load,
+                            lambda model: evaluate_retrieval(model, "coco-cn", cnclip_set, "test", None, None, progress=False),
+                            progress=False)
+    assert [r.results["model"]["name"] for r in results] == ["test-tiny", "demo", "test-tiny"]
+    assert results[0].results["metrics"] == results[2].results["metrics"] and all(ref() is None for ref in loaded)
+
+
+@pytest.mark.parametrize("models, message", [("demo,nope", "unknown model 'nope'"), (" , ", "no model named")])
+def test_bad_model_list_is_one_line_before_any_model_loads(cnclip_set, capsys, models, message):
+    code, _, stderr = run_cli(capsys, "eval", "--dataset", "coco-cn", "--data", cnclip_set, "--model", models, "--no-cache")
+    assert code == 2 and stderr.strip().splitlines() == [stderr.strip()] and message in stderr and "model 1 of" not in stderr
+
+
+def test_missing_weights_anywhere_in_a_list_fail_before_any_evaluation(cnclip_set, tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, stdout, stderr = run_cli(capsys, "eval", "--dataset", "coco-cn", "--data", cnclip_set, "--model", "demo,test-tiny,taiyi-clip-l14",
+                                   "--no-cache")
+    (line,) = stderr.strip().splitlines()
+    assert code == 2 and not stdout and "model 1 of" not in stderr
+    assert line.startswith("tusou: error: weights of 'taiyi-clip-l14' are not on this machine and HF_HUB_OFFLINE is set")

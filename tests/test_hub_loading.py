@@ -16,7 +16,6 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from huggingface_hub import constants
 from safetensors.torch import save_file
 
 from retrieval import TusouError, load_model
@@ -39,21 +38,13 @@ def put_in_cache(cache: Path, repo: str, source: Path) -> Path:
     return snapshot
 
 
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch) -> Path:
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
-
-
 def test_taiyi_text_tower_loads_from_the_hf_cache(tmp_path, hub_cache):
     entry = get_entry("taiyi-clip-l14")
     reference = saved_bert(tmp_path / "bert")
     put_in_cache(hub_cache, entry.text.hub_id, tmp_path / "bert")
-    tokenizer, model = load_text_tower(entry, pretrained=True, text_weights=None)
-    ids = tokenizer(QUERIES, padding="max_length", truncation=True, max_length=77, return_tensors="pt")["input_ids"]
+    tower = load_text_tower(entry, pretrained=True, text_weights=None)
+    model = tower.bert
+    ids = tower.tokenizer(QUERIES, padding="max_length", truncation=True, max_length=77, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         np.testing.assert_allclose(model(ids)[1].numpy(), reference(ids)[1].numpy(), atol=1e-6)
 
@@ -182,7 +173,7 @@ def test_safe_formats_of_the_same_weights_load_alike(tmp_path):
     reference = saved_bert(text)
     torch.save(reference.state_dict(), text / "pytorch_model.bin")
     (text / "model.safetensors").unlink()
-    _, model = load_text_tower(get_entry("test-tiny"), pretrained=True, text_weights=text)
+    model = load_text_tower(get_entry("test-tiny"), pretrained=True, text_weights=text).bert
     ids = torch.tensor([[101, 300, 400, 102]])
     with torch.no_grad():
         np.testing.assert_allclose(model(ids)[1].numpy(), reference(ids)[1].numpy(), atol=1e-6)

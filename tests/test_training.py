@@ -74,7 +74,7 @@ def test_frozen_image_tower_trains_only_the_text_tower(tiny_set, tmp_path):
     after = load_model("test-tiny", device="cpu", text_weights=saved / "text", image_weights=saved / "image.safetensors")
     for (name, a), (_, b) in zip(before.image_model.state_dict().items(), after.image_model.state_dict().items()):
         assert torch.equal(a, b), name
-    assert not torch.equal(before.text_model.embeddings.word_embeddings.weight, after.text_model.embeddings.word_embeddings.weight)
+    assert not torch.equal(before.text_model.bert.embeddings.word_embeddings.weight, after.text_model.bert.embeddings.word_embeddings.weight)
 
 
 def test_synthetic_set_is_deterministic_and_its_image_ids_are_fair(tiny_set, tmp_path):

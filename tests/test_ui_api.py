@@ -11,6 +11,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 
@@ -94,3 +95,70 @@ def test_file_routes_refuse_paths_from_requests(served, kind):
     }[kind]
     for route in ("gradio_api/file=", "file=", "gradio_api/file/"):
         assert status_of(server.url + route + target) in (403, 404, 405), (route, target)
+
+
+def search(client: Client, query: str, k: int, **options) -> tuple[list, list[dict], str]:
+    """/search_text with the text tab's other controls by name (the rest keep their defaults)."""
+    return client.predict(query, k, **options, api_name="/search_text")
+
+
+def test_search_text_options_default_to_a_plain_search(served):
+    server, _, _ = served
+    client = Client(server.url, verbose=False)
+    assert search(client, "红色的圆形", 7, reference=None, weight=0.5, negatives="", min_score=-1, dedupe=False, threshold=0.95) \
+        == search(client, "红色的圆形", 7)
+
+
+def test_reference_image_alone_finds_itself_and_mixes_with_text(served):
+    server, collection, _ = served
+    client = Client(server.url, verbose=False)
+    image = next(collection.glob("image_0005.*"))
+    _, results, status = search(client, "", 3, reference=handle_file(str(image)))
+    assert results[0]["file"] == str(image) and results[0]["score"] > 0.99 and status.startswith("参考图片")
+    _, text_only, _ = search(client, "红色的圆形", 30, reference=handle_file(str(image)), weight=0)
+    _, mixed, status = search(client, "红色的圆形", 30, reference=handle_file(str(image)), weight=0.8)
+    assert "“红色的圆形” + 参考图片" in status and mixed[0]["file"] == str(image)
+    assert text_only == search(client, "红色的圆形", 30)[1]  # weight 0: the text alone
+    assert [r["score"] for r in mixed] != [r["score"] for r in text_only]
+
+
+def test_min_score_drops_exactly_the_results_below_it(served):
+    server, _, _ = served
+    client = Client(server.url, verbose=False)
+    _, plain, _ = search(client, "红色", 50)
+    threshold = round(sorted(r["score"] for r in plain)[len(plain) // 2], 2)
+    gallery, found, _ = search(client, "红色", 50, min_score=threshold)
+    assert len(gallery) == len(found) == sum(r["score"] >= threshold for r in plain) < len(plain)
+    assert all(r["score"] >= threshold for r in found)
+
+
+def test_negative_terms_only_lower_scores_and_are_named_in_the_status(served):
+    server, _, _ = served
+    client = Client(server.url, verbose=False)
+    _, plain, _ = search(client, "红色的圆形", 50)
+    _, pushed, status = search(client, "红色的圆形", 50, negatives="蓝色，三角形")
+    assert "排除 蓝色、三角形" in status and len(pushed) == len(plain)
+    before = {r["file"]: r["score"] for r in plain}
+    assert all(r["score"] <= before[r["file"]] + 1e-6 for r in pushed) and any(r["score"] < before[r["file"]] - 1e-3 for r in pushed)
+    assert [r["score"] for r in pushed] == sorted((r["score"] for r in pushed), reverse=True)
+
+
+def test_dedupe_folds_near_duplicates_and_the_captions_count_them(served):
+    """With k above the collection size every image is either a result or folded into one."""
+    from retrieval.index_store import open_index
+
+    server, _, root = served
+    index = open_index(root / "index")
+    stored = {item.path: row for row, item in enumerate(index.items)}
+    vectors = np.asarray(index.embeddings, dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    gallery, found, status = search(Client(server.url, verbose=False), "红色", 50, dedupe=True, threshold=0.95)
+    folded = sum(r["duplicates"] for r in found)
+    assert folded > 0 and len(found) + folded == len(index.items) and f"合并了 {folded} 张近似重复" in status
+    for item, result in zip(gallery, found):
+        assert result["duplicates"] == len(result["duplicate_files"])
+        assert item["caption"].endswith(f"+{result['duplicates']} 张近似") == (result["duplicates"] > 0)
+        for file in result["duplicate_files"]:
+            assert vectors[stored[file]] @ vectors[stored[result["file"]]] >= 0.95
+    kept = vectors[[stored[r["file"]] for r in found]]
+    assert (kept @ kept.T - 2 * np.eye(len(found))).max() < 0.95

@@ -6,6 +6,7 @@ Screenshots land in test-artifacts/ for a person to look at.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,35 @@ def test_zero_shot_labels_show_bars(page: Page, demo_server):
     expect(page.locator("#label-status")).to_contain_text("8 个标签")
     expect(page.locator("#label-out .output-class")).to_have_text(truth_colour(collection, "shape_0001.png"))
     settle(page, "zero-shot.png")
+
+
+def gallery_results(page: Page) -> list[tuple[float, str]]:
+    """(score, file name) of each result in the text gallery, best first, from the captions."""
+    text = page.locator("#text-gallery").inner_text()
+    return [(float(score), name) for score, name in re.findall(r"#\d+\s+(-?\d\.\d+)\s+(\S+\.png)", text)]
+
+
+def test_negative_term_and_min_score_from_the_more_options_panel(page: Page, demo_server):
+    _, collection = demo_server
+    red = {row["file"] for row in map(json.loads, (collection / "captions.jsonl").read_text(encoding="utf-8").splitlines())
+           if any(colour == "红色" for colour, _ in row["shapes"])}
+    page.get_by_role("tab", name="文搜图").click()
+    page.fill("#query textarea", "圆形")
+    page.click("#search-text")
+    expect(page.locator("#text-status")).to_contain_text("“圆形”: 12 个结果", timeout=30_000)
+    plain = gallery_results(page)
+    assert len(plain) == 12 and {name for _, name in plain[:5]} & red, plain
+
+    page.get_by_text("更多条件").click()
+    page.fill("#negatives textarea", "红色")
+    page.fill("#min-score input[type=number]", "0.5")
+    page.press("#min-score input[type=number]", "Enter")
+    page.click("#search-text")
+    expect(page.locator("#text-status")).to_contain_text("排除 红色", timeout=30_000)
+    settle(page, "text-search-options.png")
+    pushed = gallery_results(page)
+    assert 0 < len(pushed) < 12 and not {name for _, name in pushed} & red, pushed
+    assert all(score >= 0.5 for score, _ in pushed), pushed
+    page.fill("#negatives textarea", "")
+    page.fill("#min-score input[type=number]", "-1")
+    page.press("#min-score input[type=number]", "Enter")

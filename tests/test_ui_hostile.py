@@ -91,7 +91,7 @@ def assert_one_line_message(status: str) -> None:
 def test_hostile_query_through_the_api(served, client, name):
     query = QUERIES[name]
     if name == "unpaired-surrogate":  # gradio_client cannot even encode it; plain JSON can
-        event, outputs = call_raw(served[0], "search_text", [query, K])
+        event, outputs = call_raw(served[0], "search_text", [query, K, None, 0.5, "", -1, False, 0.95])
         assert event == "complete", outputs
         gallery, results, status = outputs
     else:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from eval.cnclip_layout import split_paths
 from retrieval.errors import TusouError
 from retrieval.model import EmbeddingModel, load_model
+from retrieval.registry import TextTower, get_entry
 from train.pairs import PairData
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -71,9 +72,9 @@ def save_checkpoint(model: EmbeddingModel, out: Path, trainer_state: dict) -> Pa
     final, fresh, stale = checkpoint_dir(out), out / "checkpoint.new", out / "checkpoint.old"
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir(parents=True)
-    model.text_model.save_pretrained(fresh / "text")
-    model.tokenizer.save_pretrained(fresh / "text")
-    save_file({k: v.contiguous() for k, v in model.image_model.state_dict().items()}, fresh / "image.safetensors")
+    model.text_model.bert.save_pretrained(fresh / "text")
+    model.text_model.tokenizer.save_pretrained(fresh / "text")
+    save_file({k: v.contiguous() for k, v in model.image_model.clip.state_dict().items()}, fresh / "image.safetensors")
     torch.save(trainer_state, fresh / "trainer.pt")
     if final.exists():
         final.rename(stale)
@@ -91,6 +92,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> list[dict]:
     state = torch.load(resume, weights_only=True) if resume.exists() else None
     if state is not None and state["config"] != _config_dict(cfg):
         raise TusouError(f"{out} holds a run with other settings: resume with the same ones or choose another --out")
+    if not isinstance(get_entry(cfg.model).text, TextTower):
+        raise TusouError(f"tusou train trains a BERT text tower against an open_clip image tower; {cfg.model!r} is another family")
     torch.manual_seed(cfg.seed)
     model = load_model(
         cfg.model,
@@ -134,15 +137,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> list[dict]:
             batch = data.batch(order[index * cfg.batch_size : (index + 1) * cfg.batch_size])
             with torch.autocast("cuda", dtype=torch.float16, enabled=model.device.type == "cuda"):
                 text = model.text_features(batch.texts)
-                image = model.image_model.encode_image(batch.pixels.to(model.device))
-                loss = contrastive_loss(text.float(), image.float(), model.image_model.logit_scale.exp(), batch.positives.to(model.device))
+                image = model.image_model(batch.pixels.to(model.device))
+                loss = contrastive_loss(text.float(), image.float(), model.image_model.clip.logit_scale.exp(), batch.positives.to(model.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             schedule.step()
             with torch.no_grad():
-                model.image_model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+                model.image_model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
             step += 1
             log.append({"step": step, "epoch": epoch, "loss": round(loss.item(), 5), "lr": schedule.get_last_lr()[0]})
             bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)

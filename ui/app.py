@@ -22,8 +22,9 @@ from PIL import Image
 from retrieval.errors import TusouError
 from retrieval.images import ImageError, load_query_image, open_image
 from retrieval.index_info import describe
-from retrieval.searcher import Searcher, SearchResult, clean_query, strip_controls
-from retrieval.zero_shot import DEFAULT_TEMPLATES, check_templates, label_images, parse_labels
+from retrieval.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT, Query, clean_query, strip_controls
+from retrieval.searcher import Searcher, SearchResult
+from retrieval.zero_shot import DEFAULT_TEMPLATES, check_templates, label_images, parse_labels, split_list
 
 THUMBNAIL = 256
 MAX_UPLOAD = "20mb"
@@ -42,15 +43,32 @@ def shown_query(text: str) -> str:
     return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(short, quote=False))
 
 
+def describe_query(query: Query, found: int, folded: int) -> str:
+    """The status line of a text-tab search: what was asked, how many results, how many folded."""
+    asked = " + ".join(([f"“{shown_query(query.text)}”"] if query.text else []) + (["参考图片"] if query.image is not None else []))
+    excluded = f"，排除 {'、'.join(shown_query(term) for term in query.negatives)}" if query.negatives else ""
+    merged = f"（合并了 {folded} 张近似重复）" if folded else ""
+    return f"{asked}{excluded}: {found} 个结果{merged}"
+
+
 def image_message(exc: TusouError) -> str:
     """Why an upload cannot be used, without the server's temporary path of it."""
     return f"无法使用这张图片: {str(exc).split(': ', 1)[-1]}"
 
 
-def api_result(result: SearchResult) -> dict:
+def api_result(result: SearchResult, dedupe: bool = False) -> dict:
     """A result as the API returns it. The key is `file`, not `path`: gradio_client takes any
-    dict with a `path` for a file to download, and this server (rightly) refuses such requests."""
-    return {"rank": result.rank, "score": round(result.score, 6), "id": result.id, "file": result.path}
+    dict with a `path` for a file to download, and this server (rightly) refuses such requests.
+    A de-duplicated search adds how many near-duplicates were folded in, and their files."""
+    row = {"rank": result.rank, "score": round(result.score, 6), "id": result.id, "file": result.path}
+    if dedupe:
+        row.update(duplicates=result.duplicates, duplicate_files=list(result.duplicate_paths))
+    return row
+
+
+def caption(result: SearchResult) -> str:
+    folded = f"  +{result.duplicates} 张近似" if result.duplicates else ""
+    return f"#{result.rank}  {result.score:.3f}  {Path(result.path).name}{folded}"
 
 
 class SearchApp:
@@ -63,7 +81,7 @@ class SearchApp:
         """Held while encoding: a fast tokenizer used from two threads at once fails ("Already borrowed")."""
         self.row_of_id = {item.id: row for row, item in enumerate(searcher.index.items)}
 
-    def _results(self, results: list[SearchResult]) -> tuple[Gallery, list[dict]]:
+    def _results(self, results: list[SearchResult], dedupe: bool = False) -> tuple[Gallery, list[dict]]:
         gallery = []
         for result in results:
             try:
@@ -71,17 +89,41 @@ class SearchApp:
             except ImageError:
                 thumbnail = Image.new("RGB", (THUMBNAIL, THUMBNAIL), (235, 235, 235))
             thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
-            gallery.append((thumbnail, f"#{result.rank}  {result.score:.3f}  {Path(result.path).name}"))
-        return gallery, [api_result(result) for result in results]
+            gallery.append((thumbnail, caption(result)))
+        return gallery, [api_result(result, dedupe) for result in results]
 
-    def search_text(self, query: str, k: int) -> tuple[Gallery, list[dict], str]:
+    def search_text(
+        self,
+        query: str,
+        k: int,
+        reference: str | bytes | None = None,
+        weight: float = IMAGE_WEIGHT,
+        negatives: str | None = "",
+        min_score: float = -1,
+        dedupe: bool = False,
+        threshold: float = DEDUPE_THRESHOLD,
+    ) -> tuple[Gallery, list[dict], str]:
+        """A text query, optionally mixed with a reference image, with negative terms (comma-separated),
+        a minimum score (-1: none) and near-duplicate folding; a reference image alone also searches.
+        Every control has a default, so gradio_client callers may send only (query, k)."""
         try:
             text = clean_query(query)
         except TusouError:
-            return [], [], "请输入查询文字 (type a query to search)."
+            text = None
+        if text is None and not reference:
+            return [], [], "请输入查询文字或放入参考图片 (type a query, or add a reference image)."
+        try:
+            picture = load_query_image(reference, min_size=self.searcher.model.image_size) if reference else None
+        except TusouError as exc:
+            return [], [], image_message(exc)
+        try:
+            request = Query(text=text, image=picture, weight=float(weight), negatives=split_list(strip_controls(negatives or "")),
+                            min_score=None if min_score <= -1 else float(min_score), dedupe=float(threshold) if dedupe else None)
+        except TusouError as exc:
+            return [], [], str(exc)
         with self._lock:
-            results = self.searcher.search_text(text, int(k))
-        return *self._results(results), f"“{shown_query(text)}”: {len(results)} 个结果"
+            results = self.searcher.search(request, int(k))
+        return *self._results(results, dedupe), describe_query(request, len(results), sum(r.duplicates for r in results))
 
     def search_image(self, upload: str | bytes | None, k: int) -> tuple[Gallery, list[dict], str]:
         if not upload:
@@ -144,6 +186,19 @@ class SearchApp:
                 with gr.Row():
                     query = gr.Textbox(label="查询", placeholder="例如：海边的日落", scale=4, elem_id="query")
                     k_text = _k_slider()
+                with gr.Accordion("更多条件：参考图片、排除、最低分数、合并近似重复", open=False, elem_id="query-options"):
+                    with gr.Row():
+                        reference = _upload("参考图片（可选，与文字混合）", "reference-upload")
+                        with gr.Column():
+                            weight = gr.Slider(0, 1, value=IMAGE_WEIGHT, step=0.05, label="参考图片权重（0 = 只看文字，1 = 只看图片）",
+                                               elem_id="weight")
+                            negatives = gr.Textbox("", label="排除（逗号分隔，像这些的图片排在后面）", placeholder="例如：红色,三角形",
+                                                   elem_id="negatives")
+                            min_score = gr.Slider(-1, 1, value=-1, step=0.01, label="最低分数（-1 = 不限）", elem_id="min-score")
+                            with gr.Row():
+                                dedupe = gr.Checkbox(False, label="合并近似重复", elem_id="dedupe")
+                                threshold = gr.Slider(0.5, 1, value=DEDUPE_THRESHOLD, step=0.01, label="近似阈值（余弦）",
+                                                      elem_id="dedupe-threshold")
                 go = gr.Button("搜索", variant="primary", elem_id="search-text")
                 gr.Examples(self.examples, inputs=[query], label="示例查询")
                 text_status, text_gallery, text_results = _results_panel("text", "结果（点选一张以它再搜）")
@@ -165,8 +220,9 @@ class SearchApp:
 
             text_outputs = [text_gallery, text_results, text_status]
             image_outputs = [image_gallery, image_results, image_status]
-            go.click(self.search_text, [query, k_text], text_outputs, api_name="search_text")
-            query.submit(self.search_text, [query, k_text], text_outputs, api_visibility="private")
+            text_inputs = [query, k_text, reference, weight, negatives, min_score, dedupe, threshold]
+            go.click(self.search_text, text_inputs, text_outputs, api_name="search_text")
+            query.submit(self.search_text, text_inputs, text_outputs, api_visibility="private")
             go_image.click(self.search_image, [upload, k_image], image_outputs, api_name="search_image")
             text_gallery.select(self.search_result, [text_results, k_text], text_outputs, api_visibility="private")
             image_gallery.select(self.search_result, [image_results, k_image], image_outputs, api_visibility="private")

@@ -112,19 +112,24 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from retrieval.searcher import Searcher, clean_query
+    from retrieval.query import IMAGE_WEIGHT, Query
+    from retrieval.searcher import Searcher
 
-    if (args.query is None) == (args.image is None):
-        raise TusouError("give either a text query or --image PATH (not both)")
-    if args.query is not None:
-        clean_query(args.query)  # an empty query is refused before the model loads
+    if args.weight is not None and (args.query is None or args.image is None):
+        raise TusouError("--weight mixes a text query with --image: give both, or leave --weight out")
+    # checked (and an empty query refused) before the model loads
+    query = Query(text=args.query, image=args.image, weight=IMAGE_WEIGHT if args.weight is None else args.weight,
+                  negatives=args.negatives, min_score=args.min_score, dedupe=args.dedupe)
     searcher = Searcher(args.index, device=args.device, precision=args.precision)
-    results = searcher.search_text(args.query, args.k) if args.query is not None else searcher.search_image(args.image, args.k)
-    for result in results:
+    for result in searcher.search(query, args.k):
         if args.json:
-            _print_json({"rank": result.rank, "score": round(result.score, 6), "path": result.path})
+            row = {"rank": result.rank, "score": round(result.score, 6), "path": result.path}
+            if query.dedupe is not None:
+                row.update(duplicates=result.duplicates, duplicate_paths=list(result.duplicate_paths))
+            _print_json(row)
         else:
-            print(f"{result.rank:>3}  {result.score:.4f}  {result.path}")
+            folded = f"  (+{result.duplicates} near-duplicate{'s' * (result.duplicates > 1)})" if result.duplicates else ""
+            print(f"{result.rank:>3}  {result.score:.4f}  {result.path}{folded}")
 
 
 def cmd_label(args: argparse.Namespace) -> None:
@@ -167,39 +172,90 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(args.index, host=args.host, port=args.port, device=args.device, examples=examples, precision=args.precision)
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
-    from eval.features import default_cache_dir
-    from eval.report import table, write_reports
-    from eval.run import evaluate_retrieval, evaluate_zero_shot
-    from retrieval.model import load_model
+def _model_names(spec: str) -> list[str]:
+    """The registry entries of a comma-separated list, in order, each once: an unknown name
+    anywhere fails here, before any model loads."""
+    from retrieval.registry import get_entry
 
-    model = load_model(args.model, device=args.device, text_weights=args.text_weights, image_weights=args.image_weights)
+    names = list(dict.fromkeys(name.strip() for name in spec.split(",") if name.strip()))
+    if not names:
+        raise TusouError("no model named: give one, or several separated by commas (see `tusou models`)")
+    for name in names:
+        get_entry(name)
+    return names
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from eval.compare import check_weights, evaluate_each
+    from eval.features import default_cache_dir
+    from eval.report import comparison, comparison_table, table, write_comparison, write_reports
+    from eval.run import EvalResult, evaluate_retrieval, evaluate_zero_shot
+    from retrieval.model import EmbeddingModel, load_model
+
+    names = _model_names(args.model)
     cache = None if args.no_cache else (args.cache or default_cache_dir())
-    if args.dataset == "imagenet-cn":
-        result = evaluate_zero_shot(model, args.data, args.split, args.templates, cache, args.batch_size)
-    else:
-        result = evaluate_retrieval(model, args.dataset, args.data, args.split, args.format, cache, args.batch_size)
-    if args.out:
-        write_reports(result, args.out)
-    if args.json:
-        _print_json(result.results)
-    else:
-        print(table(result.results))
+
+    def evaluate(model: EmbeddingModel) -> EvalResult:
+        if args.dataset == "imagenet-cn":
+            return evaluate_zero_shot(model, args.data, args.split, args.templates, cache, args.batch_size)
+        return evaluate_retrieval(model, args.dataset, args.data, args.split, args.format, cache, args.batch_size)
+
+    if len(names) == 1:
+        result = evaluate(load_model(names[0], device=args.device, text_weights=args.text_weights, image_weights=args.image_weights))
         if args.out:
-            print(f"reports in {args.out}: results.json, report.md, recall.png" + (", predictions.jsonl" if result.predictions else ""))
+            write_reports(result, args.out)
+        if args.json:
+            _print_json(result.results)
+        else:
+            print(table(result.results))
+            if args.out:
+                print(f"reports in {args.out}: results.json, report.md, recall.png" + (", predictions.jsonl" if result.predictions else ""))
+        return
+    if args.text_weights or args.image_weights:
+        raise TusouError("--text-weights and --image-weights belong to one model: use them with a single --model")
+    check_weights(names)
+    results = evaluate_each(names, lambda name: load_model(name, device=args.device), evaluate)
+    runs = [result.results for result in results]
+    if args.out:
+        write_comparison(results, args.out)
+    if args.json:
+        _print_json(comparison(runs))
+    else:
+        print(comparison_table(runs))
+        if args.out:
+            print(f"reports in {args.out}: comparison.md, comparison.json, and each model's own reports in {args.out}/<model>/")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
+    import gc
+
+    from retrieval.footprint import format_count, measure
     from retrieval.model import weight_sources
 
-    for entry in MODELS.values():
-        info = weight_sources(entry)
+    names = _model_names(args.names) if args.names else list(MODELS)
+    labels = {name: f"{name} (default)" if name == DEFAULT_MODEL else name for name in names}
+    width = max(map(len, labels.values())) + 2
+    if not args.json:
+        print(f"{'model':<{width}}{'dim':>5}  {'parameters':<13}{'weights':<9}{'ms/query' if args.measure else ''}".rstrip(), flush=True)
+    for name in names:
+        info = weight_sources(MODELS[name])
+        footprint, problem = None, None
+        try:
+            footprint = measure(name, latency=args.measure)
+        except TusouError as exc:  # an architecture that needs files this machine does not have
+            problem = str(exc)
+        gc.collect()
+        info["parameters"] = {"text": footprint.text_parameters, "image": footprint.image_parameters} if footprint else None
+        if args.measure:
+            info["text_query_ms"] = round(footprint.text_query_ms, 2) if footprint else None
         if args.json:
-            _print_json(info)
-        else:
-            mark = "present" if info["present"] else "missing"
-            default = " (default)" if entry.name == DEFAULT_MODEL else ""
-            print(f"{entry.name}{default}: {entry.dim}-d, weights {mark}\n  text:  {info['text']}\n  image: {info['image']}")
+            _print_json(info | ({"not_built": problem} if problem else {}))
+            continue
+        parameters = f"{format_count(footprint.text_parameters)} + {format_count(footprint.image_parameters)}" if footprint else "—"
+        latency = (f"{footprint.text_query_ms:8.1f}" if footprint else f"{'—':>8}") if args.measure else ""
+        weights = "present" if info["present"] else "missing"
+        print(f"{labels[name]:<{width}}{info['dim']:>5}  {parameters:<13}{weights:<9}{latency}".rstrip())
+        print(f"    text:  {info['text']}\n    image: {info['image']}" + (f"\n    not built: {problem}" if problem else ""), flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,10 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     information.add_argument("--json", action="store_true")
     information.set_defaults(run=cmd_info)
 
-    search = commands.add_parser("search", help="search an index by text or by image")
+    from retrieval.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT
+
+    search = commands.add_parser("search", help="search an index by text, by image, or both")
     search.add_argument("index", metavar="DIR")
     search.add_argument("query", nargs="?", help="Chinese text query")
-    search.add_argument("--image", help="search by this image instead of text")
+    search.add_argument("--image", help="search by this image (alone, or mixed with the text query)")
+    search.add_argument("--weight", type=float, help=f"the image's share when mixed with text, 0..1 (default: {IMAGE_WEIGHT})")
+    search.add_argument("--not", dest="negatives", action="append", default=[], metavar="TEXT",
+                        help="push down images that look like TEXT (repeatable)")
+    search.add_argument("--min-score", type=float, help="drop results scoring below this (-1..1)")
+    search.add_argument("--dedupe", type=float, nargs="?", const=DEDUPE_THRESHOLD, metavar="THRESHOLD",
+                        help=f"fold near-duplicate results (stored-vector cosine >= THRESHOLD, default {DEDUPE_THRESHOLD}) into one")
     search.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
     _add_precision(search)
     _add_device(search)
@@ -274,7 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from eval.datasets import DATASETS
 
-    evaluation = commands.add_parser("eval", help="Top-1/5/10 retrieval or zero-shot accuracy on a benchmark")
+    evaluation = commands.add_parser(
+        "eval", help="Top-1/5/10 retrieval or zero-shot accuracy on a benchmark",
+        description="Evaluate one model, or several: --model a,b,c runs each in turn (one in memory at a time) "
+                    "and prints one table of all of them, with the published figures beneath each.",
+    )
     evaluation.add_argument("--dataset", required=True, choices=DATASETS)
     evaluation.add_argument("--data", required=True, type=Path, help="the dataset folder (layouts: see README)")
     evaluation.add_argument("--format", help="flickr30k-cn: cnclip (default) or cna; coco-cn: cnclip; wukong50k: csv")
@@ -284,13 +352,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--batch-size", type=int, default=64)
     evaluation.add_argument("--cache", type=Path, help="feature cache folder (default: ~/.cache/tusou/features)")
     evaluation.add_argument("--no-cache", action="store_true", help="always re-embed")
-    evaluation.add_argument("--out", type=Path, help="write results.json, report.md, recall.png, predictions.jsonl here")
+    evaluation.add_argument("--out", type=Path, help="write results.json, report.md, recall.png, predictions.jsonl here "
+                            "(several models: comparison.md, comparison.json and one folder per model)")
     _add_device(evaluation)
-    evaluation.add_argument("--json", action="store_true", help="print results.json to stdout")
+    evaluation.add_argument("--json", action="store_true", help="print results.json to stdout (several models: one object, a list of them)")
     evaluation.set_defaults(run=cmd_eval)
 
-    models = commands.add_parser("models", help="list the models and whether their weights are here")
-    models.add_argument("--json", action="store_true")
+    models = commands.add_parser("models", help="the models: dimension, parameters, where their weights come from")
+    models.add_argument("names", nargs="?", metavar="NAME[,NAME...]", help="only these models (default: all)")
+    models.add_argument("--measure", action="store_true",
+                        help="also time one text query on each text tower at its real size with random weights (CPU, float32, "
+                             "median of 5 after a warm-up): about a second per model and up to 1.5 GB of memory for the "
+                             "largest text towers; name models to measure only those")
+    models.add_argument("--json", action="store_true", help="one JSON object per model")
     models.set_defaults(run=cmd_models)
     return parser
 

@@ -1,0 +1,60 @@
+"""An open_clip model whose text tower is a Hugging Face transformer (multilingual CLIP).
+
+open_clip builds such a text tower by fetching the transformer's config and tokenizer by
+name from the hub; tusou resolves that name to a directory first (HF cache, or
+--text-weights DIR), so a missing file is one clear line and an offline machine never waits.
+The weights of both towers come from the open_clip checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.tokenizer import HFTokenizer
+
+from retrieval.image_tower import OpenClipImage, create_open_clip, local_checkpoint, pretrained_checkpoint
+from retrieval.registry import ModelEntry
+from retrieval.text_tower import weights_dir
+from retrieval.towers import TextEncoder
+
+CONFIG_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "sentencepiece.bpe.model", "special_tokens_map.json"]
+
+
+class OpenClipText(TextEncoder):
+    def __init__(self, clip: torch.nn.Module, tokenizer: HFTokenizer):
+        super().__init__()
+        self.clip, self.tokenizer = clip, tokenizer
+        self.context_length = int(tokenizer.context_length)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """open_clip's own tokenizer: padded to the context length; the model masks the padding."""
+        return {"text": self.tokenizer(list(texts))}
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_text(text)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {key: value for key, value in self.clip.state_dict().items() if key.startswith("text.")}
+
+
+def load_open_clip_hf(
+    entry: ModelEntry, pretrained: bool, text_weights: str | Path | None, image_weights: str | Path | None
+) -> tuple[OpenClipText, OpenClipImage]:
+    """Both towers, sharing one open_clip model; the checkpoint from --image-weights FILE or the
+    pretrained tag, the transformer's config and tokenizer from --text-weights DIR or the hub."""
+    spec = entry.text
+    text_dir = weights_dir(entry.name, spec.text_hub_id, text_weights, files=CONFIG_FILES)  # needed even at random
+    if image_weights is not None:
+        path, preprocess_cfg = local_checkpoint(image_weights), {}
+    elif pretrained:
+        path, preprocess_cfg = pretrained_checkpoint(entry.name, spec.arch, spec.pretrained)
+    else:
+        path, preprocess_cfg = None, {}
+    text_cfg = {**open_clip.get_model_config(spec.arch)["text_cfg"],
+                "hf_model_name": str(text_dir), "hf_tokenizer_name": str(text_dir), "hf_model_pretrained": False}
+    clip, preprocess = create_open_clip(spec.arch, entry.seed, path, preprocess_cfg, text_cfg=text_cfg)
+    tokenizer = HFTokenizer(str(text_dir), context_length=spec.context_length)
+    return OpenClipText(clip, tokenizer), OpenClipImage(clip, preprocess)
