@@ -362,8 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("names", nargs="?", metavar="NAME[,NAME...]", help="only these models (default: all)")
     models.add_argument("--measure", action="store_true",
                         help="also time one text query on each text tower at its real size with random weights (CPU, float32, "
-                             "median of 5 after a warm-up): about a second per model and up to 1.5 GB of memory for the "
-                             "largest text towers; name models to measure only those")
+                             "median of 5 after a warm-up): seconds to tens of seconds per model and up to the text tower's "
+                             "float32 size in memory (1.3 GB for RoBERTa-large); name models to measure only those")
     models.add_argument("--json", action="store_true", help="one JSON object per model")
     models.set_defaults(run=cmd_models)
     return parser
