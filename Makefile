@@ -17,7 +17,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PYTHON) -m ui.demo
 
-# The three performance tables of the README (about 15 minutes on 2 CPU cores).
+# The performance tables of the README (about 20 minutes on 2 CPU cores).
 bench: $(STAMP)
 	$(PYTHON) -m bench.query_latency
 	$(PYTHON) -m bench.build_throughput
