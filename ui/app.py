@@ -47,8 +47,9 @@ def describe_query(query: Query, found: int, folded: int) -> str:
     """The status line of a text-tab search: what was asked, how many results, how many folded."""
     asked = " + ".join(([f"“{shown_query(query.text)}”"] if query.text else []) + (["参考图片"] if query.image is not None else []))
     excluded = f"，排除 {'、'.join(shown_query(term) for term in query.negatives)}" if query.negatives else ""
+    threshold = f"，分数 ≥ {query.min_score:g}" if query.min_score is not None else ""
     merged = f"（合并了 {folded} 张近似重复）" if folded else ""
-    return f"{asked}{excluded}: {found} 个结果{merged}"
+    return f"{asked}{excluded}{threshold}: {found} 个结果{merged}"
 
 
 def image_message(exc: TusouError) -> str:
@@ -222,7 +223,8 @@ class SearchApp:
             image_outputs = [image_gallery, image_results, image_status]
             text_inputs = [query, k_text, reference, weight, negatives, min_score, dedupe, threshold]
             go.click(self.search_text, text_inputs, text_outputs, api_name="search_text")
-            query.submit(self.search_text, text_inputs, text_outputs, api_visibility="private")
+            for box in (query, negatives):  # Enter in either box searches
+                box.submit(self.search_text, text_inputs, text_outputs, api_visibility="private")
             go_image.click(self.search_image, [upload, k_image], image_outputs, api_name="search_image")
             text_gallery.select(self.search_result, [text_results, k_text], text_outputs, api_visibility="private")
             image_gallery.select(self.search_result, [image_results, k_image], image_outputs, api_visibility="private")
