@@ -1,8 +1,9 @@
 """An index build: scan, embed what is new or changed, write a new generation.
 
-The index mirrors the given paths: files that appeared are added, files whose size or
-mtime changed are re-embedded, files that are gone are dropped. Embeddings are staged
-in chunks as they are made, so an interrupted build resumes where it stopped.
+The index mirrors the given paths: images that appeared are added, images whose stamp
+(size, mtime, change key: indexer.sources) changed are re-embedded, images that are gone
+are dropped. Embeddings are staged in chunks as they are made, so an interrupted build
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -132,14 +133,14 @@ def build_index(
             if previous:
                 check_model(previous.manifest, out, model.name, model_info["fingerprint"])
             model = model.with_dtype(compute_dtype(model.device, precision))
-            files, skipped = scan(paths, progress=progress)
+            files, skipped = scan(paths, progress=progress, known=previous.items if previous else ())
             if not files:
                 shown = ", ".join(str(p) for p in paths)
                 raise TusouError(f"no images found under {shown} (looked for {describe_extensions()})")
             staging = Staging(out / "staging", model_info)
             old = {item.path: (row, item) for row, item in enumerate(previous.items)} if previous else {}
-            unchanged = {path for path, source in files.items() if path in old and _same_file(old[path][1], source)}
-            to_embed = [path for path in files if path not in unchanged and staging.get(files[path]) is None]
+            unchanged = {path for path, source in files.items() if path in old and old[path][1].stamp == source.stamp}
+            to_embed = [source for path, source in files.items() if path not in unchanged and staging.get(source) is None]
             try:
                 skipped += _embed(model, to_embed, files, staging, batch_size, workers, checkpoint_every, progress)
             finally:
@@ -165,13 +166,9 @@ def _layout(previous: StoredIndex | None, index_type: str | None, max_memory: in
     }
 
 
-def _same_file(item: CatalogItem, source: SourceFile) -> bool:
-    return (item.size, item.mtime_ns) == (source.size, source.mtime_ns)
-
-
 def _embed(
     model: EmbeddingModel,
-    paths: list[str],
+    sources: list[SourceFile],
     files: dict[str, SourceFile],
     staging: Staging,
     batch_size: int,
@@ -180,12 +177,12 @@ def _embed(
     progress: bool,
 ) -> list[Skipped]:
     skipped: list[Skipped] = []
-    if not paths:
+    if not sources:
         return skipped
     since_flush = 0
     workers = default_workers() if workers is None else max(0, workers)
-    batches = decoded_batches(paths, model.preprocess, model.image_size, batch_size, workers)
-    with tqdm(total=len(paths), desc="embedding", unit=" img", disable=not progress) as bar:
+    batches = decoded_batches(sources, model.preprocess, model.image_size, batch_size, workers)
+    with tqdm(total=len(sources), desc="embedding", unit=" img", disable=not progress) as bar:
         for batch in batches:
             skipped += [Skipped(item.path, item.error or "unreadable") for item in batch.failed]
             if batch.pixels is not None:
@@ -193,7 +190,10 @@ def _embed(
                 for item, vector in zip(batch.ok, vectors):
                     source = files[item.path]
                     staging.add(
-                        ImageRecord(item.path, source.size, source.mtime_ns, item.sha256, item.width, item.height), vector
+                        ImageRecord(
+                            item.path, source.size, source.mtime_ns, item.sha256, item.width, item.height, change_key=source.change_key
+                        ),
+                        vector,
                     )
                 since_flush += len(batch.ok)
             if since_flush >= checkpoint_every:

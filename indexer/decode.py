@@ -1,7 +1,9 @@
 """Reading, hashing, decoding and preprocessing images in worker processes.
 
 A torch DataLoader runs `DecodedImages` in `workers` processes and keeps batches
-prefetched, so decoding overlaps with the model embedding the previous batch.
+prefetched, so decoding overlaps with the model embedding the previous batch. The work is
+split into units: one per file or URL, one per tar shard (its wanted members read in one
+pass by one worker, since finding a member means walking the shard).
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from retrieval.images import ImageError, decode, file_error_reason
+from indexer.shards import read_images
+from indexer.sources import SourceFile
+from retrieval.images import ImageError, decode
+from retrieval.locations import MEMBER_SEPARATOR, Unreadable, member_path, read_bytes
 
 
 @dataclass
@@ -34,21 +38,54 @@ class Batch:
     failed: list[Decoded]
 
 
-class DecodedImages(Dataset):
-    def __init__(self, paths: list[str], preprocess: Callable, min_size: int):
-        self.paths = paths
+@dataclass(frozen=True)
+class Unit:
+    """What one worker reads in one go: a file or URL (`members` None), or a shard's wanted members."""
+
+    location: str
+    members: tuple[str, ...] | None = None
+
+
+def units_of(sources: list[SourceFile]) -> list[Unit]:
+    """Sources grouped by what must be read together, in the order they first appear."""
+    shards: dict[str, list[str]] = {}
+    units: list[Unit | str] = []
+    for source in sources:
+        if source.shard is None:
+            units.append(Unit(source.path))
+            continue
+        if source.shard not in shards:
+            shards[source.shard] = []
+            units.append(source.shard)
+        shards[source.shard].append(source.path[len(source.shard) + len(MEMBER_SEPARATOR) :])
+    return [Unit(unit, tuple(shards[unit])) if isinstance(unit, str) else unit for unit in units]
+
+
+class DecodedImages(IterableDataset):
+    def __init__(self, units: list[Unit], preprocess: Callable, min_size: int):
+        self.units = units
         self.preprocess = preprocess
         self.min_size = min_size
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    def __iter__(self) -> Iterator[tuple[Decoded, torch.Tensor | None]]:
+        worker = get_worker_info()
+        mine = self.units[worker.id :: worker.num_workers] if worker else self.units
+        for unit in mine:
+            if unit.members is None:
+                yield self._file(unit.location)
+                continue
+            for member, data, error in read_images(unit.location, list(unit.members)):
+                path = member_path(unit.location, member)
+                yield (Decoded(path, error=error), None) if data is None else self._decoded(path, data)
 
-    def __getitem__(self, row: int) -> tuple[Decoded, torch.Tensor | None]:
-        path = self.paths[row]
+    def _file(self, location: str) -> tuple[Decoded, torch.Tensor | None]:
         try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            return Decoded(path, error=file_error_reason(exc)), None
+            data = read_bytes(location)
+        except Unreadable as exc:
+            return Decoded(location, error=str(exc)), None
+        return self._decoded(location, data)
+
+    def _decoded(self, path: str, data: bytes) -> tuple[Decoded, torch.Tensor | None]:
         try:
             image, (width, height) = decode(data, self.min_size)
             pixels = self.preprocess(image)
@@ -67,10 +104,12 @@ def _collate(samples: list[tuple[Decoded, torch.Tensor | None]]) -> Batch:
 
 
 def decoded_batches(
-    paths: list[str], preprocess: Callable, min_size: int, batch_size: int, workers: int
+    sources: list[SourceFile], preprocess: Callable, min_size: int, batch_size: int, workers: int
 ) -> Iterator[Batch]:
+    units = units_of(sources)
+    workers = min(workers, len(units))  # a worker with no unit would only cost a process
     loader = DataLoader(
-        DecodedImages(paths, preprocess, min_size),
+        DecodedImages(units, preprocess, min_size),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,

@@ -1,24 +1,68 @@
-"""Finding the images to index: folders walked recursively, files taken as given."""
+"""Finding the images to index: folders, files, list files, tar shards, local or through fsspec.
+
+What a PATH argument is, in this order:
+- `list:FILE` — a list file: one PATH per line (blank lines and `#` comments skipped);
+  a relative line is relative to the list file's folder;
+- a name with `{000000..000009}` or `{a,b}` that does not exist as written — a brace pattern,
+  expanded into the names it stands for;
+- a name ending in `.tar` — a webdataset shard; its image members are indexed as `SHARD#MEMBER`;
+- a name with a scheme (`http://`, `s3://`, `memory://`, `file://` …) — read through fsspec:
+  one object, or every image under a folder-like prefix;
+- anything else — a local folder (walked recursively) or file.
+
+Each image found is a `SourceFile`: its catalog path, size, and change key. Local files keep
+size + mtime_ns alone (as indexes built before these sources hold them); remote objects and
+shard members add `change_key`, the store's marker (ETag, mtime …) or their shard's stamp.
+"""
 
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
+import fsspec
 from tqdm import tqdm
 
+from indexer.braces import expand_braces
+from indexer.shards import list_images
 from retrieval.errors import TusouError
 from retrieval.faults import kill_point
 from retrieval.images import IMAGE_EXTENSIONS, file_error_reason, is_image_path
+from retrieval.index_store import ImageRecord
+from retrieval.locations import (
+    MEMBER_SEPARATOR,
+    Unreadable,
+    error_reason,
+    is_shard,
+    is_url,
+    local_key,
+    member_path,
+    read_bytes,
+    remote_info,
+    remote_key,
+)
+
+LIST_PREFIX = "list:"
+SHARD_KEY = "shard "
+"""Starts the change key of a shard member: the member is as new as its shard."""
 
 
 @dataclass(frozen=True)
 class SourceFile:
     path: str
+    """The catalog path: an absolute file path, a URL as written, or `SHARD#MEMBER`."""
     size: int
     mtime_ns: int
+    change_key: str | None = None
+    shard: str | None = None
+    """For a shard member, the shard it is read from (its name in the shard is after the `#`)."""
+
+    @property
+    def stamp(self) -> tuple[int, int, str | None]:
+        return (self.size, self.mtime_ns, self.change_key)
 
 
 @dataclass(frozen=True)
@@ -27,46 +71,151 @@ class Skipped:
     reason: str
 
 
-def scan(paths: list[str | Path], progress: bool = True) -> tuple[dict[str, SourceFile], list[Skipped]]:
-    """Every image file under `paths` by absolute path, and those that could not be looked at.
+def scan(
+    paths: list[str | os.PathLike], progress: bool = True, known: Iterable[ImageRecord] = ()
+) -> tuple[dict[str, SourceFile], list[Skipped]]:
+    """Every image under `paths` by catalog path, and those that could not be looked at.
 
-    Symlinked folders are not followed (no loops); symlinked files are. A path that does
-    not exist is the user's error. Only regular files are taken: reading a FIFO or device
-    that happens to be named `.jpg` would block the build forever.
+    `known` (the previous catalog) lets a shard whose stamp has not changed be taken from
+    the catalog without reading it: listing a remote shard means downloading it.
     """
-    for path in paths:
-        if not os.path.lexists(path):
-            raise TusouError(f"no such file or folder: {path}")
+    specs = _expand([os.fspath(path) for path in paths])
+    shards_known = _known_shards(known)
     found: dict[str, SourceFile] = {}
     skipped: list[Skipped] = []
     with tqdm(desc="scanning", unit=" files", disable=not progress, leave=False) as bar:
-        for candidate in _walk(paths, skipped):
+        for source in _sources(specs, shards_known, skipped):
             bar.update()
             kill_point("scan")
-            try:
-                info = os.stat(candidate)
-            except OSError as exc:
-                skipped.append(Skipped(candidate, file_error_reason(exc)))
-                continue
-            if not stat.S_ISREG(info.st_mode):
-                skipped.append(Skipped(candidate, "not a regular file (a pipe, socket or device)"))
-                continue
-            found[candidate] = SourceFile(candidate, info.st_size, info.st_mtime_ns)
+            found[source.path] = source
     return dict(sorted(found.items())), skipped
 
 
-def _walk(paths: list[str | Path], skipped: list[Skipped]):
-    for root in paths:
-        root = os.path.abspath(root)
-        if not os.path.isdir(root):
-            yield root
+def _expand(specs: list[str]) -> list[str]:
+    """List files and brace patterns replaced by what they name.
+
+    A local path on the command line that does not exist is the user's error; one in a list
+    file is skipped with its reason like any unreadable file (lists made elsewhere go stale).
+    """
+    expanded: list[str] = []
+    for spec in specs:
+        if spec.startswith(LIST_PREFIX):
+            expanded += [name for line in _list_lines(spec[len(LIST_PREFIX) :]) for name in _expand_name(line)]
             continue
-        on_error = lambda exc: skipped.append(Skipped(str(exc.filename or root), file_error_reason(exc)))
-        for folder, dirs, files in os.walk(root, onerror=on_error):
-            dirs.sort()
-            for name in sorted(files):
-                if is_image_path(name):
-                    yield os.path.join(folder, name)
+        names = _expand_name(spec)
+        for name in names:
+            if not is_url(name) and not os.path.lexists(name):
+                raise TusouError(f"no such file or folder: {name}")
+        expanded += names
+    return expanded
+
+
+def _expand_name(spec: str) -> list[str]:
+    return [spec] if not is_url(spec) and os.path.lexists(spec) else expand_braces(spec)
+
+
+def _list_lines(location: str) -> list[str]:
+    """The entries of a list file, relative ones made relative to the list's own folder."""
+    if not is_url(location):
+        location = os.path.abspath(location)
+    try:
+        text = read_bytes(location).decode("utf-8")
+    except Unreadable as exc:
+        raise TusouError(f"cannot read list file {location}: {exc}") from None
+    except UnicodeDecodeError:
+        raise TusouError(f"list file {location} is not UTF-8 text") from None
+    join = posixpath.join if is_url(location) else os.path.join
+    base = posixpath.dirname(location) if is_url(location) else os.path.dirname(location)
+    lines = [line.strip() for line in text.splitlines()]
+    return [line if is_url(line) or os.path.isabs(line) else join(base, line) for line in lines if line and not line.startswith("#")]
+
+
+def _known_shards(known: Iterable[ImageRecord]) -> dict[str, list[ImageRecord]]:
+    by_shard: dict[str, list[ImageRecord]] = {}
+    for item in known:
+        if item.change_key and item.change_key.startswith(SHARD_KEY):
+            by_shard.setdefault(item.path.rpartition(MEMBER_SEPARATOR)[0], []).append(item)
+    return by_shard
+
+
+def _sources(specs: list[str], shards_known: dict[str, list[ImageRecord]], skipped: list[Skipped]) -> Iterator[SourceFile]:
+    for spec in specs:
+        if is_shard(spec):
+            yield from _shard(spec if is_url(spec) else os.path.abspath(spec), shards_known, skipped)
+        elif is_url(spec):
+            yield from _remote(spec, skipped)
+        else:
+            yield from _local(spec, skipped)
+
+
+def _shard(shard: str, shards_known: dict[str, list[ImageRecord]], skipped: list[Skipped]) -> Iterator[SourceFile]:
+    try:
+        key = SHARD_KEY + (remote_key(remote_info(shard)) if is_url(shard) else local_key(os.stat(shard)))
+    except Exception as exc:
+        skipped.append(Skipped(shard, error_reason(shard, exc)))
+        return
+    previous = shards_known.get(shard, [])
+    if previous and all(item.change_key == key for item in previous):
+        for item in previous:
+            yield SourceFile(item.path, item.size, item.mtime_ns, key, shard)
+        return
+    members, problem = list_images(shard)
+    if problem:
+        skipped.append(Skipped(shard, problem))
+    for member in members:
+        yield SourceFile(member_path(shard, member.name), member.size, member.mtime_ns, key, shard)
+
+
+def _remote(url: str, skipped: list[Skipped]) -> list[SourceFile]:
+    """One object, or every image object under a folder-like URL (recursively, in name order)."""
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+        info = fs.info(root)
+        if info.get("type") != "directory":
+            return [_remote_file(url, info)]
+        found = fs.find(root, detail=True)
+    except Exception as exc:
+        skipped.append(Skipped(url, error_reason(url, exc)))
+        return []
+    return [
+        _remote_file(fs.unstrip_protocol(name), found[name])
+        for name in sorted(found)
+        if is_image_path(name) and found[name].get("type") == "file"
+    ]
+
+
+def _remote_file(url: str, info: dict) -> SourceFile:
+    """mtime_ns stays 0: stores report times in many forms (or none), so a time is part of the change key as reported."""
+    return SourceFile(url, int(info.get("size") or 0), 0, remote_key(info))
+
+
+def _local(spec: str, skipped: list[Skipped]) -> Iterator[SourceFile]:
+    """Symlinked folders are not followed (no loops); symlinked files are. Only regular files
+    are taken: reading a FIFO or device that happens to be named `.jpg` would block the build forever.
+    """
+    for candidate in _walk(spec, skipped):
+        try:
+            info = os.stat(candidate)
+        except OSError as exc:
+            skipped.append(Skipped(candidate, file_error_reason(exc)))
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            skipped.append(Skipped(candidate, "not a regular file (a pipe, socket or device)"))
+            continue
+        yield SourceFile(candidate, info.st_size, info.st_mtime_ns)
+
+
+def _walk(root: str, skipped: list[Skipped]) -> Iterator[str]:
+    root = os.path.abspath(root)
+    if not os.path.isdir(root):
+        yield root
+        return
+    on_error = lambda exc: skipped.append(Skipped(str(exc.filename or root), file_error_reason(exc)))
+    for folder, dirs, files in os.walk(root, onerror=on_error):
+        dirs.sort()
+        for name in sorted(files):
+            if is_image_path(name):
+                yield os.path.join(folder, name)
 
 
 def describe_extensions() -> str:

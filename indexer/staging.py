@@ -1,7 +1,7 @@
 """Embeddings of a build in progress, saved in chunks so a killed build resumes.
 
-Each chunk is written atomically; a chunk counts for a file only while that file still
-has the size and mtime it had when embedded, and only for the model that embedded it.
+Each chunk is written atomically; a chunk counts for an image only while it still has the
+stamp (size, mtime, change key) it had when embedded, and only for the model that embedded it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Staging:
     def get(self, source: SourceFile) -> tuple[ImageRecord, np.ndarray] | None:
         """The staged embedding of `source`, if it was made from the file as it is now."""
         found = self.items.get(source.path)
-        if found and (found[0].size, found[0].mtime_ns) == (source.size, source.mtime_ns):
+        if found and found[0].stamp == source.stamp:
             return found
         return None
 

@@ -66,6 +66,14 @@ class ImageRecord:
     sha256: str
     width: int
     height: int
+    change_key: str | None = field(default=None, kw_only=True)
+    """Beside size and mtime, what changes when the image does, for images that are not plain local
+    files (a remote object's ETag, a tar member's shard's stamp). Written to the catalog only when
+    set, so a catalog of local files reads exactly as before, in this tusou and in older ones."""
+
+    @property
+    def stamp(self) -> tuple[int, int, str | None]:
+        return (self.size, self.mtime_ns, self.change_key)
 
 
 @dataclass
@@ -390,7 +398,7 @@ def write_index(
         "faiss": f"index.{generation}.faiss",
     }
     if not keep:
-        catalog_text = "".join(json.dumps(asdict(item)) + "\n" for item in items)
+        catalog_text = "".join(json.dumps(_catalog_entry(item)) + "\n" for item in items)
         atomic_write_text(directory / files["catalog"], catalog_text)
         atomic_write(directory / files["embeddings"], lambda tmp: _save_npy(tmp, embeddings.astype(np.float16)))
     atomic_write(directory / files["faiss"], lambda tmp: faiss.write_index(faiss_index, str(tmp)))
@@ -413,6 +421,13 @@ def write_index(
                 (directory / name).unlink(missing_ok=True)
                 kill_point("cleanup")
     return manifest
+
+
+def _catalog_entry(item: CatalogItem) -> dict:
+    entry = asdict(item)
+    if entry["change_key"] is None:
+        del entry["change_key"]
+    return entry
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -1,8 +1,9 @@
 """The Gradio app: 文搜图, 图搜图 and 零样本标注 over one index.
 
 Safe by default: it binds 127.0.0.1, and it never serves a file by a path that came in a
-request. Result images are read from the index's own catalog paths and sent as
-thumbnails; "search by this result" uses the stored vector of the catalog row picked.
+request. Result images are read from the index's own catalog paths (files, URLs or tar shard
+members: retrieval.locations) and sent as thumbnails; "search by this result" uses the stored
+vector of the catalog row picked.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PIL import Image
 from retrieval.errors import TusouError
 from retrieval.images import ImageError, load_query_image, open_image
 from retrieval.index_info import describe
+from retrieval.locations import Unreadable, read_item
 from retrieval.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT, Query, clean_query, strip_controls
 from retrieval.searcher import Searcher, SearchResult
 from retrieval.zero_shot import DEFAULT_TEMPLATES, check_templates, label_images, parse_labels, split_list
@@ -86,8 +88,8 @@ class SearchApp:
         gallery = []
         for result in results:
             try:
-                thumbnail = open_image(result.path, min_size=THUMBNAIL)
-            except ImageError:
+                thumbnail = open_image(read_item(result.path), min_size=THUMBNAIL)
+            except (ImageError, Unreadable):
                 thumbnail = Image.new("RGB", (THUMBNAIL, THUMBNAIL), (235, 235, 235))
             thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
             gallery.append((thumbnail, caption(result)))

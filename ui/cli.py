@@ -262,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tusou", description="图搜: search images with Chinese text or with images.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    index = commands.add_parser("index", help="build or update an index from image folders")
-    index.add_argument("paths", nargs="+", metavar="PATH", help="image folders (walked recursively) or files")
+    index = commands.add_parser("index", help="build or update an index from image folders, shards, list files or URLs")
+    index.add_argument("paths", nargs="+", metavar="PATH", help="image folders (walked recursively) or files; SHARD.tar or shards/{000000..000009}.tar "
+                       "(webdataset tar shards); list:FILE (one PATH or URL a line); URLs (http://, s3://, ...) via fsspec")
     index.add_argument("--out", required=True, help="index directory to create or update")
     _add_model_options(index, default=None)
     index.add_argument("--batch-size", type=int, default=32)

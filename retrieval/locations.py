@@ -1,0 +1,123 @@
+"""Where an indexed image's bytes live: a local path, a URL (through fsspec), or a member of a
+webdataset tar shard, named `SHARD#MEMBER` in the catalog.
+
+Local files keep the plain `open`/`os.stat` path (and its mtime_ns change key) so folder
+builds behave exactly as before; `http://`, `s3://`, `memory://`, `file://` … go through
+fsspec, whose `info` gives a size and whatever change marker the store has. The indexer
+reads through here, and so does the UI when it shows a result.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
+
+import fsspec
+
+from retrieval.images import file_error_reason
+
+URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
+CHANGE_MARKERS = ("ETag", "etag", "md5", "Content-MD5", "mtime", "LastModified", "last_modified", "Last-Modified", "created")
+"""fsspec info keys that change when an object is rewritten, most specific first (stores differ)."""
+MEMBER_SEPARATOR = "#"
+"""Between a shard and a member in a catalog path: `/data/000001.tar#000010012.jpg`."""
+
+
+def is_url(location: str) -> bool:
+    return bool(URL.match(location))
+
+
+def is_shard(location: str) -> bool:
+    return location.lower().endswith(".tar")
+
+
+def member_path(shard: str, member: str) -> str:
+    return f"{shard}{MEMBER_SEPARATOR}{member}"
+
+
+def split_member(path: str) -> tuple[str, str] | None:
+    """(shard, member) when a catalog path names a tar member; a local file whose name merely
+    looks like one (`a.tar#b.jpg` on disk) is a file."""
+    shard, separator, member = path.rpartition(MEMBER_SEPARATOR)
+    if not separator or not is_shard(shard) or (not is_url(path) and os.path.lexists(path)):
+        return None
+    return shard, member
+
+
+@contextmanager
+def open_tar(shard: str) -> Iterator[tarfile.TarFile]:
+    """A shard to iterate member by member: a local one is seeked through; a remote one is
+    streamed once (no range requests, so any server will do)."""
+    with open_binary(shard) as handle, tarfile.open(fileobj=handle, mode="r|*" if is_url(shard) else "r:*") as tar:
+        yield tar
+
+
+def open_binary(location: str) -> IO[bytes]:
+    """A binary file object for a local path or a URL; the caller closes it."""
+    if is_url(location):
+        return fsspec.open(location, "rb").open()
+    return open(location, "rb")
+
+
+class Unreadable(Exception):
+    """Bytes that cannot be had; the message is the reason, for the build's report."""
+
+
+def read_bytes(location: str) -> bytes:
+    """The whole object; Unreadable with a one-line reason when it cannot be read."""
+    try:
+        with open_binary(location) as handle:
+            return handle.read()
+    except Exception as exc:
+        if not (is_url(location) or isinstance(exc, OSError)):
+            raise
+        raise Unreadable(error_reason(location, exc)) from None
+
+
+def read_item(path: str) -> bytes:
+    """The bytes of the image a catalog path names (a file, a URL or a shard member), for showing
+    one result: the indexer reads shards front to back instead (indexer.shards)."""
+    found = split_member(path)
+    if found is None:
+        return read_bytes(path)
+    shard, member = found
+    try:
+        with open_tar(shard) as tar:
+            for info in tar:
+                if info.name == member and info.isfile():
+                    return tar.extractfile(info).read()
+    except Exception as exc:
+        raise Unreadable(error_reason(shard, exc)) from None
+    raise Unreadable(f"not in {shard} any more")
+
+
+def remote_info(url: str) -> dict:
+    """fsspec's info for a URL (raises FileNotFoundError when there is nothing there)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.info(path)
+
+
+def remote_key(info: dict) -> str:
+    """The change key of a remote object: its size and the first change marker its store reports."""
+    marker = next((f"{key}={info[key]}" for key in CHANGE_MARKERS if info.get(key) not in (None, "")), "")
+    return f"size={info.get('size')};{marker}"
+
+
+def local_key(info: os.stat_result) -> str:
+    return f"size={info.st_size};mtime_ns={info.st_mtime_ns}"
+
+
+def error_reason(location: str, exc: Exception) -> str:
+    """Why `location` could not be read: worded like the folder scan's reasons for a local file;
+    for a URL, whatever its fsspec backend raised (aiohttp, botocore … each have their own errors)."""
+    if isinstance(exc, tarfile.TarError):
+        return f"broken shard: {exc}".splitlines()[0]
+    if not is_url(location) and isinstance(exc, OSError):
+        return file_error_reason(exc)
+    if isinstance(exc, FileNotFoundError):
+        return "not found"
+    return f"cannot fetch: {exc}".splitlines()[0]
