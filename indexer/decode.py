@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from indexer.shards import read_images
 from indexer.sources import SourceFile
 from retrieval.images import ImageError, decode
-from retrieval.locations import MEMBER_SEPARATOR, Unreadable, member_path, read_bytes
+from retrieval.locations import MEMBER_SEPARATOR, Unreadable, member_path, read_bytes, read_members
 
 
 @dataclass
@@ -74,7 +73,7 @@ class DecodedImages(IterableDataset):
             if unit.members is None:
                 yield self._file(unit.location)
                 continue
-            for member, data, error in read_images(unit.location, list(unit.members)):
+            for member, data, error in read_members(unit.location, list(unit.members)):
                 path = member_path(unit.location, member)
                 yield (Decoded(path, error=error), None) if data is None else self._decoded(path, data)
 

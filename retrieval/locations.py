@@ -78,21 +78,39 @@ def read_bytes(location: str) -> bytes:
         raise Unreadable(error_reason(location, exc)) from None
 
 
+def read_members(shard: str, wanted: list[str]) -> Iterator[tuple[str, bytes | None, str | None]]:
+    """(member, bytes, None) for each wanted member in shard order, then (member, None, reason)
+    for each one the shard did not deliver (missing, or the shard ended early). One pass over
+    the shard: finding a member means walking the headers before it."""
+    remaining = set(wanted)
+    reason = f"not in {shard} any more"
+    try:
+        with open_tar(shard) as tar:
+            for member in tar:
+                if member.name in remaining and member.isfile():
+                    data = tar.extractfile(member).read()
+                    remaining.discard(member.name)
+                    yield member.name, data, None
+                    if not remaining:
+                        return
+    except Exception as exc:
+        reason = error_reason(shard, exc)
+    for name in wanted:
+        if name in remaining:
+            yield name, None, reason
+
+
 def read_item(path: str) -> bytes:
     """The bytes of the image a catalog path names (a file, a URL or a shard member), for showing
-    one result: the indexer reads shards front to back instead (indexer.shards)."""
+    one result."""
     found = split_member(path)
     if found is None:
         return read_bytes(path)
     shard, member = found
-    try:
-        with open_tar(shard) as tar:
-            for info in tar:
-                if info.name == member and info.isfile():
-                    return tar.extractfile(info).read()
-    except Exception as exc:
-        raise Unreadable(error_reason(shard, exc)) from None
-    raise Unreadable(f"not in {shard} any more")
+    _, data, reason = next(read_members(shard, [member]))
+    if data is None:
+        raise Unreadable(reason)
+    return data
 
 
 def remote_info(url: str) -> dict:
