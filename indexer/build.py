@@ -30,17 +30,20 @@ from retrieval.faults import kill_point
 from retrieval.index_store import (
     MANIFEST,
     CatalogItem,
-    ImageRecord,
     StoredIndex,
     check_model,
+    next_generation,
     open_index,
     remove_leftovers,
+    write_embeddings,
     write_index,
 )
 from retrieval.model import EmbeddingModel, load_model
 from retrieval.registry import DEFAULT_MODEL
 
 OWN_FILES = {".lock", "staging"}
+COPY_BLOCK = 65_536
+"""Rows of the old generation copied into the new one at a time."""
 
 
 @dataclass
@@ -188,13 +191,7 @@ def _embed(
             if batch.pixels is not None:
                 vectors = model.encode_pixels(batch.pixels)
                 for item, vector in zip(batch.ok, vectors):
-                    source = files[item.path]
-                    staging.add(
-                        ImageRecord(
-                            item.path, source.size, source.mtime_ns, item.sha256, item.width, item.height, change_key=source.change_key
-                        ),
-                        vector,
-                    )
+                    staging.add(item.record(files[item.path]), vector)
                 since_flush += len(batch.ok)
             if since_flush >= checkpoint_every:
                 staging.flush()
@@ -216,37 +213,49 @@ def _commit(
     layout: dict,
     progress: bool,
 ) -> BuildSummary:
-    """Assemble the new catalog in path order and write it as a new generation if anything changed."""
+    """Assemble the new catalog in path order and write it as a new generation if anything changed.
+
+    The new embeddings file is filled block by block from the old generation and the staged
+    chunks, and the FAISS index is built from it mapped, so no step holds every vector.
+    """
     kill_point("commit")
     next_id = previous.manifest.next_id if previous else 0
     items: list[CatalogItem] = []
-    rows: list[np.ndarray] = []
+    kept: list[tuple[int, int]] = []
+    """(new row, old row) of each unchanged image."""
+    staged_rows: dict[str, int] = {}
     summary = BuildSummary(index=str(out))
     for path, source in files.items():
         if path in unchanged:
             row, item = old[path]
+            kept.append((len(items), row))
             items.append(item)
-            rows.append(previous.embeddings[row])
             summary.unchanged += 1
             continue
-        staged = staging.get(source)
-        if staged is None:
+        record = staging.get(source)
+        if record is None:
             continue
-        staged_item, vector = staged
         if path in old:
             item_id = old[path][1].id
             summary.updated += 1
         else:
             item_id, next_id = next_id, next_id + 1
             summary.added += 1
-        items.append(CatalogItem(id=item_id, **asdict(staged_item)))
-        rows.append(vector)
+        staged_rows[path] = len(items)
+        items.append(CatalogItem(id=item_id, **asdict(record)))
     summary.removed = sum(1 for path in old if path not in files)
     summary.total = len(items)
     unchanged_items = previous is not None and [i.path for i in items] == [i.path for i in previous.items] and not summary.updated
     if unchanged_items and all(previous.manifest.index.get(key) == value for key, value in layout.items()):
         return summary
-    embeddings = np.stack(rows).astype(np.float16) if rows else np.zeros((0, dim), np.float16)
+
+    def fill(embeddings: np.ndarray) -> None:
+        for start in range(0, len(kept), COPY_BLOCK):
+            new_rows, old_rows = np.array(kept[start : start + COPY_BLOCK]).T
+            embeddings[new_rows] = previous.embeddings[old_rows]
+        staging.copy_vectors(staged_rows, embeddings)
+
+    embeddings = write_embeddings(out, next_generation(previous.manifest if previous else None), (len(items), dim), fill)
     faiss_index, index_info = index_embeddings(embeddings, layout["requested"], layout["max_memory"], progress)
     write_index(
         out,

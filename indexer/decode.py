@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from indexer.sources import SourceFile
 from retrieval.images import ImageError, decode
+from retrieval.index_store import ImageRecord
 from retrieval.locations import MEMBER_SEPARATOR, Unreadable, member_path, read_bytes, read_members
 
 
@@ -27,6 +28,12 @@ class Decoded:
     width: int = 0
     height: int = 0
     error: str | None = None
+
+    def record(self, source: SourceFile) -> ImageRecord:
+        """What the catalog keeps of a decoded image: its content from here, its stamp from the scan."""
+        return ImageRecord(
+            self.path, source.size, source.mtime_ns, self.sha256, self.width, self.height, change_key=source.change_key
+        )
 
 
 @dataclass
@@ -60,6 +67,30 @@ def units_of(sources: list[SourceFile]) -> list[Unit]:
     return [Unit(unit, tuple(shards[unit])) if isinstance(unit, str) else unit for unit in units]
 
 
+def decode_unit(unit: Unit, preprocess: Callable, min_size: int) -> Iterator[tuple[Decoded, torch.Tensor | None]]:
+    """Each image of `unit`, decoded and preprocessed (None and the reason when it cannot be)."""
+    if unit.members is None:
+        try:
+            data = read_bytes(unit.location)
+        except Unreadable as exc:
+            yield Decoded(unit.location, error=str(exc)), None
+            return
+        yield _decoded(unit.location, data, preprocess, min_size)
+        return
+    for member, data, error in read_members(unit.location, list(unit.members)):
+        path = member_path(unit.location, member)
+        yield (Decoded(path, error=error), None) if data is None else _decoded(path, data, preprocess, min_size)
+
+
+def _decoded(path: str, data: bytes, preprocess: Callable, min_size: int) -> tuple[Decoded, torch.Tensor | None]:
+    try:
+        image, (width, height) = decode(data, min_size)
+        pixels = preprocess(image)
+    except ImageError as exc:
+        return Decoded(path, error=str(exc)), None
+    return Decoded(path, hashlib.sha256(data).hexdigest(), width, height), pixels
+
+
 class DecodedImages(IterableDataset):
     def __init__(self, units: list[Unit], preprocess: Callable, min_size: int):
         self.units = units
@@ -68,29 +99,8 @@ class DecodedImages(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[Decoded, torch.Tensor | None]]:
         worker = get_worker_info()
-        mine = self.units[worker.id :: worker.num_workers] if worker else self.units
-        for unit in mine:
-            if unit.members is None:
-                yield self._file(unit.location)
-                continue
-            for member, data, error in read_members(unit.location, list(unit.members)):
-                path = member_path(unit.location, member)
-                yield (Decoded(path, error=error), None) if data is None else self._decoded(path, data)
-
-    def _file(self, location: str) -> tuple[Decoded, torch.Tensor | None]:
-        try:
-            data = read_bytes(location)
-        except Unreadable as exc:
-            return Decoded(location, error=str(exc)), None
-        return self._decoded(location, data)
-
-    def _decoded(self, path: str, data: bytes) -> tuple[Decoded, torch.Tensor | None]:
-        try:
-            image, (width, height) = decode(data, self.min_size)
-            pixels = self.preprocess(image)
-        except ImageError as exc:
-            return Decoded(path, error=str(exc)), None
-        return Decoded(path, hashlib.sha256(data).hexdigest(), width, height), pixels
+        for unit in self.units[worker.id :: worker.num_workers] if worker else self.units:
+            yield from decode_unit(unit, self.preprocess, self.min_size)
 
 
 def _collate(samples: list[tuple[Decoded, torch.Tensor | None]]) -> Batch:

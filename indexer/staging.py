@@ -2,6 +2,9 @@
 
 Each chunk is written atomically; a chunk counts for an image only while it still has the
 stamp (size, mtime, change key) it had when embedded, and only for the model that embedded it.
+Only the records are kept in memory: the vectors stay in their chunk files until the commit
+copies them into the new generation, one chunk at a time, so staging a hundred million
+images costs the catalog's memory, not the vectors'.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ class Staging:
     def __init__(self, directory: Path, model: dict):
         self.directory = directory
         self.model = model
-        self.items: dict[str, tuple[ImageRecord, np.ndarray]] = {}
+        self.items: dict[str, tuple[ImageRecord, str, int]] = {}
+        """Catalog path → (record, chunk file name, row in the chunk); a later chunk wins."""
         self.pending: list[tuple[ImageRecord, np.ndarray]] = []
         self._load()
 
@@ -31,22 +35,22 @@ class Staging:
         meta = self.directory / "model.json"
         if meta.is_file() and json.loads(meta.read_text(encoding="utf-8")) == self.model:
             for chunk in sorted(self.directory.glob("chunk-*.npz")):
-                with np.load(chunk) as data:
+                with np.load(chunk) as data:  # reads the records member only
                     records = json.loads(str(data["items"]))
-                    for record, vector in zip(records, data["vectors"]):
-                        self.items[record["path"]] = (ImageRecord(**record), vector)
+                for row, record in enumerate(records):
+                    self.items[record["path"]] = (ImageRecord(**record), chunk.name, row)
         elif self.directory.exists():
             shutil.rmtree(self.directory)
 
-    def get(self, source: SourceFile) -> tuple[ImageRecord, np.ndarray] | None:
-        """The staged embedding of `source`, if it was made from the file as it is now."""
+    def get(self, source: SourceFile) -> ImageRecord | None:
+        """The staged record of `source`, if it was embedded from the file as it is now."""
         found = self.items.get(source.path)
         if found and found[0].stamp == source.stamp:
-            return found
+            return found[0]
         return None
 
     def add(self, item: ImageRecord, vector: np.ndarray) -> None:
-        self.items[item.path] = (item, vector)
+        """Keep a vector until the next flush; it counts as staged from then on."""
         self.pending.append((item, vector))
 
     def flush(self) -> None:
@@ -57,7 +61,7 @@ class Staging:
         meta = self.directory / "model.json"
         if not meta.is_file():
             atomic_write_text(meta, json.dumps(self.model))
-        number = len(list(self.directory.glob("chunk-*.npz"))) + 1
+        name = f"chunk-{len(list(self.directory.glob('chunk-*.npz'))) + 1:06d}.npz"
         records = json.dumps([asdict(item) for item, _ in self.pending])
         vectors = np.stack([vector for _, vector in self.pending]).astype(np.float16)
 
@@ -65,9 +69,23 @@ class Staging:
             with open(tmp, "wb") as handle:
                 np.savez(handle, items=np.array(records), vectors=vectors)
 
-        atomic_write(self.directory / f"chunk-{number:06d}.npz", write)
+        atomic_write(self.directory / name, write)
+        for row, (item, _) in enumerate(self.pending):
+            self.items[item.path] = (item, name, row)
         self.pending = []
         kill_point("staged")
+
+    def copy_vectors(self, rows: dict[str, int], out: np.ndarray) -> None:
+        """out[rows[path]] = the staged vector of path, for every path in `rows`, reading each chunk once."""
+        by_chunk: dict[str, tuple[list[int], list[int]]] = {}
+        for path, destination in rows.items():
+            _, chunk, row = self.items[path]
+            sources, destinations = by_chunk.setdefault(chunk, ([], []))
+            sources.append(row)
+            destinations.append(destination)
+        for chunk, (sources, destinations) in sorted(by_chunk.items()):
+            with np.load(self.directory / chunk) as data:
+                out[destinations] = data["vectors"][sources]
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

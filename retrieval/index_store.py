@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -391,16 +392,17 @@ def write_index(
     if not (keep or len(items) == len(embeddings)) or faiss_index.ntotal != count:
         raise ValueError("catalog, embeddings and FAISS index must have one row per item")
     directory.mkdir(parents=True, exist_ok=True)
-    generation = previous.generation + 1 if previous else 1
+    generation = next_generation(previous)
     files = {
         "catalog": previous.files["catalog"] if keep else f"catalog.{generation}.jsonl",
-        "embeddings": previous.files["embeddings"] if keep else f"embeddings.{generation}.npy",
+        "embeddings": previous.files["embeddings"] if keep else embeddings_name(generation),
         "faiss": f"index.{generation}.faiss",
     }
     if not keep:
         catalog_text = "".join(json.dumps(_catalog_entry(item)) + "\n" for item in items)
         atomic_write_text(directory / files["catalog"], catalog_text)
-        atomic_write(directory / files["embeddings"], lambda tmp: _save_npy(tmp, embeddings.astype(np.float16)))
+        if not _is_file_of(embeddings, directory / files["embeddings"]):
+            write_embeddings(directory, generation, embeddings.shape, lambda out: np.copyto(out, embeddings, casting="same_kind"))
     atomic_write(directory / files["faiss"], lambda tmp: faiss.write_index(faiss_index, str(tmp)))
     now = _now()
     manifest = Manifest(
@@ -423,16 +425,43 @@ def write_index(
     return manifest
 
 
+def next_generation(previous: Manifest | None) -> int:
+    return previous.generation + 1 if previous else 1
+
+
+def embeddings_name(generation: int) -> str:
+    return f"embeddings.{generation}.npy"
+
+
+def write_embeddings(directory: Path, generation: int, shape: tuple[int, int], fill: Callable[[np.ndarray], None]) -> np.ndarray:
+    """Write a generation's float16 embeddings file through `fill(out)`, which may fill `out` a block
+    at a time, so no more of the vectors than a block is ever in memory; returns the file mapped
+    read-only, ready for the FAISS build and for `write_index`.
+
+    Until a manifest names it, the file is a leftover that the next build sweeps away.
+    """
+    path = directory / embeddings_name(generation)
+
+    def write(tmp: Path) -> None:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        fill(out)
+        out.flush()
+        del out
+
+    atomic_write(path, write)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _is_file_of(array: np.ndarray, path: Path) -> bool:
+    """Whether `array` is the memory map of `path` (written by write_embeddings already)."""
+    return isinstance(array, np.memmap) and array.filename is not None and Path(array.filename) == path.resolve()
+
+
 def _catalog_entry(item: CatalogItem) -> dict:
     entry = asdict(item)
     if entry["change_key"] is None:
         del entry["change_key"]
     return entry
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as handle:
-        np.save(handle, array)
 
 
 def check_model(manifest: Manifest, directory: Path, name: str, fingerprint: str | None = None) -> None:
