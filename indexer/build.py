@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from indexer.decode import decoded_batches
 from indexer.faiss_build import index_embeddings
+from indexer.ray_engine import RayOptions, WorkerModel, embed_on_ray, ray_session
 from indexer.sources import Skipped, SourceFile, describe_extensions, scan
 from indexer.staging import Staging
 from retrieval.devices import compute_dtype
@@ -53,6 +54,9 @@ class BuildSummary:
     removed: int = 0
     unchanged: int = 0
     skipped: list[dict] = field(default_factory=list)
+    embedded: int = 0
+    """Images embedded by this run; `resumed` more were staged by an interrupted one before it."""
+    resumed: int = 0
     total: int = 0
     index: str = ""
 
@@ -107,19 +111,21 @@ def build_index(
     max_index_memory: int | None = None,
     precision: str = "auto",
     progress: bool = True,
+    ray: RayOptions | None = None,
 ) -> BuildSummary:
     """Build or update the index at `out` from the images under `paths`.
 
     `index_type` None keeps what the index was built with (`auto` for a new one), so an
-    `auto` index changes type as the collection grows.
+    `auto` index changes type as the collection grows. `ray` embeds on a Ray cluster
+    (indexer.ray_engine) instead of in this process; everything else stays the same.
     """
     out = Path(out)
     check_out_dir(out)
-    if batch_size < 1:
-        raise TusouError("--batch-size must be at least 1")
+    if batch_size < 1 or checkpoint_every < 1:
+        raise TusouError(f"--{'batch-size' if batch_size < 1 else 'checkpoint-every'} must be at least 1")
     created = not out.exists()
     try:
-        with build_lock(out):
+        with build_lock(out), ray_session(ray):
             remove_leftovers(out)
             previous = open_index(out) if (out / MANIFEST).exists() else None
             if previous and (model_name or model):
@@ -144,12 +150,21 @@ def build_index(
             old = {item.path: (row, item) for row, item in enumerate(previous.items)} if previous else {}
             unchanged = {path for path, source in files.items() if path in old and old[path][1].stamp == source.stamp}
             to_embed = [source for path, source in files.items() if path not in unchanged and staging.get(source) is None]
+            resumed = sum(1 for path in files if path not in unchanged) - len(to_embed)
             try:
-                skipped += _embed(model, to_embed, files, staging, batch_size, workers, checkpoint_every, progress)
+                if ray is None:
+                    skipped += _embed(model, to_embed, files, staging, batch_size, workers, checkpoint_every, progress)
+                else:
+                    worker_model = WorkerModel(
+                        model.name, model.sources.get("text_weights"), model.sources.get("image_weights"), model_info["fingerprint"], device, precision
+                    )
+                    skipped += embed_on_ray(model, worker_model, to_embed, files, staging, ray, batch_size, checkpoint_every, progress)
             finally:
                 staging.flush()
             layout = _layout(previous, index_type, max_index_memory)
             summary = _commit(out, previous, model_info, model.dim, files, unchanged, staging, old, layout, progress)
+            summary.resumed = resumed
+            summary.embedded = summary.added + summary.updated - resumed
             kill_point("committed")
             staging.clear()
     except BaseException:

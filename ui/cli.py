@@ -66,9 +66,11 @@ def cmd_index(args: argparse.Namespace) -> None:
         image_weights=args.image_weights,
         batch_size=args.batch_size,
         workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
         index_type=args.index_type,
         max_index_memory=_budget(args),
         precision=args.precision,
+        ray=_ray_options(args),
     )
     if args.json:
         _print_json(summary.to_dict())
@@ -78,8 +80,21 @@ def cmd_index(args: argparse.Namespace) -> None:
     print(
         f"{summary.index}: {summary.total} images "
         f"(added {summary.added}, updated {summary.updated}, removed {summary.removed}, "
-        f"unchanged {summary.unchanged}, skipped {len(summary.skipped)})"
+        f"unchanged {summary.unchanged}, skipped {len(summary.skipped)}; embedded {summary.embedded}"
+        + (f", {summary.resumed} more staged by an interrupted run)" if summary.resumed else ")")
     )
+
+
+def _ray_options(args: argparse.Namespace):
+    """The Ray engine's settings, or None for a local build (whose flags they are not)."""
+    from indexer.ray_engine import RayOptions
+
+    if args.engine == "ray":
+        return RayOptions(address=args.ray_address, workers=args.workers, gpus_per_worker=args.gpus_per_worker)
+    for flag, value in (("--ray-address", args.ray_address), ("--gpus-per-worker", args.gpus_per_worker)):
+        if value is not None:
+            raise TusouError(f"{flag} is for --engine ray")
+    return None
 
 
 def cmd_reindex(args: argparse.Namespace) -> None:
@@ -268,7 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--out", required=True, help="index directory to create or update")
     _add_model_options(index, default=None)
     index.add_argument("--batch-size", type=int, default=32)
-    index.add_argument("--workers", type=int, default=None, help="decoding processes (default: min(4, cores))")
+    index.add_argument("--workers", type=int, default=None,
+                       help="local: decoding processes (default: min(4, cores)); ray: embedding actors (default: one per GPU, else CPUs/2)")
+    index.add_argument("--checkpoint-every", type=int, default=1024, metavar="N",
+                       help="images embedded between saves to the index's staging (the most a killed build loses; default 1024)")
+    index.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="embed in this process (local) or on a Ray cluster (ray; needs pip install 'tusou[ray]'); see README, Scaling out")
+    index.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster to embed on (default: RAY_ADDRESS, else one started on this machine)")
+    index.add_argument("--gpus-per-worker", type=float, metavar="N", help="GPUs per embedding actor (default: 1 when the cluster has GPUs, else 0)")
     _add_index_type(index, default=None)
     _add_precision(index)
     _add_device(index)
