@@ -53,7 +53,7 @@ class RayOptions:
     workers: int | None = None
     """Embedding actors; None: one per `gpus_per_worker` GPUs, or one per CPU on a cluster without GPUs."""
     gpus_per_worker: float | None = None
-    """GPUs each actor holds; None: 1 when the cluster has GPUs, else 0 (the actor embeds on 1 CPU)."""
+    """GPUs each actor holds; None: 1 when the cluster has GPUs (unless --device cpu), else 0 (the actor embeds on 1 CPU)."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def embed_on_ray(
     skipped: list[Skipped] = []
     if not sources:
         return skipped
-    gpus, workers = _actors(ray.cluster_resources(), options)
+    gpus, workers = _actors(ray.cluster_resources(), options, worker_model.device)
     units = units_of(sources)
     pixel_shape = tuple(model.preprocess(Image.new("RGB", (model.image_size, model.image_size))).shape)
     items = [{"location": unit.location, "members": json.dumps(unit.members)} for unit in units]
@@ -191,12 +191,14 @@ def embed_on_ray(
     return skipped
 
 
-def _actors(resources: dict, options: RayOptions) -> tuple[float, int]:
-    """(GPUs per actor, actors) for this cluster."""
+def _actors(resources: dict, options: RayOptions, device: str) -> tuple[float, int]:
+    """(GPUs per actor, actors) for this cluster and the --device asked for."""
     cluster_gpus, cluster_cpus = resources.get("GPU", 0), resources.get("CPU", 0)
-    gpus = options.gpus_per_worker if options.gpus_per_worker is not None else (1.0 if cluster_gpus else 0.0)
+    gpus = options.gpus_per_worker if options.gpus_per_worker is not None else (1.0 if cluster_gpus and device != "cpu" else 0.0)
     if gpus > cluster_gpus:
         raise TusouError(f"--gpus-per-worker {gpus:g}, but the Ray cluster has {cluster_gpus:g} GPUs")
+    if device.startswith("cuda") and not gpus:
+        raise TusouError("--device cuda, but the Ray cluster has no GPUs for the actors: use --device auto or cpu")
     if options.workers is not None:
         return gpus, options.workers
     return gpus, max(1, int(cluster_gpus // gpus) if gpus else int(cluster_cpus))

@@ -297,7 +297,7 @@ def test_cli_reports_the_corpus_as_json_and_text(built, tmp_path, capsys):
     # the text output prints every skipped file, and a second run over the same corpus
     assert cli(["index", str(corpus.folder), "--out", str(tmp_path / "json"), "--model", "test-tiny"]) == 0
     output = capsys.readouterr()
-    assert f"unchanged {len(corpus.valid)}, skipped {len(corpus.bad)})" in output.out
+    assert f"unchanged {len(corpus.valid)}, skipped {len(corpus.bad)}; embedded 0)" in output.out
     for path, reason in corpus.bad.values():
         assert path in output.err and reason in output.err
     assert snapshot(corpus.folder) == before

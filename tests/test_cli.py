@@ -42,8 +42,8 @@ def test_index_json_summary_of_first_and_second_run(tmp_path, capsys):
     code, stdout, _ = run(capsys, "index", folder, "--out", out, "--model", "test-tiny", "--workers", "0", "--json")
     assert code == 0
     (summary,) = json_lines(stdout)
-    assert set(summary) == {"added", "updated", "removed", "unchanged", "skipped", "total", "index"}
-    assert (summary["added"], summary["total"], summary["index"]) == (12, 12, str(out))
+    assert set(summary) == {"added", "updated", "removed", "unchanged", "skipped", "embedded", "resumed", "total", "index"}
+    assert (summary["added"], summary["embedded"], summary["resumed"], summary["total"], summary["index"]) == (12, 12, 0, 12, str(out))
     assert summary["skipped"] == [{"path": str(folder / "broken.png"), "reason": summary["skipped"][0]["reason"]}]
 
     write_images(folder, 1, start=100)
@@ -51,6 +51,7 @@ def test_index_json_summary_of_first_and_second_run(tmp_path, capsys):
     code, stdout, _ = run(capsys, "index", folder, "--out", out, "--json")  # the index remembers its model
     (summary,) = json_lines(stdout)
     assert (summary["added"], summary["updated"], summary["removed"], summary["unchanged"], summary["total"]) == (1, 0, 1, 11, 12)
+    assert summary["embedded"] == 1
 
 
 def test_search_by_text_and_by_image_json(built_index, capsys):

@@ -51,11 +51,14 @@ def cluster():
     os.environ.pop(LOOPBACK) if saved is None else os.environ.__setitem__(LOOPBACK, saved)
 
 
+def ray_command(cluster, paths: list[str], out: Path, *options: str) -> list[str]:
+    return [TUSOU, "index", *paths, "--out", str(out), "--model", "test-tiny", "--device", "cpu", "--engine", "ray",
+            "--ray-address", cluster.address, "--workers", "2", "--json", *options]
+
+
 def run(cluster, paths, out, *options, env=None) -> tuple[int, dict | None, str]:
     """(exit code, summary, stderr) of a Ray build through the CLI."""
-    command = [TUSOU, "index", *paths, "--out", str(out), "--model", "test-tiny", "--device", "cpu", "--engine", "ray",
-               "--ray-address", cluster.address, "--workers", "2", "--json", *options]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    result = subprocess.run(ray_command(cluster, paths, out, *options), capture_output=True, text=True, env=env, timeout=TIMEOUT)
     return result.returncode, json.loads(result.stdout) if result.returncode == 0 else None, result.stderr
 
 
@@ -155,8 +158,7 @@ def test_a_worker_node_killed_mid_build_loses_nothing(tmp_path, cluster, gated_u
     cluster, nodes = cluster
     source, gate = gated_urls
     out = tmp_path / "ray"
-    command = [TUSOU, "index", source, "--out", str(out), "--model", "test-tiny", "--device", "cpu", "--engine", "ray",
-               "--ray-address", cluster.address, "--workers", "2", "--batch-size", "4", "--checkpoint-every", "4", "--json"]
+    command = ray_command(cluster, [source], out, "--batch-size", "4", "--checkpoint-every", "4")
     build = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + TIMEOUT
