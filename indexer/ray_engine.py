@@ -91,6 +91,9 @@ def ray_session(options: RayOptions | None) -> Iterator[None]:
     owned = not ray.is_initialized()
     if owned:
         _connect(ray, options)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # tusou shows one bar of its own, in images
+    context.enable_auto_log_stats = False
     with redirect_stdout(sys.stderr):
         try:
             yield
@@ -112,9 +115,6 @@ def _connect(ray: ModuleType, options: RayOptions) -> None:
             f"cannot reach a Ray cluster {where} ({_reason(exc)}): start one with `ray start --head` "
             "and pass the address it prints as --ray-address"
         ) from None
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # tusou shows one bar of its own, in images
-    context.enable_auto_log_stats = False
 
 
 def _check_reachable(address: str) -> None:
