@@ -147,7 +147,7 @@ def embed_on_ray(
     skipped: list[Skipped] = []
     if not sources:
         return skipped
-    gpus, workers = _actors(ray.cluster_resources(), options, worker_model.device)
+    gpus, starting, workers = _actors(ray.cluster_resources(), options, worker_model.device)
     units = units_of(sources)
     pixel_shape = tuple(model.preprocess(Image.new("RGB", (model.image_size, model.image_size))).shape)
     items = [{"location": unit.location, "members": json.dumps(unit.members)} for unit in units]
@@ -162,7 +162,7 @@ def embed_on_ray(
             _Embedder,
             fn_constructor_args=(worker_model,),
             batch_size=batch_size,
-            compute=ray.data.ActorPoolStrategy(size=workers),
+            compute=ray.data.ActorPoolStrategy(min_size=starting, max_size=workers),
             num_gpus=gpus,
             num_cpus=0 if gpus else 1,
         )
@@ -191,17 +191,22 @@ def embed_on_ray(
     return skipped
 
 
-def _actors(resources: dict, options: RayOptions, device: str) -> tuple[float, int]:
-    """(GPUs per actor, actors) for this cluster and the --device asked for."""
+def _actors(resources: dict, options: RayOptions, device: str) -> tuple[float, int, int]:
+    """(GPUs per actor, actors that fit the cluster now, actors wanted) for the --device asked for.
+
+    More actors than fit can be asked for: the pool starts with those that fit and grows as an
+    autoscaler adds nodes."""
     cluster_gpus, cluster_cpus = resources.get("GPU", 0), resources.get("CPU", 0)
     gpus = options.gpus_per_worker if options.gpus_per_worker is not None else (1.0 if cluster_gpus and device != "cpu" else 0.0)
     if gpus > cluster_gpus:
         raise TusouError(f"--gpus-per-worker {gpus:g}, but the Ray cluster has {cluster_gpus:g} GPUs")
     if device.startswith("cuda") and not gpus:
         raise TusouError("--device cuda, but the Ray cluster has no GPUs for the actors: use --device auto or cpu")
-    if options.workers is not None:
-        return gpus, options.workers
-    return gpus, max(1, int(cluster_gpus // gpus) if gpus else int(cluster_cpus))
+    fit = max(1, int(cluster_gpus // gpus) if gpus else int(cluster_cpus))
+    if options.workers is not None and options.workers < 1:
+        raise TusouError("--workers must be at least 1 with --engine ray")
+    wanted = options.workers or fit
+    return gpus, min(fit, wanted), wanted
 
 
 def _tasks(units: int, images: int, workers: int, checkpoint_every: int) -> int:

@@ -39,16 +39,16 @@ host's network address, so that other machines could join)."""
 def cluster():
     """A head that runs no work (as on a real cluster) and two worker nodes of one CPU each, so each
     embedding actor of `--workers 2` lives on a node of its own."""
-    from ray.cluster_utils import Cluster
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(LOOPBACK, "0")  # before Ray reads it at import; inherited by the nodes and every driver the tests start
+        from ray.cluster_utils import Cluster
 
-    saved = os.environ.get(LOOPBACK)
-    os.environ[LOOPBACK] = "0"  # inherited by the nodes and by every driver the tests start
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    cluster.wait_for_nodes()
-    yield cluster, nodes
-    cluster.shutdown()
-    os.environ.pop(LOOPBACK) if saved is None else os.environ.__setitem__(LOOPBACK, saved)
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        assert {node.node_ip_address for node in cluster.list_all_nodes()} == {"127.0.0.1"}
+        yield cluster, nodes
+        cluster.shutdown()
 
 
 def ray_command(cluster, paths: list[str], out: Path, *options: str) -> list[str]:
