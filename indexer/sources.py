@@ -21,7 +21,9 @@ import os
 import posixpath
 import stat
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import fsspec
 from tqdm import tqdm
@@ -45,6 +47,11 @@ from retrieval.locations import (
     remote_key,
 )
 
+SCAN_THREADS = 16
+"""Specs looked at at once. A remote one costs a round trip (a HEAD request per URL, a download
+per new shard), so a list of a million URLs is looked up sixteen at a time, not one by one."""
+SCAN_WINDOW = 4096
+"""Specs handed to the threads at a time, so a long list file never becomes a million pending futures."""
 LIST_PREFIX = "list:"
 SHARD_KEY = "shard "
 """Starts the change key of a shard member: the member is as new as its shard."""
@@ -139,13 +146,24 @@ def _known_shards(known: Iterable[ImageRecord]) -> dict[str, list[ImageRecord]]:
 
 
 def _sources(specs: list[str], shards_known: dict[str, list[ImageRecord]], skipped: list[Skipped]) -> Iterator[SourceFile]:
-    for spec in specs:
-        if is_shard(spec):
-            yield from _shard(spec if is_url(spec) else os.path.abspath(spec), shards_known, skipped)
-        elif is_url(spec):
-            yield from _remote(spec, skipped)
-        else:
-            yield from _local(spec, skipped)
+    """What each spec holds, in spec order, looked at SCAN_THREADS specs at a time."""
+    look = partial(_look, shards_known=shards_known)
+    with ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="scan") as pool:
+        for start in range(0, len(specs), SCAN_WINDOW):
+            for found, problems in pool.map(look, specs[start : start + SCAN_WINDOW]):
+                skipped += problems
+                yield from found
+
+
+def _look(spec: str, shards_known: dict[str, list[ImageRecord]]) -> tuple[list[SourceFile], list[Skipped]]:
+    skipped: list[Skipped] = []
+    if is_shard(spec):
+        found = list(_shard(spec if is_url(spec) else os.path.abspath(spec), shards_known, skipped))
+    elif is_url(spec):
+        found = _remote(spec, skipped)
+    else:
+        found = list(_local(spec, skipped))
+    return found, skipped
 
 
 def _shard(shard: str, shards_known: dict[str, list[ImageRecord]], skipped: list[Skipped]) -> Iterator[SourceFile]:

@@ -219,6 +219,42 @@ def test_list_file_of_local_paths_and_urls(tmp_path, tiny_model, http_folder):
     assert Searcher(out, model=tiny_model).search_image(jpeg(11), k=1)[0].path == f"{base}/web_1.jpg"
 
 
+class _MeetingHandler(_QuietHandler):
+    """The scan's HEAD requests (the first `SCANNED`) wait, up to 10 s, for another one to be in
+    flight with them; the build's own reads later pass straight through."""
+
+    SCANNED = 6
+    meeting = threading.Barrier(2, timeout=10)
+    met: list[bool] = []
+
+    def do_HEAD(self) -> None:
+        if len(self.met) < self.SCANNED:
+            try:
+                self.meeting.wait()
+                self.met.append(True)
+            except threading.BrokenBarrierError:
+                self.met.append(False)
+        super().do_HEAD()
+
+
+def test_the_urls_of_a_list_are_looked_up_many_at_a_time(tmp_path, tiny_model):
+    """A scan of a list of URLs keeps several HEAD requests in flight, not one after another."""
+    www = tmp_path / "www"
+    www.mkdir()
+    for seed in range(6):
+        (www / f"{seed}.jpg").write_bytes(jpeg(seed))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_MeetingHandler, directory=str(www)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    listing = tmp_path / "urls.txt"
+    listing.write_text("".join(f"http://127.0.0.1:{server.server_address[1]}/{seed}.jpg\n" for seed in range(6)))
+    try:
+        assert counts(build([f"list:{listing}"], tmp_path / "index", tiny_model, workers=0)) == (6, 0, 0, 0, 6)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _MeetingHandler.met == [True] * 6, "each HEAD request of the scan had another in flight beside it"
+
+
 BUILD = """
 import sys
 from indexer import build_index
