@@ -106,7 +106,7 @@ def _connect(ray: ModuleType, options: RayOptions) -> None:
     if options.address:
         _check_reachable(options.address)
     for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # a failure reaches the user as one TusouError line
     try:
         ray.init(address=options.address, logging_level=logging.ERROR, log_to_driver=False)
     except Exception as exc:  # ConnectionError, ValueError, RuntimeError: each Ray version has its own
