@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from indexer.decode import decoded_batches
+from indexer.decode import Unit, decoded_batches, units_of
 from indexer.faiss_build import index_embeddings
 from indexer.ray_engine import RayOptions, WorkerModel, embed_on_ray, ray_session
 from indexer.sources import Skipped, SourceFile, describe_extensions, scan
@@ -31,6 +31,7 @@ from retrieval.faults import kill_point
 from retrieval.index_store import (
     MANIFEST,
     CatalogItem,
+    ImageRecord,
     StoredIndex,
     check_model,
     next_generation,
@@ -39,6 +40,7 @@ from retrieval.index_store import (
     write_embeddings,
     write_index,
 )
+from retrieval.locations import MEMBER_SEPARATOR
 from retrieval.model import EmbeddingModel, load_model
 from retrieval.registry import DEFAULT_MODEL
 
@@ -150,21 +152,24 @@ def build_index(
             old = {item.path: (row, item) for row, item in enumerate(previous.items)} if previous else {}
             unchanged = {path for path, source in files.items() if path in old and old[path][1].stamp == source.stamp}
             to_embed = [source for path, source in files.items() if path not in unchanged and staging.get(source) is None]
-            resumed = sum(1 for path in files if path not in unchanged) - len(to_embed)
+            staged = _staged_members(files, staging)
+            units = units_of(to_embed, {shard: tuple(r.path.rpartition(MEMBER_SEPARATOR)[2] for r in rs) for shard, rs in staged.items()})
+            images = None if any(source.whole for source in to_embed) else len(to_embed)
             try:
                 if ray is None:
-                    skipped += _embed(model, to_embed, files, staging, batch_size, workers, checkpoint_every, progress)
+                    skipped += _embed(model, units, images, files, staging, batch_size, workers, checkpoint_every, progress)
                 else:
                     worker_model = WorkerModel(
                         model.name, model.sources.get("text_weights"), model.sources.get("image_weights"), model_info["fingerprint"], device, precision
                     )
-                    skipped += embed_on_ray(model, worker_model, to_embed, files, staging, ray, batch_size, checkpoint_every, progress)
+                    skipped += embed_on_ray(model, worker_model, units, images, files, staging, ray, batch_size, checkpoint_every, progress)
             finally:
                 staging.flush()
+            files = _listed(files, _staged_members(files, staging))
             layout = _layout(previous, index_type, max_index_memory)
             summary = _commit(out, previous, model_info, model.dim, files, unchanged, staging, old, layout, progress)
-            summary.resumed = resumed
-            summary.embedded = summary.added + summary.updated - resumed
+            summary.embedded = staging.added
+            summary.resumed = summary.added + summary.updated - staging.added
             kill_point("committed")
             staging.clear()
     except BaseException:
@@ -184,9 +189,32 @@ def _layout(previous: StoredIndex | None, index_type: str | None, max_memory: in
     }
 
 
+def _staged_members(files: dict[str, SourceFile], staging: Staging) -> dict[str, list[ImageRecord]]:
+    """For each shard of `files` that was not listed at scan time (`whole`), its members staged so far."""
+    whole = {path: source for path, source in files.items() if source.whole}
+    found: dict[str, list[ImageRecord]] = {}
+    if whole:
+        for record in staging.records():
+            shard = whole.get(record.path.rpartition(MEMBER_SEPARATOR)[0])
+            if shard is not None and record.change_key == shard.change_key:
+                found.setdefault(shard.path, []).append(record)
+    return found
+
+
+def _listed(files: dict[str, SourceFile], staged: dict[str, list[ImageRecord]]) -> dict[str, SourceFile]:
+    """`files` with each whole shard replaced by the members read from it, in path order."""
+    if not any(source.whole for source in files.values()):
+        return files
+    listed = {path: source for path, source in files.items() if not source.whole}
+    for shard, records in staged.items():
+        listed |= {r.path: SourceFile(r.path, r.size, r.mtime_ns, r.change_key, shard) for r in records}
+    return dict(sorted(listed.items()))
+
+
 def _embed(
     model: EmbeddingModel,
-    sources: list[SourceFile],
+    units: list[Unit],
+    images: int | None,
     files: dict[str, SourceFile],
     staging: Staging,
     batch_size: int,
@@ -195,18 +223,18 @@ def _embed(
     progress: bool,
 ) -> list[Skipped]:
     skipped: list[Skipped] = []
-    if not sources:
+    if not units:
         return skipped
     since_flush = 0
     workers = default_workers() if workers is None else max(0, workers)
-    batches = decoded_batches(sources, model.preprocess, model.image_size, batch_size, workers)
-    with tqdm(total=len(sources), desc="embedding", unit=" img", disable=not progress) as bar:
+    batches = decoded_batches(units, model.preprocess, model.image_size, batch_size, workers)
+    with tqdm(total=images, desc="embedding", unit=" img", disable=not progress) as bar:
         for batch in batches:
             skipped += [Skipped(item.path, item.error or "unreadable") for item in batch.failed]
             if batch.pixels is not None:
                 vectors = model.encode_pixels(batch.pixels)
                 for item, vector in zip(batch.ok, vectors):
-                    staging.add(item.record(files[item.path]), vector)
+                    staging.add(item.record(files), vector)
                 since_flush += len(batch.ok)
             if since_flush >= checkpoint_every:
                 staging.flush()

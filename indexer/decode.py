@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from indexer.sources import SourceFile
 from retrieval.images import ImageError, decode
 from retrieval.index_store import ImageRecord
-from retrieval.locations import MEMBER_SEPARATOR, Unreadable, member_path, read_bytes, read_members
+from retrieval.locations import MEMBER_SEPARATOR, Unreadable, member_path, read_bytes, read_images, read_members
 
 
 @dataclass
@@ -28,9 +28,17 @@ class Decoded:
     width: int = 0
     height: int = 0
     error: str | None = None
+    size: int = 0
+    mtime_ns: int = 0
+    """Of a member of a shard listed as it was read: its stamp, from the tar header."""
 
-    def record(self, source: SourceFile) -> ImageRecord:
-        """What the catalog keeps of a decoded image: its content from here, its stamp from the scan."""
+    def record(self, files: dict[str, SourceFile]) -> ImageRecord:
+        """What the catalog keeps of a decoded image: its content from here, its stamp from the scan
+        (for a member of a shard listed as it was read: from its tar header and its shard's key)."""
+        source = files.get(self.path)
+        if source is None:
+            shard = files[self.path.rpartition(MEMBER_SEPARATOR)[0]]
+            source = SourceFile(self.path, self.size, self.mtime_ns, shard.change_key, shard.path)
         return ImageRecord(
             self.path, source.size, source.mtime_ns, self.sha256, self.width, self.height, change_key=source.change_key
         )
@@ -46,19 +54,23 @@ class Batch:
 
 @dataclass(frozen=True)
 class Unit:
-    """What one worker reads in one go: a file or URL (`members` None), or a shard's wanted members."""
+    """What one worker reads in one go: a file or URL (`members` None), a shard's wanted members,
+    or (`whole`) every image member of a shard not listed yet but those in `skip` (staged already)."""
 
     location: str
     members: tuple[str, ...] | None = None
+    whole: bool = False
+    skip: tuple[str, ...] = ()
 
 
-def units_of(sources: list[SourceFile]) -> list[Unit]:
-    """Sources grouped by what must be read together, in the order they first appear."""
+def units_of(sources: list[SourceFile], staged: dict[str, tuple[str, ...]] | None = None) -> list[Unit]:
+    """Sources grouped by what must be read together, in the order they first appear; `staged`: the
+    members of each whole shard an interrupted build staged already."""
     shards: dict[str, list[str]] = {}
     units: list[Unit | str] = []
     for source in sources:
-        if source.shard is None:
-            units.append(Unit(source.path))
+        if source.shard is None or source.whole:
+            units.append(Unit(source.path, whole=source.whole, skip=(staged or {}).get(source.path, ())))
             continue
         if source.shard not in shards:
             shards[source.shard] = []
@@ -69,6 +81,14 @@ def units_of(sources: list[SourceFile]) -> list[Unit]:
 
 def decode_unit(unit: Unit, preprocess: Callable, min_size: int) -> Iterator[tuple[Decoded, torch.Tensor | None]]:
     """Each image of `unit`, decoded and preprocessed (None and the reason when it cannot be)."""
+    if unit.whole:
+        for member, size, mtime_ns, data, error in read_images(unit.location, frozenset(unit.skip)):
+            if data is None:
+                yield Decoded(member_path(unit.location, member) if member else unit.location, error=error), None
+                continue
+            item, pixels = _decoded(member_path(unit.location, member), data, preprocess, min_size)
+            yield replace(item, size=size, mtime_ns=mtime_ns), pixels
+        return
     if unit.members is None:
         try:
             data = read_bytes(unit.location)
@@ -113,9 +133,8 @@ def _collate(samples: list[tuple[Decoded, torch.Tensor | None]]) -> Batch:
 
 
 def decoded_batches(
-    sources: list[SourceFile], preprocess: Callable, min_size: int, batch_size: int, workers: int
+    units: list[Unit], preprocess: Callable, min_size: int, batch_size: int, workers: int
 ) -> Iterator[Batch]:
-    units = units_of(sources)
     workers = min(workers, len(units))  # a worker with no unit would only cost a process
     loader = DataLoader(
         DecodedImages(units, preprocess, min_size),

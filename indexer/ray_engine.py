@@ -21,7 +21,7 @@ import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from types import ModuleType
 
 import numpy as np
@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from indexer.decode import Decoded, Unit, decode_unit, units_of
+from indexer.decode import Decoded, Unit, decode_unit
 from indexer.sources import Skipped, SourceFile
 from indexer.staging import Staging
 from retrieval.devices import compute_dtype
@@ -42,7 +42,8 @@ IMAGES_PER_TASK = 256
 """Files read by one decode task (a tar shard is always one task: it is read in one pass)."""
 CONNECT_TIMEOUT = 10
 """Seconds to wait for the cluster's head to accept a connection."""
-RECORD_COLUMNS = ("path", "sha256", "width", "height", "error")
+RECORD_COLUMNS = ("path", "sha256", "width", "height", "error", "size", "mtime_ns")
+"""Decoded's fields, in its order."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,8 @@ def _check_reachable(address: str) -> None:
 def embed_on_ray(
     model: EmbeddingModel,
     worker_model: WorkerModel,
-    sources: list[SourceFile],
+    units: list[Unit],
+    images: int | None,
     files: dict[str, SourceFile],
     staging: Staging,
     options: RayOptions,
@@ -142,17 +144,17 @@ def embed_on_ray(
     checkpoint_every: int,
     progress: bool,
 ) -> list[Skipped]:
-    """Embed `sources` on the cluster into `staging`; returns the images that could not be read."""
+    """Embed the images of `units` (`images` of them, None: not known before the shards are read)
+    on the cluster into `staging`; returns the images that could not be read."""
     ray = require_ray()
     skipped: list[Skipped] = []
-    if not sources:
+    if not units:
         return skipped
     gpus, starting, workers = _actors(ray.cluster_resources(), options, worker_model.device)
-    units = units_of(sources)
     pixel_shape = tuple(model.preprocess(Image.new("RGB", (model.image_size, model.image_size))).shape)
-    items = [{"location": unit.location, "members": json.dumps(unit.members)} for unit in units]
+    items = [{"unit": json.dumps(asdict(unit))} for unit in units]
     dataset = (
-        ray.data.from_items(items, override_num_blocks=_tasks(len(units), len(sources), workers, checkpoint_every))
+        ray.data.from_items(items, override_num_blocks=_tasks(len(units), images or len(units), workers, checkpoint_every))
         .map_batches(
             _decode_units,
             batch_size=None,
@@ -170,14 +172,14 @@ def embed_on_ray(
     since_flush = 0
     desc = f"embedding on ray ({workers} actor{'s' * (workers > 1)}{f', {gpus:g} GPU each' if gpus else ''})"
     try:
-        with tqdm(total=len(sources), desc=desc, unit=" img", disable=not progress) as bar:
+        with tqdm(total=images, desc=desc, unit=" img", disable=not progress) as bar:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 records = zip(*(batch[key].tolist() for key in RECORD_COLUMNS))
                 for row, item in enumerate(Decoded(*record) for record in records):
                     if item.error:
                         skipped.append(Skipped(item.path, item.error))
                     else:
-                        staging.add(item.record(files[item.path]), batch["vector"][row])
+                        staging.add(item.record(files), batch["vector"][row])
                         since_flush += 1
                 if since_flush >= checkpoint_every:
                     staging.flush()
@@ -221,9 +223,11 @@ def _decode_units(
 ) -> Iterator[dict[str, np.ndarray]]:
     """A decode task: its units' images in batches (an unreadable one keeps its row, zero pixels and a reason)."""
     rows: list[tuple[Decoded, torch.Tensor | None]] = []
-    for location, members in zip(batch["location"], batch["members"]):
-        names = json.loads(members)
-        rows += decode_unit(Unit(str(location), tuple(names) if names is not None else None), preprocess, min_size)
+    for encoded in batch["unit"]:
+        fields = json.loads(encoded)
+        members, skip = fields.pop("members"), fields.pop("skip")
+        unit = Unit(**fields, members=None if members is None else tuple(members), skip=tuple(skip))
+        rows += decode_unit(unit, preprocess, min_size)
         while len(rows) >= batch_size:
             yield _columns(rows[:batch_size], shape)
             rows = rows[batch_size:]

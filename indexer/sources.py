@@ -66,6 +66,9 @@ class SourceFile:
     change_key: str | None = None
     shard: str | None = None
     """For a shard member, the shard it is read from (its name in the shard is after the `#`)."""
+    whole: bool = False
+    """A remote shard not listed at scan time (listing it means downloading it): it stands for its
+    members until the build reads it, and lists it in the same pass."""
 
     @property
     def stamp(self) -> tuple[int, int, str | None]:
@@ -168,7 +171,8 @@ def _look(spec: str, shards_known: dict[str, list[ImageRecord]]) -> tuple[list[S
 
 def _shard(shard: str, shards_known: dict[str, list[ImageRecord]], skipped: list[Skipped]) -> Iterator[SourceFile]:
     try:
-        key = SHARD_KEY + (remote_key(remote_info(shard)) if is_url(shard) else local_key(os.stat(shard)))
+        info = remote_info(shard) if is_url(shard) else None
+        key = SHARD_KEY + (remote_key(info) if info is not None else local_key(os.stat(shard)))
     except Exception as exc:
         skipped.append(Skipped(shard, error_reason(shard, exc)))
         return
@@ -176,6 +180,9 @@ def _shard(shard: str, shards_known: dict[str, list[ImageRecord]], skipped: list
     if previous and all(item.change_key == key for item in previous):
         for item in previous:
             yield SourceFile(item.path, item.size, item.mtime_ns, key, shard)
+        return
+    if info is not None:
+        yield SourceFile(shard, int(info.get("size") or 0), 0, key, shard, whole=True)
         return
     members, problem = list_images(shard)
     if problem:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,6 +30,8 @@ class Staging:
         self.items: dict[str, tuple[ImageRecord, str, int]] = {}
         """Catalog path → (record, chunk file name, row in the chunk); a later chunk wins."""
         self.pending: list[tuple[ImageRecord, np.ndarray]] = []
+        self.added = 0
+        """Vectors added by this build (the rest were staged by an interrupted one)."""
         self._load()
 
     def _load(self) -> None:
@@ -52,6 +55,10 @@ class Staging:
     def add(self, item: ImageRecord, vector: np.ndarray) -> None:
         """Keep a vector until the next flush; it counts as staged from then on."""
         self.pending.append((item, vector))
+        self.added += 1
+
+    def records(self) -> Iterator[ImageRecord]:
+        return (record for record, _, _ in self.items.values())
 
     def flush(self) -> None:
         """Write what was added since the last flush as one more chunk."""

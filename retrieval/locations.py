@@ -18,7 +18,7 @@ from typing import IO
 
 import fsspec
 
-from retrieval.images import file_error_reason
+from retrieval.images import file_error_reason, is_image_path
 
 URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
 CHANGE_MARKERS = ("ETag", "etag", "md5", "Content-MD5", "mtime", "LastModified", "last_modified", "Last-Modified", "created")
@@ -98,6 +98,19 @@ def read_members(shard: str, wanted: list[str]) -> Iterator[tuple[str, bytes | N
     for name in wanted:
         if name in remaining:
             yield name, None, reason
+
+
+def read_images(shard: str, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, int, int, bytes | None, str | None]]:
+    """(member, size, mtime_ns, bytes, None) for every image member of a shard not in `skip`, in
+    shard order and in one pass (a shard that was never listed is listed as it is read); then
+    ("", 0, 0, None, reason) if the shard could not be read to its end."""
+    try:
+        with open_tar(shard) as tar:
+            for info in tar:
+                if info.isfile() and is_image_path(info.name) and info.name not in skip:
+                    yield info.name, info.size, int(info.mtime) * 10**9, tar.extractfile(info).read(), None
+    except Exception as exc:
+        yield "", 0, 0, None, error_reason(shard, exc)
 
 
 def read_item(path: str) -> bytes:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import os
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,33 @@ def served(tmp_path_factory):
     server = UIServer(root / "index", env={"GRADIO_TEMP_DIR": str(root / "gradio-tmp")})
     yield server, collection, root
     server.stop()
+
+
+class _CountingHandler(SimpleHTTPRequestHandler):
+    """Serves a folder quietly and counts the GET requests (downloads) per path."""
+
+    downloads: dict[str, int] = {}
+
+    def do_GET(self) -> None:
+        self.downloads[self.path] = self.downloads.get(self.path, 0) + 1
+        super().do_GET()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def counted_shards(tmp_path):
+    """Two webdataset shards on a loopback HTTP server that counts downloads; yields (folder, base URL, downloads)."""
+    from tests.test_sources import seeds_of, shard_bytes
+
+    www = tmp_path / "www"
+    www.mkdir()
+    for shard in range(2):
+        (www / f"{shard:06d}.tar").write_bytes(shard_bytes(shard, seeds_of(shard)))
+    _CountingHandler.downloads = {}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_CountingHandler, directory=str(www)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}", _CountingHandler.downloads
+    server.shutdown()
+    server.server_close()

@@ -83,18 +83,22 @@ def assert_same_index(built: Path, reference: Path) -> None:
         np.testing.assert_allclose([hit.score for hit in hits[0]], [hit.score for hit in hits[1]], atol=2e-3)
 
 
-def test_ray_build_equals_the_local_build(tmp_path, cluster):
+def test_ray_build_equals_the_local_build(tmp_path, cluster, counted_shards):
+    """A folder with a broken file, a local shard with a broken member, and two shards over HTTP
+    (listed by the workers as they read them, each downloaded once a build)."""
     cluster, _ = cluster
+    _, base, downloads = counted_shards
     write_images(tmp_path / "photos", 36)
     (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "000003.tar").write_bytes(shard_bytes(3, seeds_of(3), broken={2: b"garbage"}))
-    paths = [str(tmp_path / "photos"), str(tmp_path / "shards" / "000003.tar")]
+    paths = [str(tmp_path / "photos"), str(tmp_path / "shards" / "000003.tar"), f"{base}/{{000000..000001}}.tar"]
     local_reference(paths, tmp_path / "local")
 
     code, summary, stderr = run(cluster, paths, tmp_path / "ray", "--batch-size", "8")
     assert code == 0, stderr
-    assert (summary["added"], summary["embedded"], summary["total"]) == (40, 40, 40)
+    assert (summary["added"], summary["embedded"], summary["total"]) == (50, 50, 50)
+    assert downloads == {"/000000.tar": 2, "/000001.tar": 2}, "once by the local build, once by the Ray build"
     assert sorted(item["path"] for item in summary["skipped"]) == [
         str(tmp_path / "photos" / "broken.jpg"), f"{tmp_path / 'shards' / '000003.tar'}#000030002.jpg"
     ]

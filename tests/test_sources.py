@@ -255,6 +255,46 @@ def test_the_urls_of_a_list_are_looked_up_many_at_a_time(tmp_path, tiny_model):
     assert _MeetingHandler.met == [True] * 6, "each HEAD request of the scan had another in flight beside it"
 
 
+def test_a_remote_shard_is_downloaded_once_per_build_and_listed_as_it_is_read(tmp_path, tiny_model, counted_shards):
+    www, base, downloads = counted_shards
+    specs = [f"{base}/{{000000..000001}}.tar"]
+    summary = build(specs, tmp_path / "index", tiny_model, workers=2)
+    assert counts(summary) == (10, 0, 0, 0, 10) and summary.embedded == 10
+    assert downloads == {"/000000.tar": 1, "/000001.tar": 1}, "read once: listed in the same pass as it is embedded"
+    build(specs, tmp_path / "local", tiny_model, workers=0)
+    reference = open_index(tmp_path / "local")
+    stored = open_index(tmp_path / "index")
+    assert [vars(item) for item in stored.items] == [vars(item) for item in reference.items]
+    assert stored.items[0].path == f"{base}/000000.tar#000000000.jpg" and stored.items[0].size == len(jpeg(0))
+    assert stored.items[0].mtime_ns == MTIME * 10**9
+
+    downloads.clear()
+    assert counts(build(specs, tmp_path / "index", tiny_model, workers=0)) == (0, 0, 0, 10, 10)
+    assert downloads == {}, "an unchanged shard is not downloaded again"
+    rewritten = shard_bytes(1, [9, *seeds_of(1)[1:]])
+    (www / "000001.tar").write_bytes(rewritten[: len(rewritten) // 2])  # rewritten, and cut short
+    os.utime(www / "000001.tar", ns=(0, (MTIME + 10) * 10**9))
+    summary = build(specs, tmp_path / "index", tiny_model, workers=0)
+    assert downloads == {"/000001.tar": 1}
+    assert summary.unchanged == 5 and 0 < summary.updated < 5 and summary.updated + summary.removed == 5
+    assert [item["reason"].split(":")[0] for item in summary.skipped] == ["broken shard"]
+
+
+def test_a_killed_build_of_remote_shards_embeds_only_the_rest(tmp_path, tiny_model, counted_shards):
+    _, base, _ = counted_shards
+    specs = [f"{base}/000000.tar", f"{base}/000001.tar"]
+    out = tmp_path / "index"
+    env = dict(os.environ, TUSOU_KILL_AT="staged:2")
+    killed = subprocess.run([sys.executable, "-c", BUILD, *specs, str(out)], env=env, cwd=Path(__file__).parent.parent)
+    assert killed.returncode == -signal.SIGKILL
+    summary = build(specs, out, tiny_model, workers=0)
+    assert (summary.added, summary.resumed, summary.embedded) == (10, 4, 6)
+    build(specs, tmp_path / "reference", tiny_model, workers=0)
+    final, reference = open_index(out), open_index(tmp_path / "reference")
+    assert [(i.path, i.id, i.size, i.sha256) for i in final.items] == [(i.path, i.id, i.size, i.sha256) for i in reference.items]
+    np.testing.assert_allclose(np.asarray(final.embeddings, np.float32), np.asarray(reference.embeddings, np.float32), atol=2e-3)
+
+
 BUILD = """
 import sys
 from indexer import build_index
