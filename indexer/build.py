@@ -152,8 +152,9 @@ def build_index(
             old = {item.path: (row, item) for row, item in enumerate(previous.items)} if previous else {}
             unchanged = {path for path, source in files.items() if path in old and old[path][1].stamp == source.stamp}
             to_embed = [source for path, source in files.items() if path not in unchanged and staging.get(source) is None]
-            staged = _staged_members(files, staging)
-            units = units_of(to_embed, {shard: tuple(r.path.rpartition(MEMBER_SEPARATOR)[2] for r in rs) for shard, rs in staged.items()})
+            staged = _staged_members(files, staging)  # what an interrupted build staged of shards not listed yet
+            skip = {shard: tuple(r.path[len(shard) + len(MEMBER_SEPARATOR) :] for r in records) for shard, records in staged.items()}
+            units = units_of(to_embed, skip)
             images = None if any(source.whole for source in to_embed) else len(to_embed)
             try:
                 if ray is None:
@@ -169,7 +170,7 @@ def build_index(
             layout = _layout(previous, index_type, max_index_memory)
             summary = _commit(out, previous, model_info, model.dim, files, unchanged, staging, old, layout, progress)
             summary.embedded = staging.added
-            summary.resumed = summary.added + summary.updated - staging.added
+            summary.resumed = max(0, summary.added + summary.updated - staging.added)  # a retried Ray task can deliver twice
             kill_point("committed")
             staging.clear()
     except BaseException:

@@ -63,14 +63,14 @@ class Unit:
     skip: tuple[str, ...] = ()
 
 
-def units_of(sources: list[SourceFile], staged: dict[str, tuple[str, ...]] | None = None) -> list[Unit]:
-    """Sources grouped by what must be read together, in the order they first appear; `staged`: the
+def units_of(sources: list[SourceFile], skip: dict[str, tuple[str, ...]] | None = None) -> list[Unit]:
+    """Sources grouped by what must be read together, in the order they first appear; `skip`: the
     members of each whole shard an interrupted build staged already."""
     shards: dict[str, list[str]] = {}
     units: list[Unit | str] = []
     for source in sources:
         if source.shard is None or source.whole:
-            units.append(Unit(source.path, whole=source.whole, skip=(staged or {}).get(source.path, ())))
+            units.append(Unit(source.path, whole=source.whole, skip=(skip or {}).get(source.path, ())))
             continue
         if source.shard not in shards:
             shards[source.shard] = []
