@@ -38,6 +38,7 @@ from retrieval.faults import kill_point
 from retrieval.model import EmbeddingModel, load_model
 
 INSTALL = "pip install 'tusou[ray]'"
+START = "start one with `ray start --head` and pass the address it prints as --ray-address"
 IMAGES_PER_TASK = 256
 """Files read by one decode task (a tar shard is always one task: it is read in one pass)."""
 CONNECT_TIMEOUT = 10
@@ -112,10 +113,7 @@ def _connect(ray: ModuleType, options: RayOptions) -> None:
         ray.init(address=options.address, logging_level=logging.ERROR, log_to_driver=False)
     except Exception as exc:  # ConnectionError, ValueError, RuntimeError: each Ray version has its own
         where = f"at {options.address}" if options.address else "on this machine"
-        raise TusouError(
-            f"cannot reach a Ray cluster {where} ({_reason(exc)}): start one with `ray start --head` "
-            "and pass the address it prints as --ray-address"
-        ) from None
+        raise TusouError(f"cannot reach a Ray cluster {where} ({_reason(exc)}): {START}") from None
 
 
 def _check_reachable(address: str) -> None:
@@ -126,10 +124,7 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
     except OSError as exc:
-        raise TusouError(
-            f"no Ray cluster answers at {address} ({exc.strerror or exc}): start one with `ray start --head` "
-            "and pass the address it prints as --ray-address"
-        ) from None
+        raise TusouError(f"no Ray cluster answers at {address} ({exc.strerror or exc}): {START}") from None
 
 
 def embed_on_ray(

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from retrieval.images import is_image_path
-from retrieval.locations import error_reason, open_tar
+from retrieval.locations import error_reason, image_members, open_tar
 
 
 @dataclass(frozen=True)
@@ -25,9 +24,8 @@ def list_images(shard: str) -> tuple[list[Member], str | None]:
     members: list[Member] = []
     try:
         with open_tar(shard) as tar:
-            for info in tar:
-                if info.isfile() and is_image_path(info.name):
-                    members.append(Member(info.name, info.size, int(info.mtime) * 10**9))
+            for info, mtime_ns in image_members(tar):  # one by one: a cut shard keeps the members before the cut
+                members.append(Member(info.name, info.size, mtime_ns))
     except Exception as exc:
         return members, error_reason(shard, exc)
     return members, None

@@ -100,15 +100,24 @@ def read_members(shard: str, wanted: list[str]) -> Iterator[tuple[str, bytes | N
             yield name, None, reason
 
 
+def image_members(tar: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, int]]:
+    """Each image file of a shard, in shard order, with its mtime_ns (sidecars such as .txt and
+    .json left out). The one place a member's stamp is read, whether a shard is listed at scan
+    time or as it is read, so both give the catalog the same one."""
+    for info in tar:
+        if info.isfile() and is_image_path(info.name):
+            yield info, int(info.mtime) * 10**9
+
+
 def read_images(shard: str, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, int, int, bytes | None, str | None]]:
     """(member, size, mtime_ns, bytes, None) for every image member of a shard not in `skip`, in
     shard order and in one pass (a shard that was never listed is listed as it is read); then
     ("", 0, 0, None, reason) if the shard could not be read to its end."""
     try:
         with open_tar(shard) as tar:
-            for info in tar:
-                if info.isfile() and is_image_path(info.name) and info.name not in skip:
-                    yield info.name, info.size, int(info.mtime) * 10**9, tar.extractfile(info).read(), None
+            for info, mtime_ns in image_members(tar):
+                if info.name not in skip:
+                    yield info.name, info.size, mtime_ns, tar.extractfile(info).read(), None
     except Exception as exc:
         yield "", 0, 0, None, error_reason(shard, exc)
 
