@@ -23,9 +23,9 @@ from PIL import Image
 
 from bench.report import latencies, machine, table, timed
 from indexer.build import build_index, default_workers
-from retrieval.devices import compute_dtype
+from retrieval.models.devices import compute_dtype
 from retrieval.images import decode
-from retrieval.model import load_model
+from retrieval.models.model import load_model
 
 MODEL = "taiyi-clip-l14"
 PHOTO_SIZE = (2400, 1600)

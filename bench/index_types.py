@@ -2,7 +2,7 @@
 
 Over synthetic CLIP-like 768-d vectors (bench/vectors.py) with text-like queries from a
 shifted distribution. Each type is built, tuned and searched by tusou's own code
-(indexer.faiss_build, retrieval.ann: the re-ranking included), from float16 embeddings
+(indexer.faiss_build, retrieval.store.ann: the re-ranking included), from float16 embeddings
 memory-mapped from disk as an index directory holds them. The baseline is an exact flat
 scan, one query at a time, measured in the same run.
 
@@ -23,8 +23,10 @@ from tqdm import tqdm
 
 from bench.report import latencies, machine, table, timed
 from bench.vectors import ClipLikeSpace
-from indexer.faiss_build import CHOICES, exact_neighbours, format_size, index_embeddings, parse_size, recall_at_k
-from retrieval import ann
+from indexer.faiss_build import exact_neighbours, index_embeddings, recall_at_k
+from retrieval.sizes import format_size, parse_size
+from retrieval.store.index_types import CHOICES
+from retrieval.store import ann
 
 SINGLE_QUERIES = 50
 """Queries timed one at a time (a flat scan of 10M vectors takes seconds each)."""

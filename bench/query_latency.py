@@ -24,10 +24,10 @@ from transformers import BertModel
 from bench.report import latencies, machine, table
 from bench.vectors import ClipLikeSpace
 from indexer.faiss_build import index_embeddings
-from retrieval.index_store import CatalogItem, write_index
-from retrieval.model import EmbeddingModel, load_model
-from retrieval.searcher import Searcher
-from retrieval.text_tower import BertText
+from retrieval.store.index_store import CatalogItem, write_index
+from retrieval.models.model import EmbeddingModel, load_model
+from retrieval.search.searcher import Searcher
+from retrieval.models.text_tower import BertText
 
 MODEL = "taiyi-clip-l14"
 SUBJECTS = ["小狗", "小猫", "女孩", "老人", "汽车", "自行车", "花", "房子", "小船", "鸟"]

@@ -32,7 +32,7 @@ from bench.report import machine, table, timed
 from indexer.build import build_index
 from indexer.decode import Unit, decode_unit
 from indexer.ray_engine import RayOptions
-from retrieval.model import load_model
+from retrieval.models.model import load_model
 
 SHARD_SIZE = 256
 SIDE = 256

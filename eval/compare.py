@@ -10,10 +10,10 @@ import torch
 from huggingface_hub import constants
 
 from eval.run import EvalResult
-from retrieval import hub
+from retrieval.models import hub
 from retrieval.errors import TusouError
-from retrieval.model import EmbeddingModel, weight_sources
-from retrieval.registry import get_entry
+from retrieval.models.model import EmbeddingModel, weight_sources
+from retrieval.models.registry import get_entry
 
 
 def check_weights(names: list[str]) -> None:

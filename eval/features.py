@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from retrieval.atomic import atomic_write
+from retrieval.store.atomic import atomic_write
 from retrieval.images import ImageError, open_image
-from retrieval.model import EmbeddingModel
+from retrieval.models.model import EmbeddingModel
 
 
 def default_cache_dir() -> Path:

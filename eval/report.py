@@ -10,7 +10,7 @@ from typing import NamedTuple
 from PIL import Image, ImageDraw, ImageFont
 
 from eval.run import EvalResult
-from retrieval.atomic import atomic_write_text
+from retrieval.store.atomic import atomic_write_text
 
 
 def _counts(counts: dict) -> str:

@@ -12,8 +12,8 @@ from eval.features import cache_path, load_or_embed
 from eval.metrics import KS, hits_at_k, rank_items
 from eval.published import figures
 from retrieval.errors import TusouError
-from retrieval.model import EmbeddingModel
-from retrieval.zero_shot import DEFAULT_TEMPLATES, label_vectors
+from retrieval.models.model import EmbeddingModel
+from retrieval.search.zero_shot import DEFAULT_TEMPLATES, label_vectors
 
 PREDICTIONS_K = 10
 

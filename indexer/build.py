@@ -25,10 +25,10 @@ from indexer.faiss_build import index_embeddings
 from indexer.ray_engine import RayOptions, WorkerModel, embed_on_ray, ray_session
 from indexer.sources import Skipped, SourceFile, describe_extensions, scan
 from indexer.staging import Staging
-from retrieval.devices import compute_dtype
+from retrieval.models.devices import compute_dtype
 from retrieval.errors import TusouError
-from retrieval.faults import kill_point
-from retrieval.index_store import (
+from retrieval.store.faults import kill_point
+from retrieval.store.index_store import (
     MANIFEST,
     CatalogItem,
     ImageRecord,
@@ -41,8 +41,8 @@ from retrieval.index_store import (
     write_index,
 )
 from retrieval.locations import MEMBER_SEPARATOR
-from retrieval.model import EmbeddingModel, load_model
-from retrieval.registry import DEFAULT_MODEL
+from retrieval.models.model import EmbeddingModel, load_model
+from retrieval.models.registry import DEFAULT_MODEL
 
 OWN_FILES = {".lock", "staging"}
 COPY_BLOCK = 65_536

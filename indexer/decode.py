@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from indexer.sources import SourceFile
 from retrieval.images import ImageError, decode
-from retrieval.index_store import ImageRecord
+from retrieval.store.index_store import ImageRecord
 from retrieval.locations import MEMBER_SEPARATOR, Unreadable, member_path, read_bytes, read_images, read_members
 
 

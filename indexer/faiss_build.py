@@ -1,6 +1,6 @@
 """Building the FAISS index from stored embeddings: choosing a type, building it, tuning it.
 
-Four types, as data in INDEX_TYPES; `auto` picks the most accurate one that fits the
+Four types, as data in retrieval.store.index_types; `auto` picks the most accurate one that fits the
 memory budget at the collection's size. Approximate types are then tuned: the smallest
 nprobe / efSearch whose recall@10 against exact search reaches the target is kept, and the
 recall measured is stored in the manifest beside it.
@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import math
 import os
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 from tqdm import tqdm
 
-from retrieval import ann
+from retrieval.store import ann
 from retrieval.errors import TusouError
+from retrieval.sizes import format_size
+from retrieval.store.index_types import CHOICES, HNSW_M, INDEX_TYPES, PQ_BITS, IndexType
 
 CHUNK = 65_536
 """Rows converted from float16 and added at a time: a 10M-vector build never holds them all."""
@@ -31,56 +31,13 @@ text tower takes: no reason to approximate. Beyond, HNSW answers in about a mill
 MAX_NLIST = 4096
 """Assigning n vectors to lists costs n × nlist × d: at 10M vectors 4,096 lists take ~5 minutes on
 two cores, 16,384 would take ~20. Longer lists cost only a higher nprobe at query time."""
-HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 64
-PQ_BITS = 8
 MIN_TRAINING_PER_CENTROID = 39
 """faiss's own rule of thumb for k-means: fewer points per centroid than this trains badly."""
 TRAINING_PER_CENTROID = 64
 KMEANS_ITERATIONS = 10
 """Coarse centroids only route queries (re-ranking fixes scores): 10 iterations on 64 points a
 centroid train 1M vectors' lists in seconds, where faiss's default (25 on 256) takes minutes."""
-
-
-@dataclass(frozen=True)
-class IndexType:
-    name: str
-    description: str
-    bytes_per_vector: Callable[[int, dict], float]
-    """Memory per vector for dim d and the type's build parameters."""
-    rerank: int = 0
-    """Candidates fetched per result and re-scored exactly (quantised types)."""
-    knob: str | None = None
-    """The search-time parameter tuned for recall: nprobe or ef_search."""
-
-
-INDEX_TYPES: dict[str, IndexType] = {
-    t.name: t
-    for t in [
-        IndexType("flat", "exact inner-product scan (float32)", lambda d, p: 4 * d),
-        IndexType(
-            "hnsw",
-            f"HNSW graph over float32 vectors (M={HNSW_M}): fastest queries, most memory",
-            lambda d, p: 4 * d + 2 * HNSW_M * 4 * 1.05,
-            knob="ef_search",
-        ),
-        IndexType(
-            "ivf",
-            "inverted lists of 8-bit scalar-quantised vectors, re-ranked exactly",
-            lambda d, p: d + 8,
-            rerank=4,
-            knob="nprobe",
-        ),
-        IndexType(
-            "ivfpq",
-            "inverted lists of product-quantised codes (m bytes a vector), re-ranked exactly",
-            lambda d, p: p.get("m", d // 8) * p.get("bits", PQ_BITS) / 8 + 8,
-            rerank=32,
-            knob="nprobe",
-        ),
-    ]
-}
-CHOICES = ("auto", *INDEX_TYPES)
 
 
 @dataclass(frozen=True)
@@ -95,28 +52,9 @@ class IndexPlan:
         return INDEX_TYPES[self.type]
 
 
-def parse_size(text: str) -> int:
-    """'800M', '1.5G', '2GiB', '1000000' → bytes."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
-    if not match:
-        raise TusouError(f"--max-index-memory {text!r}: give a size such as 800M, 4G or 1.5G")
-    number, unit = float(match.group(1)), match.group(2)
-    return int(number * 1024 ** " kmgt".index(unit or " "))
-
-
 def default_budget() -> int:
     """Half of this machine's memory: the rest is for the model, the embeddings' page cache and the OS."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-
-
-def format_size(size: float) -> str:
-    if size < 1024:
-        return f"{size:.0f} B"
-    for unit in ("KB", "MB", "GB"):
-        size /= 1024
-        if size < 1024:
-            return f"{size:.1f} {unit}"
-    return f"{size / 1024:.1f} TB"
 
 
 def _params(name: str, n: int, d: int, m: int | None = None) -> dict:
@@ -176,18 +114,8 @@ def plan_index(n: int, d: int, index_type: str = "auto", max_memory: int | None 
     raise TusouError(f"{n:,} vectors of dim {d} do not fit in {format_size(budget)}: raise --max-index-memory")
 
 
-def _factory_string(plan: IndexPlan) -> str:
-    p = plan.params
-    return {
-        "flat": "Flat",
-        "hnsw": f"HNSW{p.get('M')},Flat",
-        "ivf": f"IVF{p.get('nlist')},SQ8",
-        "ivfpq": f"IVF{p.get('nlist')},PQ{p.get('m')}x{p.get('bits')}",
-    }[plan.type]
-
-
 def _empty_index(plan: IndexPlan, d: int) -> faiss.Index:
-    index = faiss.index_factory(d, _factory_string(plan), faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(d, plan.spec.factory(plan.params), faiss.METRIC_INNER_PRODUCT)
     if plan.type == "hnsw":
         faiss.downcast_index(index).hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     elif plan.type in ("ivf", "ivfpq"):

@@ -32,10 +32,10 @@ from tqdm import tqdm
 from indexer.decode import Decoded, Unit, decode_unit
 from indexer.sources import Skipped, SourceFile
 from indexer.staging import Staging
-from retrieval.devices import compute_dtype
+from retrieval.models.devices import compute_dtype
 from retrieval.errors import TusouError
-from retrieval.faults import kill_point
-from retrieval.model import EmbeddingModel, load_model
+from retrieval.store.faults import kill_point
+from retrieval.models.model import EmbeddingModel, load_model
 
 INSTALL = "pip install 'tusou[ray]'"
 START = "start one with `ray start --head` and pass the address it prints as --ray-address"

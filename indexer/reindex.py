@@ -14,7 +14,7 @@ from pathlib import Path
 
 from indexer.build import build_lock
 from indexer.faiss_build import index_embeddings
-from retrieval.index_store import Manifest, open_vectors, read_manifest, remove_leftovers, write_index
+from retrieval.store.index_store import Manifest, open_vectors, read_manifest, remove_leftovers, write_index
 
 
 def reindex(directory: str | Path, index_type: str = "auto", max_memory: int | None = None, progress: bool = True) -> Manifest:

@@ -31,9 +31,9 @@ from tqdm import tqdm
 from indexer.braces import expand_braces
 from indexer.shards import list_images
 from retrieval.errors import TusouError
-from retrieval.faults import kill_point
+from retrieval.store.faults import kill_point
 from retrieval.images import IMAGE_EXTENSIONS, file_error_reason, is_image_path
-from retrieval.index_store import ImageRecord
+from retrieval.store.index_store import ImageRecord
 from retrieval.locations import (
     MEMBER_SEPARATOR,
     Unreadable,

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from indexer.sources import SourceFile
-from retrieval.atomic import atomic_write, atomic_write_text
-from retrieval.faults import kill_point
-from retrieval.index_store import ImageRecord
+from retrieval.store.atomic import atomic_write, atomic_write_text
+from retrieval.store.faults import kill_point
+from retrieval.store.index_store import ImageRecord
 
 
 class Staging:

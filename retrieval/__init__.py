@@ -1,22 +1,46 @@
-"""The core of tusou: model registry, encoders, the index on disk and the query layer."""
+"""The core of tusou: model registry, encoders, the index on disk and the query layer.
 
-from retrieval.errors import TusouError
-from retrieval.model import EmbeddingModel, load_model
-from retrieval.query import Query
-from retrieval.registry import DEFAULT_MODEL, MODELS
-from retrieval.searcher import Searcher, SearchResult
-from retrieval.zero_shot import DEFAULT_TEMPLATES, LabelScore, label_images
+The public names load on first use (PEP 562), so `import retrieval` or `from retrieval.errors
+import TusouError` costs no torch, transformers, open_clip or FAISS import: `tusou --help`
+and a mistyped flag answer at once.
+"""
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "DEFAULT_TEMPLATES",
-    "MODELS",
-    "EmbeddingModel",
-    "LabelScore",
-    "Query",
-    "SearchResult",
-    "Searcher",
-    "TusouError",
-    "label_images",
-    "load_model",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "TusouError": "retrieval.errors",
+    "DEFAULT_MODEL": "retrieval.models.registry",
+    "MODELS": "retrieval.models.registry",
+    "EmbeddingModel": "retrieval.models.model",
+    "load_model": "retrieval.models.model",
+    "Query": "retrieval.search.query",
+    "Searcher": "retrieval.search.searcher",
+    "SearchResult": "retrieval.search.searcher",
+    "DEFAULT_TEMPLATES": "retrieval.search.zero_shot",
+    "LabelScore": "retrieval.search.zero_shot",
+    "label_images": "retrieval.search.zero_shot",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from retrieval.errors import TusouError
+    from retrieval.models.model import EmbeddingModel, load_model
+    from retrieval.models.registry import DEFAULT_MODEL, MODELS
+    from retrieval.search.query import Query
+    from retrieval.search.searcher import Searcher, SearchResult
+    from retrieval.search.zero_shot import DEFAULT_TEMPLATES, LabelScore, label_images
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'retrieval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # the next access skips this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

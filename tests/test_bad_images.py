@@ -19,7 +19,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from indexer import build_index
-from retrieval.index_store import open_index
+from retrieval.store.index_store import open_index
 from tests.imagegen import draw, png_bomb
 from ui.cli import main as cli
 

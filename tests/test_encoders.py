@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from retrieval import TusouError, load_model
-from retrieval.text_tower import CHAR_VOCAB, BertText
+from retrieval.models.text_tower import CHAR_VOCAB, BertText
 from tests.imagegen import draw
 
 QUERIES = ["猫", "一只在草地上奔跑的小狗", "海边的日落，天空是橙色的，远处有几艘帆船和飞翔的海鸥", "红色"]

@@ -259,7 +259,7 @@ def test_models_are_evaluated_one_at_a_time(cnclip_set):
     """Each model is released before the next one loads, so big models never pile up in memory."""
     from eval.compare import evaluate_each
     from eval.run import evaluate_retrieval
-    from retrieval.model import load_model
+    from retrieval.models.model import load_model
 
     loaded: list[weakref.ref] = []
 

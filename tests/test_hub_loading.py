@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import save_file
 
 from retrieval import TusouError, load_model
-from retrieval.image_tower import checkpoint
-from retrieval.registry import get_entry
-from retrieval.text_tower import load_text_tower
+from retrieval.models.image_tower import checkpoint
+from retrieval.models.registry import get_entry
+from retrieval.models.text_tower import load_text_tower
 from tests.test_encoders import QUERIES, saved_bert
 from ui.cli import main
 

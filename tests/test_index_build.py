@@ -10,7 +10,7 @@ import pytest
 
 from indexer import build_index
 from retrieval import Searcher, TusouError, load_model
-from retrieval.index_store import open_index
+from retrieval.store.index_store import open_index
 from tests.imagegen import draw, write_images
 
 

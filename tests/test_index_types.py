@@ -13,10 +13,12 @@ from PIL import Image
 
 from bench.vectors import ClipLikeSpace
 from indexer import build_index
-from indexer.faiss_build import INDEX_TYPES, exact_neighbours, parse_size, plan_index, recall_at_k
+from indexer.faiss_build import exact_neighbours, plan_index, recall_at_k
+from retrieval.sizes import parse_size
+from retrieval.store.index_types import INDEX_TYPES
 from indexer.reindex import reindex
 from retrieval import Searcher, TusouError
-from retrieval.index_store import CatalogItem, open_index, write_index
+from retrieval.store.index_store import CatalogItem, open_index, write_index
 from ui.cli import main
 
 COUNT = 3000

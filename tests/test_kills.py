@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from indexer import build_index
-from retrieval.index_store import open_index
+from retrieval.store.index_store import open_index
 from tests.imagegen import draw, write_images
 
 BUILD = """

@@ -17,9 +17,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import BertConfig, BertTokenizer, ChineseCLIPConfig, ChineseCLIPModel, XLMRobertaConfig
 
 from retrieval import TusouError, load_model
-from retrieval.image_tower import checkpoint
-from retrieval.registry import MODELS, ChineseClip, TextTower, get_entry
-from retrieval.text_tower import CHAR_VOCAB, load_text_tower
+from retrieval.models.image_tower import checkpoint
+from retrieval.models.registry import MODELS, ChineseClip, TextTower, get_entry
+from retrieval.models.text_tower import CHAR_VOCAB, load_text_tower
 from tests.test_hub_loading import put_in_cache
 
 BERT_ENTRIES = [name for name, entry in MODELS.items() if isinstance(entry.text, TextTower) and entry.text.hub_id]

@@ -19,7 +19,7 @@ from PIL import Image
 
 from indexer import build_index
 from retrieval import Query, Searcher, TusouError
-from retrieval.query import NEGATIVE_WEIGHT, unit
+from retrieval.search.query import NEGATIVE_WEIGHT, unit
 from train.synthetic import write_collection
 from ui.cli import main
 

@@ -24,7 +24,7 @@ import pytest
 
 from indexer import build_index
 from retrieval import Searcher
-from retrieval.index_store import open_index
+from retrieval.store.index_store import open_index
 from tests.imagegen import draw, write_images
 from tests.test_sources import jpeg, seeds_of, shard_bytes
 

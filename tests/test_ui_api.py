@@ -145,7 +145,7 @@ def test_negative_terms_only_lower_scores_and_are_named_in_the_status(served):
 
 def test_dedupe_folds_near_duplicates_and_the_captions_count_them(served):
     """With k above the collection size every image is either a result or folded into one."""
-    from retrieval.index_store import open_index
+    from retrieval.store.index_store import open_index
 
     server, _, root = served
     index = open_index(root / "index")

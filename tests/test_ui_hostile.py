@@ -28,7 +28,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from retrieval.errors import TusouError
-from retrieval.searcher import Searcher
+from retrieval.search.searcher import Searcher
 from tests.imagegen import draw, png_bomb
 from ui.cli import main
 

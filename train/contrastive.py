@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from eval.cnclip_layout import split_paths
 from retrieval.errors import TusouError
-from retrieval.model import EmbeddingModel, load_model
-from retrieval.registry import TextTower, get_entry
+from retrieval.models.model import EmbeddingModel, load_model
+from retrieval.models.registry import TextTower, get_entry
 from train.pairs import PairData
 
 MAX_LOGIT_SCALE = math.log(100.0)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from eval.metrics import recall_at_k
 from retrieval.images import open_image
-from retrieval.model import EmbeddingModel, load_model
-from retrieval.registry import PACKAGE_ASSETS
-from retrieval.zero_shot import label_probabilities, label_vectors
+from retrieval.models.model import EmbeddingModel, load_model
+from retrieval.models.registry import PACKAGE_ASSETS
+from retrieval.search.zero_shot import label_probabilities, label_vectors
 from train.contrastive import TrainConfig, checkpoint_dir, train
 from train.synthetic import COLOURS, SHAPES, make_split, split_seed, write_dataset
 

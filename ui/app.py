@@ -22,11 +22,11 @@ from PIL import Image
 
 from retrieval.errors import TusouError
 from retrieval.images import ImageError, load_query_image, open_image
-from retrieval.index_info import describe
+from retrieval.store.index_info import describe
 from retrieval.locations import Unreadable, read_item
-from retrieval.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT, Query, clean_query, strip_controls
-from retrieval.searcher import Searcher, SearchResult
-from retrieval.zero_shot import DEFAULT_TEMPLATES, check_templates, label_images, parse_labels, split_list
+from retrieval.search.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT, Query, clean_query, strip_controls
+from retrieval.search.searcher import Searcher, SearchResult
+from retrieval.search.zero_shot import DEFAULT_TEMPLATES, check_templates, label_images, parse_labels, split_list
 
 THUMBNAIL = 256
 MAX_UPLOAD = "20mb"

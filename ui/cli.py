@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from retrieval.errors import TusouError
-from retrieval.registry import DEFAULT_MODEL, MODELS
+from retrieval.models.registry import DEFAULT_MODEL, MODELS
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -36,7 +36,7 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_index_type(parser: argparse.ArgumentParser, default: str | None) -> None:
-    from indexer.faiss_build import CHOICES
+    from retrieval.store.index_types import CHOICES
 
     kept = "the index's current type; auto for a new index" if default is None else default
     parser.add_argument("--index-type", choices=CHOICES, default=default, help=f"FAISS index type (default: {kept}); see README, Index types")
@@ -49,7 +49,7 @@ def _add_precision(parser: argparse.ArgumentParser) -> None:
 
 
 def _budget(args: argparse.Namespace) -> int | None:
-    from indexer.faiss_build import parse_size
+    from retrieval.sizes import parse_size
 
     return parse_size(args.max_index_memory) if args.max_index_memory else None
 
@@ -99,7 +99,7 @@ def _ray_options(args: argparse.Namespace):
 
 def cmd_reindex(args: argparse.Namespace) -> None:
     from indexer.reindex import reindex
-    from retrieval.index_info import describe
+    from retrieval.store.index_info import describe
 
     manifest = reindex(args.index, args.index_type, _budget(args), progress=not args.json)
     if args.json:
@@ -109,8 +109,8 @@ def cmd_reindex(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from indexer.faiss_build import format_size
-    from retrieval.index_info import summary
+    from retrieval.sizes import format_size
+    from retrieval.store.index_info import summary
 
     info = summary(args.index)
     if args.json:
@@ -127,8 +127,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from retrieval.query import IMAGE_WEIGHT, Query
-    from retrieval.searcher import Searcher
+    from retrieval.search.query import IMAGE_WEIGHT, Query
+    from retrieval.search.searcher import Searcher
 
     if args.weight is not None and (args.query is None or args.image is None):
         raise TusouError("--weight mixes a text query with --image: give both, or leave --weight out")
@@ -148,8 +148,8 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def cmd_label(args: argparse.Namespace) -> None:
-    from retrieval.model import load_model
-    from retrieval.zero_shot import check_templates, label_images, parse_labels
+    from retrieval.models.model import load_model
+    from retrieval.search.zero_shot import check_templates, label_images, parse_labels
 
     labels = parse_labels(args.labels)
     templates = check_templates(args.templates.split("|")) if args.templates else None
@@ -177,7 +177,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from retrieval.index_store import check_model, read_manifest
+    from retrieval.store.index_store import check_model, read_manifest
     from ui.app import serve
 
     if args.model:
@@ -190,7 +190,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def _model_names(spec: str) -> list[str]:
     """The registry entries of a comma-separated list, in order, each once: an unknown name
     anywhere fails here, before any model loads."""
-    from retrieval.registry import get_entry
+    from retrieval.models.registry import get_entry
 
     names = list(dict.fromkeys(name.strip() for name in spec.split(",") if name.strip()))
     if not names:
@@ -205,7 +205,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from eval.features import default_cache_dir
     from eval.report import comparison, comparison_table, table, write_comparison, write_reports
     from eval.run import EvalResult, evaluate_retrieval, evaluate_zero_shot
-    from retrieval.model import EmbeddingModel, load_model
+    from retrieval.models.model import EmbeddingModel, load_model
 
     names = _model_names(args.model)
     cache = None if args.no_cache else (args.cache or default_cache_dir())
@@ -244,8 +244,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_models(args: argparse.Namespace) -> None:
     import gc
 
-    from retrieval.footprint import format_count, measure
-    from retrieval.model import weight_sources
+    from retrieval.models.footprint import format_count, measure
+    from retrieval.models.model import weight_sources
 
     names = _model_names(args.names) if args.names else list(MODELS)
     labels = {name: f"{name} (default)" if name == DEFAULT_MODEL else name for name in names}
@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     information.add_argument("--json", action="store_true")
     information.set_defaults(run=cmd_info)
 
-    from retrieval.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT
+    from retrieval.search.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT
 
     search = commands.add_parser("search", help="search an index by text, by image, or both")
     search.add_argument("index", metavar="DIR")

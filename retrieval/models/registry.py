@@ -4,7 +4,7 @@ An entry says where each tower's weights come from and how a text or an image be
 vector. Three families: a BERT text tower beside an open_clip image tower (Taiyi-CLIP and
 tusou's own models), a transformers ChineseCLIPModel (both towers in one checkpoint), and one
 open_clip model whose text side is a Hugging Face transformer (multilingual CLIP). For the
-last two an entry's `text` and `image` are the same spec. `load_model` (retrieval.model)
+last two an entry's `text` and `image` are the same spec. `load_model` (retrieval.models.model)
 picks the family's loader by the specs' types.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from retrieval.errors import TusouError
 
-PACKAGE_ASSETS = Path(__file__).resolve().parent / "assets"
+PACKAGE_ASSETS = Path(__file__).resolve().parents[1] / "assets"
 """Files shipped inside tusou: vocabularies, open_clip configs, the demo model's weights."""
 
 

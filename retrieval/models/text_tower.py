@@ -10,11 +10,11 @@ import torch
 import transformers
 from transformers import BertConfig, BertTokenizer, PreTrainedModel
 
-from retrieval import hub
+from retrieval.models import hub
 from retrieval.errors import TusouError
-from retrieval.image_tower import refused_by_unpickler, unsafe_pickle
-from retrieval.registry import PACKAGE_ASSETS, ModelEntry
-from retrieval.towers import TextEncoder, bert_inputs
+from retrieval.models.image_tower import refused_by_unpickler, unsafe_pickle
+from retrieval.models.registry import PACKAGE_ASSETS, ModelEntry
+from retrieval.models.towers import TextEncoder, bert_inputs
 
 HUB_FILES = ["config.json", "vocab.txt", "*.safetensors", "pytorch_model.bin", "tokenizer*", "special_tokens_map.json"]
 CHAR_VOCAB = PACKAGE_ASSETS / "char-vocab"

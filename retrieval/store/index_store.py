@@ -19,20 +19,17 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retrieval import ann
-from retrieval.atomic import atomic_write, atomic_write_text
+from retrieval.store import ann
+from retrieval.store.atomic import atomic_write, atomic_write_text
 from retrieval.errors import TusouError
-from retrieval.faults import kill_point
-from retrieval.registry import MODELS
+from retrieval.store.faults import kill_point
+from retrieval.models.registry import MODELS
+from retrieval.store.index_types import INDEX_TYPES, KNOBS
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 REBUILD = "rebuild it with `tusou index PATH --out DIR`"
 ROLES = ("catalog", "embeddings", "faiss")
-FAISS_CLASSES = {"flat": "IndexFlatIP", "hnsw": "IndexHNSWFlat", "ivf": "IndexIVFScalarQuantizer", "ivfpq": "IndexIVFPQ"}
-"""The FAISS class each manifest type is written as (indexer.faiss_build's factory strings)."""
-KNOBS = {"nprobe": ("ivf", "ivfpq"), "ef_search": ("hnsw",)}
-"""Search settings and the types they apply to (retrieval.ann.apply_params)."""
 MANIFEST_FIELDS: dict[str, type] = {"model": dict, "dim": int, "count": int, "index": dict, "files": dict, "generation": int, "next_id": int}
 
 
@@ -192,15 +189,15 @@ def _plain_name(name: object) -> bool:
 
 def _check_index_entry(path: Path, index: dict, fix: str) -> None:
     """The FAISS entry's type and search knobs (nprobe, ef_search, rerank) are what the search code expects."""
-    if index.get("type") not in FAISS_CLASSES:
-        raise TusouError(f"{path} is damaged (index type {index.get('type')!r}, not one of {', '.join(FAISS_CLASSES)}): {fix}")
+    if index.get("type") not in INDEX_TYPES:
+        raise TusouError(f"{path} is damaged (index type {index.get('type')!r}, not one of {', '.join(INDEX_TYPES)}): {fix}")
     for key in ("params", "search"):
         if not isinstance(index.get(key, {}), dict):
             raise TusouError(f"{path} is damaged (index {key} is {index[key]!r}): {fix}")
     for key, value in index.get("search", {}).items():
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise TusouError(f"{path} is damaged (search setting {key} is {value!r}): {fix}")
-        if index["type"] not in KNOBS.get(key, (index["type"],)):
+        if key in KNOBS and key != INDEX_TYPES[index["type"]].knob:
             raise TusouError(f"{path} is damaged (search setting {key} on a {index['type']} index): {fix}")
 
 
@@ -321,7 +318,7 @@ def read_faiss(directory: Path, manifest: Manifest, mmap: bool = False) -> faiss
         why = "not a FAISS index" if "not recognized" in str(exc) else "truncated or corrupt"
         raise TusouError(f"{damaged} is {why}: {fix}") from None
     kind = type(faiss.downcast_index(index)).__name__
-    expected = FAISS_CLASSES[manifest.index["type"]]
+    expected = INDEX_TYPES[manifest.index["type"]].faiss_class
     if kind != expected:
         raise TusouError(f"{damaged} holds an {kind}, the manifest says {manifest.index['type']} ({expected}): {fix}")
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:

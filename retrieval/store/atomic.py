@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from retrieval.faults import kill_point
+from retrieval.store.faults import kill_point
 
 
 def fsync_dir(directory: Path) -> None:

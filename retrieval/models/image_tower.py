@@ -23,10 +23,10 @@ from open_clip.model import (
 )
 from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
-from retrieval import hub
+from retrieval.models import hub
 from retrieval.errors import TusouError
-from retrieval.registry import PACKAGE_ASSETS, ModelEntry
-from retrieval.towers import ImageEncoder
+from retrieval.models.registry import PACKAGE_ASSETS, ModelEntry
+from retrieval.models.towers import ImageEncoder
 
 open_clip.add_model_config(PACKAGE_ASSETS / "open_clip")
 

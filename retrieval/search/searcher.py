@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from retrieval.devices import compute_dtype
+from retrieval.models.devices import compute_dtype
 from retrieval.images import load_query_image
-from retrieval.index_store import StoredIndex, check_model, open_index
-from retrieval.model import EmbeddingModel, load_model
-from retrieval.query import POOL_FACTOR, Query, QueryImage, clean_query, mix, rank
-from retrieval.zero_shot import LabelScore, label_images
+from retrieval.store.index_store import StoredIndex, check_model, open_index
+from retrieval.models.model import EmbeddingModel, load_model
+from retrieval.search.query import POOL_FACTOR, Query, QueryImage, clean_query, mix, rank
+from retrieval.search.zero_shot import LabelScore, label_images
 
 
 @dataclass(frozen=True)
 class SearchResult:
     """One result. `score` is its cosine to the query, less the negative terms' push when the
-    query has any (retrieval.query.rank)."""
+    query has any (retrieval.search.query.rank)."""
 
     rank: int
     score: float
@@ -58,7 +58,7 @@ class QueryCache:
 class Searcher:
     """`Searcher(index_dir)` loads the index and its model once; queries are then cheap.
 
-    Queries run in the `precision` chosen (retrieval.devices.compute_dtype); repeated text
+    Queries run in the `precision` chosen (retrieval.models.devices.compute_dtype); repeated text
     queries come from a cache.
     """
 
@@ -121,7 +121,7 @@ class Searcher:
         return mix(text, image, query.weight), negatives
 
     def search(self, query: Query, k: int = 10) -> list[SearchResult]:
-        """The top k for a composed query (retrieval.query): fetches more candidates than k
+        """The top k for a composed query (retrieval.search.query): fetches more candidates than k
         when negatives or de-duplication can drop some, until the top k are settled."""
         positive, negatives = self.query_vectors(query)
         if len(self) == 0:

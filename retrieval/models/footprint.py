@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers.initialization import no_init_weights
 
-from retrieval.model import EmbeddingModel, load_model
+from retrieval.models.model import EmbeddingModel, load_model
 
 QUERY = "一只小狗在草地上奔跑"
 RUNS = 5

@@ -18,7 +18,7 @@ from PIL import Image
 
 from retrieval.errors import TusouError
 from retrieval.images import load_query_image
-from retrieval.model import EmbeddingModel
+from retrieval.models.model import EmbeddingModel
 
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "一张{}的照片。",

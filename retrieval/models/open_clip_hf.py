@@ -15,10 +15,10 @@ import open_clip
 import torch
 from open_clip.tokenizer import HFTokenizer
 
-from retrieval.image_tower import OpenClipImage, create_open_clip, local_checkpoint, pretrained_checkpoint
-from retrieval.registry import ModelEntry
-from retrieval.text_tower import weights_dir
-from retrieval.towers import TextEncoder
+from retrieval.models.image_tower import OpenClipImage, create_open_clip, local_checkpoint, pretrained_checkpoint
+from retrieval.models.registry import ModelEntry
+from retrieval.models.text_tower import weights_dir
+from retrieval.models.towers import TextEncoder
 
 CONFIG_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "sentencepiece.bpe.model", "special_tokens_map.json"]
 

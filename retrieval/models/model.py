@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from retrieval import hub
-from retrieval.chinese_clip import load_chinese_clip
-from retrieval.devices import inference, resolve_device
-from retrieval.image_tower import hub_checkpoint, load_image_tower
-from retrieval.open_clip_hf import load_open_clip_hf
-from retrieval.registry import (
+from retrieval.models import hub
+from retrieval.models.chinese_clip import load_chinese_clip
+from retrieval.models.devices import inference, resolve_device
+from retrieval.models.image_tower import hub_checkpoint, load_image_tower
+from retrieval.models.open_clip_hf import load_open_clip_hf
+from retrieval.models.registry import (
     DEFAULT_MODEL,
     PACKAGE_ASSETS,
     ChineseClip,
@@ -31,8 +31,8 @@ from retrieval.registry import (
     TextTower,
     get_entry,
 )
-from retrieval.text_tower import load_text_tower
-from retrieval.towers import ImageEncoder, TextEncoder
+from retrieval.models.text_tower import load_text_tower
+from retrieval.models.towers import ImageEncoder, TextEncoder
 
 
 @dataclass
@@ -107,14 +107,26 @@ class EmbeddingModel:
         Two models with different weights get different fingerprints in practice, at a cost of
         milliseconds rather than hashing every byte of a ViT-L.
         """
-        digest = hashlib.sha256(self.name.encode())
-        for prefix, tower in (("text.", self.text_model), ("image.", self.image_model)):
-            for key, tensor in sorted(tower.weights().items()):
-                flat = tensor.detach().reshape(-1)
-                sample = flat[:: max(1, flat.numel() // 256)].float().cpu().numpy()
-                digest.update(f"{prefix}{key}{tuple(tensor.shape)}".encode())
-                digest.update(np.round(sample, 5).tobytes())
-        return digest.hexdigest()[:16]
+        return _fingerprint(self.name, ("text.", self.text_model), ("image.", self.image_model))
+
+    def text_fingerprint(self) -> str:
+        """The text tower's part of `fingerprint` alone: a text query needs only this tower checked."""
+        return _fingerprint(self.name, ("text.", self.text_model))
+
+    def image_fingerprint(self) -> str:
+        """The image tower's part alone: what vectors in an index depend on (a student text tower shares it)."""
+        return _fingerprint(self.name, ("image.", self.image_model))
+
+
+def _fingerprint(name: str, *towers: tuple[str, TextEncoder | ImageEncoder]) -> str:
+    digest = hashlib.sha256(name.encode())
+    for prefix, tower in towers:
+        for key, tensor in sorted(tower.weights().items()):
+            flat = tensor.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 256)].float().cpu().numpy()
+            digest.update(f"{prefix}{key}{tuple(tensor.shape)}".encode())
+            digest.update(np.round(sample, 5).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _normalise(features: torch.Tensor) -> np.ndarray:

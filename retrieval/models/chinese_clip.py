@@ -18,9 +18,9 @@ from torchvision import transforms
 from transformers import BertTokenizer, ChineseCLIPConfig, ChineseCLIPModel
 
 from retrieval.errors import TusouError
-from retrieval.registry import ModelEntry
-from retrieval.text_tower import load_tokenizer, load_weights, weights_dir
-from retrieval.towers import ImageEncoder, TextEncoder, bert_inputs
+from retrieval.models.registry import ModelEntry
+from retrieval.models.text_tower import load_tokenizer, load_weights, weights_dir
+from retrieval.models.towers import ImageEncoder, TextEncoder, bert_inputs
 
 
 def _rgb(image: Image.Image) -> Image.Image:

@@ -15,9 +15,6 @@ faiss.cvar.distance_compute_blas_threshold = 1
 rescans the whole index once per query. One GEMM is as fast for one query and 10× faster
 for a batch of 64 (bench/index_types.py measures it)."""
 
-EXACT_TYPES = frozenset({"flat", "hnsw"})
-"""Types that keep full float32 vectors, so their scores are exact without re-ranking."""
-
 
 def apply_params(index: faiss.Index, params: dict) -> None:
     """Set the search-time knobs a build tuned (nprobe for IVF types, efSearch for HNSW)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retrieval.index_store import Manifest, open_index
+from retrieval.store.index_store import Manifest, open_index
 
 
 def describe(manifest: Manifest) -> str:
