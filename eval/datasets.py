@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.cnclip_layout import Caption, read_captions, read_images, split_paths
+from retrieval.datasets.cnclip_layout import Caption, read_captions, read_images, split_paths
 from retrieval.errors import TusouError
 from retrieval.images import IMAGE_EXTENSIONS, is_image_path
 

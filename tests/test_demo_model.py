@@ -7,9 +7,9 @@ import json
 import pytest
 
 from retrieval import Searcher, load_model
+from retrieval.datasets.synthetic import write_collection
 from retrieval.search.zero_shot import label_images
 from train.demo import DEMO_DIR, measure
-from train.synthetic import write_collection
 from ui.demo import example_queries, prepare
 
 

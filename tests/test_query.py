@@ -19,8 +19,8 @@ from PIL import Image
 
 from indexer import build_index
 from retrieval import Query, Searcher, TusouError
+from retrieval.datasets.synthetic import write_collection
 from retrieval.search.query import NEGATIVE_WEIGHT, unit
-from train.synthetic import write_collection
 from ui.cli import main
 
 ORIGINAL = "shape_0011.png"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from eval.cnclip_layout import read_captions, read_images, split_paths
 from retrieval import load_model
+from retrieval.datasets.cnclip_layout import read_captions, read_images, split_paths
+from retrieval.datasets.synthetic import make_split, write_dataset
 from train.contrastive import TrainConfig, checkpoint_dir, contrastive_loss, train
-from train.synthetic import make_split, write_dataset
 
 
 def test_loss_is_clip_loss_with_one_positive_and_spares_other_true_matches():

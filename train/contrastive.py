@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from eval.cnclip_layout import split_paths
+from retrieval.datasets.cnclip_layout import split_paths
 from retrieval.errors import TusouError
 from retrieval.models.model import EmbeddingModel, load_model
 from retrieval.models.registry import TextTower, get_entry

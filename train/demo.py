@@ -14,12 +14,12 @@ import shutil
 from pathlib import Path
 
 from eval.metrics import recall_at_k
+from retrieval.datasets.synthetic import COLOURS, SHAPES, make_split, split_seed, write_dataset
 from retrieval.images import open_image
 from retrieval.models.model import EmbeddingModel, load_model
 from retrieval.models.registry import PACKAGE_ASSETS
 from retrieval.search.zero_shot import label_probabilities, label_vectors
 from train.contrastive import TrainConfig, checkpoint_dir, train
-from train.synthetic import COLOURS, SHAPES, make_split, split_seed, write_dataset
 
 DEMO_DIR = PACKAGE_ASSETS / "demo"
 SIZES = {"train": 32000, "valid": 1000, "test": 1000}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from eval.cnclip_layout import read_captions, read_images, split_paths
+from retrieval.datasets.cnclip_layout import read_captions, read_images, split_paths
 from retrieval.errors import TusouError
 from retrieval.images import ImageError, open_image
 

@@ -47,7 +47,7 @@ def main() -> None:
     if args.charset == "cjk":
         chars = CJK_BLOCK
     else:
-        from train.synthetic import vocabulary_text
+        from retrieval.datasets.synthetic import vocabulary_text
 
         chars = vocabulary_text()
     write_vocab(args.out, char_vocab(chars))

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 from indexer.build import build_index
+from retrieval.datasets.synthetic import write_collection
 from retrieval.errors import TusouError
-from train.synthetic import write_collection
 from ui.app import serve
 
 DEMO_ROOT = Path(".cache/demo")
