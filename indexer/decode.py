@@ -15,10 +15,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from indexer.shards import member_path, read_images
 from indexer.sources import SourceFile
 from retrieval.images import ImageError, decode
+from retrieval.locations import MEMBER_SEPARATOR, Unreadable, read_bytes, read_members
 from retrieval.store.index_store import ImageRecord
-from retrieval.locations import MEMBER_SEPARATOR, Unreadable, member_path, read_bytes, read_images, read_members
 
 
 @dataclass

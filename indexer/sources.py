@@ -29,23 +29,12 @@ import fsspec
 from tqdm import tqdm
 
 from indexer.braces import expand_braces
-from indexer.shards import list_images
+from indexer.shards import list_images, member_path
 from retrieval.errors import TusouError
-from retrieval.store.faults import kill_point
 from retrieval.images import IMAGE_EXTENSIONS, file_error_reason, is_image_path
+from retrieval.locations import MEMBER_SEPARATOR, Unreadable, error_reason, is_shard, is_url, read_bytes
+from retrieval.store.faults import kill_point
 from retrieval.store.index_store import ImageRecord
-from retrieval.locations import (
-    MEMBER_SEPARATOR,
-    Unreadable,
-    error_reason,
-    is_shard,
-    is_url,
-    local_key,
-    member_path,
-    read_bytes,
-    remote_info,
-    remote_key,
-)
 
 SCAN_THREADS = 16
 """Specs looked at at once. A remote one costs a round trip (a HEAD request per URL, a download
@@ -55,6 +44,8 @@ SCAN_WINDOW = 4096
 LIST_PREFIX = "list:"
 SHARD_KEY = "shard "
 """Starts the change key of a shard member: the member is as new as its shard."""
+CHANGE_MARKERS = ("ETag", "etag", "md5", "Content-MD5", "mtime", "LastModified", "last_modified", "Last-Modified", "created")
+"""fsspec info keys that change when an object is rewritten, most specific first (stores differ)."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +180,22 @@ def _shard(shard: str, shards_known: dict[str, list[ImageRecord]], skipped: list
         skipped.append(Skipped(shard, problem))
     for member in members:
         yield SourceFile(member_path(shard, member.name), member.size, member.mtime_ns, key, shard)
+
+
+def remote_info(url: str) -> dict:
+    """fsspec's info for a URL (raises FileNotFoundError when there is nothing there)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.info(path)
+
+
+def remote_key(info: dict) -> str:
+    """The change key of a remote object: its size and the first change marker its store reports."""
+    marker = next((f"{key}={info[key]}" for key in CHANGE_MARKERS if info.get(key) not in (None, "")), "")
+    return f"size={info.get('size')};{marker}"
+
+
+def local_key(info: os.stat_result) -> str:
+    return f"size={info.st_size};mtime_ns={info.st_mtime_ns}"
 
 
 def _remote(url: str, skipped: list[Skipped]) -> list[SourceFile]:

@@ -1,10 +1,9 @@
-"""Where an indexed image's bytes live: a local path, a URL (through fsspec), or a member of a
-webdataset tar shard, named `SHARD#MEMBER` in the catalog.
+"""Reading an indexed image's bytes wherever they live: a local path, a URL (through fsspec), or a
+member of a webdataset tar shard, named `SHARD#MEMBER` in the catalog.
 
-Local files keep the plain `open`/`os.stat` path (and its mtime_ns change key) so folder
-builds behave exactly as before; `http://`, `s3://`, `memory://`, `file://` … go through
-fsspec, whose `info` gives a size and whatever change marker the store has. The indexer
-reads through here, and so does the UI when it shows a result.
+Local files keep the plain `open` path; `http://`, `s3://`, `memory://`, `file://` … go through
+fsspec. The UI reads a result through here to show it, and the indexer to embed it; how the
+indexer lists shards and tells a changed object is in indexer/shards.py and indexer/sources.py.
 """
 
 from __future__ import annotations
@@ -18,11 +17,9 @@ from typing import IO
 
 import fsspec
 
-from retrieval.images import file_error_reason, is_image_path
+from retrieval.images import file_error_reason
 
 URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
-CHANGE_MARKERS = ("ETag", "etag", "md5", "Content-MD5", "mtime", "LastModified", "last_modified", "Last-Modified", "created")
-"""fsspec info keys that change when an object is rewritten, most specific first (stores differ)."""
 MEMBER_SEPARATOR = "#"
 """Between a shard and a member in a catalog path: `/data/000001.tar#000010012.jpg`."""
 
@@ -33,10 +30,6 @@ def is_url(location: str) -> bool:
 
 def is_shard(location: str) -> bool:
     return location.lower().endswith(".tar")
-
-
-def member_path(shard: str, member: str) -> str:
-    return f"{shard}{MEMBER_SEPARATOR}{member}"
 
 
 def split_member(path: str) -> tuple[str, str] | None:
@@ -100,28 +93,6 @@ def read_members(shard: str, wanted: list[str]) -> Iterator[tuple[str, bytes | N
             yield name, None, reason
 
 
-def image_members(tar: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, int]]:
-    """Each image file of a shard, in shard order, with its mtime_ns (sidecars such as .txt and
-    .json left out). The one place a member's stamp is read, whether a shard is listed at scan
-    time or as it is read, so both give the catalog the same one."""
-    for info in tar:
-        if info.isfile() and is_image_path(info.name):
-            yield info, int(info.mtime) * 10**9
-
-
-def read_images(shard: str, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, int, int, bytes | None, str | None]]:
-    """(member, size, mtime_ns, bytes, None) for every image member of a shard not in `skip`, in
-    shard order and in one pass (a shard that was never listed is listed as it is read); then
-    ("", 0, 0, None, reason) if the shard could not be read to its end."""
-    try:
-        with open_tar(shard) as tar:
-            for info, mtime_ns in image_members(tar):
-                if info.name not in skip:
-                    yield info.name, info.size, mtime_ns, tar.extractfile(info).read(), None
-    except Exception as exc:
-        yield "", 0, 0, None, error_reason(shard, exc)
-
-
 def read_item(path: str) -> bytes:
     """The bytes of the image a catalog path names (a file, a URL or a shard member), for showing
     one result."""
@@ -133,22 +104,6 @@ def read_item(path: str) -> bytes:
     if data is None:
         raise Unreadable(reason)
     return data
-
-
-def remote_info(url: str) -> dict:
-    """fsspec's info for a URL (raises FileNotFoundError when there is nothing there)."""
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs.info(path)
-
-
-def remote_key(info: dict) -> str:
-    """The change key of a remote object: its size and the first change marker its store reports."""
-    marker = next((f"{key}={info[key]}" for key in CHANGE_MARKERS if info.get(key) not in (None, "")), "")
-    return f"size={info.get('size')};{marker}"
-
-
-def local_key(info: os.stat_result) -> str:
-    return f"size={info.st_size};mtime_ns={info.st_mtime_ns}"
 
 
 def error_reason(location: str, exc: Exception) -> str:
