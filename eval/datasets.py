@@ -17,9 +17,6 @@ from retrieval.datasets.cnclip_layout import Caption, read_captions, read_images
 from retrieval.errors import TusouError
 from retrieval.images import IMAGE_EXTENSIONS, is_image_path
 
-ImageSource = Callable[[], bytes | Path]
-
-
 @dataclass
 class RetrievalSet:
     """Images by integer id, and captions naming the ids of the images they describe."""
