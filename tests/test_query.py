@@ -142,6 +142,28 @@ def test_a_reference_image_moves_results_toward_it(demo):
     assert any(shows(truth, r.path, "蓝色", "圆形") for r in mixed[:3]), names(mixed)
 
 
+def test_weight_0_is_the_text_alone_and_weight_1_the_image_alone_by_construction(demo):
+    """Over the whole index, where near-ties would expose any rounding: the part weighted out
+    takes no part in the vector, so the rankings are the single part's, id for id."""
+    searcher, _, collection = demo
+    reference, every = collection / REFERENCE, len(searcher)
+
+    def ids(query: Query) -> list[int]:
+        return [r.id for r in searcher.search(query, every)]
+
+    assert ids(Query(text="圆形", image=reference, weight=0)) == ids(Query(text="圆形"))
+    for text in ("圆形", "红色的三角形", "两个绿色的正方形"):  # one code path, so not even the last bit differs
+        weighted_out, _ = searcher.query_vectors(Query(text=text, image=reference, weight=0))
+        assert np.array_equal(weighted_out, searcher.query_vectors(Query(text=text))[0]), text
+    assert ids(Query(text="圆形", image=reference, weight=1)) == ids(Query(image=reference))
+    image_only, _ = searcher.query_vectors(Query(text="圆形", image=reference, weight=1))
+    assert np.array_equal(image_only, searcher.query_vectors(Query(image=reference))[0])
+    with_negatives = dict(negatives=["红色"], dedupe=0.95)
+    assert ids(Query(text="圆形", image=reference, weight=0, **with_negatives)) == ids(Query(text="圆形", **with_negatives))
+    with pytest.raises(TusouError):  # the image weighted out is still read: a bad one is an error
+        searcher.search(Query(text="圆形", image=collection / "no-such.png", weight=0), 3)
+
+
 def test_min_score_keeps_exactly_the_results_at_or_above_it(demo):
     searcher, _, _ = demo
     for query in (Query(text="圆形", min_score=0.7), Query(text="圆形", negatives=["红色"], min_score=0.45)):

@@ -66,9 +66,10 @@ class Query:
 
     - `text` and `image`: what to find; either or both. With both, `weight` is the image's
       share: the positive vector is (1 − weight)·text + weight·image, L2-normalised, which
-      ranks exactly as (1 − weight)·cos(text) + weight·cos(image). Image–image cosines spread
-      wider than text–image ones on CLIP models, so at 0.5 the image tends to lead; lower it
-      for a text-led search.
+      ranks exactly as (1 − weight)·cos(text) + weight·cos(image). At weight 0 the image takes
+      no part (and at 1 the text), so the search is the other part's alone, bit for bit.
+      Image–image cosines spread wider than text–image ones on CLIP models, so at 0.5 the
+      image tends to lead; lower it for a text-led search.
     - `negatives`: texts whose look pushes a result down (see `rank`).
     - `min_score`: results scoring below it are dropped.
     - `dedupe`: a cosine threshold between stored image vectors; a result at or above it to a
@@ -99,6 +100,16 @@ class Query:
             raise TusouError(f"dedupe threshold {self.dedupe!r} is outside (0, 1]: it is the cosine above which two images count as one")
 
     @property
+    def uses_text(self) -> bool:
+        """Whether the text enters the positive vector: it is given, and not outweighed (weight 1) by an image."""
+        return self.text is not None and not (self.image is not None and self.weight == 1)
+
+    @property
+    def uses_image(self) -> bool:
+        """Whether the reference image enters the positive vector: it is given, and not weighted 0 beside a text."""
+        return self.image is not None and not (self.text is not None and self.weight == 0)
+
+    @property
     def reranks(self) -> bool:
         """Whether results can drop out of the positive ranking (so more candidates than k are needed)."""
         return bool(self.negatives) or self.dedupe is not None
@@ -112,10 +123,12 @@ def unit(vectors: np.ndarray) -> np.ndarray:
 
 def mix(text: np.ndarray | None, image: np.ndarray | None, weight: float) -> np.ndarray:
     """The positive query vector: text and image vectors (each L2-normalised) mixed by the image's
-    `weight`, L2-normalised again. One part alone is used as it is, so a plain query scores
-    exactly as before."""
-    if text is None or image is None:
-        return np.asarray(text if image is None else image, dtype=np.float32)
+    `weight`, L2-normalised again. One part alone, or a part weighted 0, leaves the other as it
+    is, so such a query scores exactly as that part alone (not merely up to rounding)."""
+    if image is None or (text is not None and weight == 0):
+        return np.asarray(text, dtype=np.float32)
+    if text is None or weight == 1:
+        return np.asarray(image, dtype=np.float32)
     vector = (1 - weight) * np.asarray(text, dtype=np.float32) + weight * np.asarray(image, dtype=np.float32)
     if np.linalg.norm(vector) < 1e-6:
         raise TusouError("the text and the reference image cancel out: change the weight")

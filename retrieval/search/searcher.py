@@ -111,13 +111,16 @@ class Searcher:
         return self.search(Query(image=image), k)
 
     def query_vectors(self, query: Query) -> tuple[np.ndarray, np.ndarray]:
-        """The query's positive vector and its negative terms' vectors (one row each)."""
-        texts = ([query.text] if query.text is not None else []) + list(query.negatives)
+        """The query's positive vector and its negative terms' vectors (one row each). A part the
+        weight leaves out (Query.uses_text / uses_image) is not encoded at all; a reference image is
+        still read, so a bad one is an error at any weight."""
+        texts = ([query.text] if query.uses_text else []) + list(query.negatives)
         encoded = self.cache.encode(self.model, texts) if texts else np.empty((0, self.model.dim), np.float32)
-        text, negatives = (encoded[0], encoded[1:]) if query.text is not None else (None, encoded)
+        text, negatives = (encoded[0], encoded[1:]) if query.uses_text else (None, encoded)
         image = None
         if query.image is not None:
-            image = self.model.encode_images([load_query_image(query.image, min_size=self.model.image_size)])[0]
+            picture = load_query_image(query.image, min_size=self.model.image_size)
+            image = self.model.encode_images([picture])[0] if query.uses_image else None
         return mix(text, image, query.weight), negatives
 
     def search(self, query: Query, k: int = 10) -> list[SearchResult]:
