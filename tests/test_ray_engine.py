@@ -66,6 +66,16 @@ def local_reference(paths: list[str], out: Path) -> None:
     build_index(paths, out, "test-tiny", device="cpu", workers=0, progress=False)
 
 
+def assert_same_ranking(ours: list, theirs: list, atol: float) -> None:
+    """The same scores rank by rank (within `atol`), and the same item at every rank but the last
+    where no other result scores within 2·atol of it: vectors equal up to float16 rounding may
+    swap near-ties, nothing else."""
+    np.testing.assert_allclose([hit.score for hit in ours], [hit.score for hit in theirs], atol=atol)
+    for rank, (hit, other) in enumerate(zip(ours[:-1], theirs[:-1])):
+        if all(abs(hit.score - rival.score) > 2 * atol for r, rival in enumerate(ours) if r != rank):
+            assert hit.path == other.path, (rank, hit, other)
+
+
 def assert_same_index(built: Path, reference: Path) -> None:
     """Same items (ids, stamps, hashes, sizes), vectors within float16 rounding, same search results."""
     ours, theirs = open_index(built), open_index(reference)
@@ -75,8 +85,7 @@ def assert_same_index(built: Path, reference: Path) -> None:
     assert ours.manifest.index["type"] == theirs.manifest.index["type"]
     searchers = Searcher(built, device="cpu"), Searcher(reference, device="cpu")
     for seed in (0, 7, 301):
-        ranked = [[hit.path for hit in searcher.search_image(draw(seed), k=5)] for searcher in searchers]
-        assert ranked[0] == ranked[1]
+        assert_same_ranking(*(searcher.search_image(draw(seed), k=6) for searcher in searchers), atol=2e-3)
     for text in ("红色的圆", "两只猫在草地上"):
         hits = [searcher.search_text(text, k=10) for searcher in searchers]
         assert {hit.path for hit in hits[0][:5]} <= {hit.path for hit in hits[1]}
