@@ -158,5 +158,6 @@ def create_open_clip(
 
 
 def load_image_tower(entry: ModelEntry, pretrained: bool, image_weights: WeightsPath) -> OpenClipImage:
+    """The entry's open_clip image tower, from --image-weights FILE, the package or the hub, else at random."""
     path, preprocess_cfg = checkpoint(entry.name, entry.image, image_weights, pretrained)
     return OpenClipImage(*create_open_clip(entry.image.arch, entry.seed, path, preprocess_cfg))

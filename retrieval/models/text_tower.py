@@ -85,6 +85,8 @@ class BertText(TextEncoder):
 
 
 def load_text_tower(entry: ModelEntry, pretrained: bool, text_weights: WeightsPath) -> BertText:
+    """The entry's BERT from --text-weights DIR, the package or the hub; its architecture at random
+    (fixed seed) when not `pretrained` or when the entry has no weights."""
     spec = entry.text
     directory, tokenizer = bert_files(entry.name, spec.hub_id, spec.vocab_dir, pretrained, text_weights, spec.package_dir)
     config = partial(BertConfig, **{"vocab_size": len(tokenizer), "num_labels": entry.dim, **spec.bert})
