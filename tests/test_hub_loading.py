@@ -53,15 +53,17 @@ def test_openai_vit_checkpoint_resolves_from_the_hf_cache_with_clip_preprocessin
     weights = tmp_path / "open_clip_model.safetensors"
     weights.write_bytes(b"stand-in: only its path is resolved here")
     put_in_cache(hub_cache, "timm/vit_large_patch14_clip_224.openai", weights)
-    path, preprocess = checkpoint(get_entry("taiyi-clip-l14"), image_weights=None)
+    entry = get_entry("taiyi-clip-l14")
+    path, preprocess = checkpoint(entry.name, entry.image, image_weights=None)
     assert path.name == "open_clip_model.safetensors" and COMMIT in str(path)
     assert preprocess["interpolation"] == "bicubic" and preprocess["resize_mode"] == "shortest"
     assert preprocess["mean"] == pytest.approx((0.48145466, 0.4578275, 0.40821073))
 
 
 def test_missing_weights_offline_name_the_fix(hub_cache):
+    entry = get_entry("taiyi-clip-l14")
     with pytest.raises(TusouError) as info:
-        checkpoint(get_entry("taiyi-clip-l14"), image_weights=None)
+        checkpoint(entry.name, entry.image, image_weights=None)
     message = str(info.value)
     assert "HF_HUB_OFFLINE" in message and "--model demo" in message and "--image-weights" in message
 
@@ -137,7 +139,7 @@ def test_pickled_code_in_image_weights_never_runs(tmp_path, image_folder, capsys
     assert_refused_unsafe(capsys, argv, weights, "re-save it as .safetensors")
     assert not marker.exists(), "loading the image weights ran pickled code"
     with pytest.raises(TusouError, match="cannot be loaded safely"):
-        load_model("test-tiny", device="cpu", image_weights=weights)
+        load_model("test-tiny", device="cpu", image_weights=weights).image_model
     assert not marker.exists()
     with contextlib.suppress(RuntimeError):  # a bare pickle runs, then fails torch's magic-number check
         torch.load(weights, weights_only=False)
@@ -187,5 +189,5 @@ def test_damaged_image_weights_are_one_line(tmp_path, damage):
     data = weights.read_bytes()
     weights.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "text": b"not a checkpoint\n"}[damage])
     with pytest.raises(TusouError, match="cannot load image weights") as info:
-        load_model("test-tiny", device="cpu", image_weights=weights)
+        load_model("test-tiny", device="cpu", image_weights=weights).image_fingerprint()
     assert "\n" not in str(info.value)

@@ -81,7 +81,7 @@ def test_taiyi_image_towers_resolve_their_open_clip_checkpoints(tmp_path, hub_ca
     weights = tmp_path / "open_clip_model.safetensors"
     weights.write_bytes(b"stand-in: only its path is resolved here")
     put_in_cache(hub_cache, repo, weights)
-    path, preprocess = checkpoint(entry, image_weights=None)
+    path, preprocess = checkpoint(entry.name, entry.image, image_weights=None)
     assert path.name == "open_clip_model.safetensors" and repo.replace("/", "--") in str(path)
     assert preprocess["mean"] == pytest.approx(cfg["mean"])
 
@@ -141,6 +141,7 @@ def test_a_chinese_clip_directory_loads_as_text_weights_and_image_weights_are_re
 
 def test_chinese_clip_random_build_has_the_real_architecture():
     model = load_model("cn-clip-b16", device="cpu", pretrained=False)
+    assert model.image_built, "both towers come from one checkpoint: built together"
     config = model.text_model.clip.config
     assert (config.text_config.hidden_size, config.vision_config.hidden_size, config.vision_config.patch_size) == (768, 768, 16)
     assert model.encode_texts(["一只猫"]).shape == (1, 512) and model.encode_images([photo()]).shape == (1, 512)

@@ -1,4 +1,5 @@
-"""Chinese-CLIP (OFA-Sys) through transformers' ChineseCLIPModel: both towers from one checkpoint.
+"""Chinese-CLIP (OFA-Sys) through transformers' ChineseCLIPModel: both towers from one checkpoint,
+so both are built at once (the image tower is not deferred: it shares the one model).
 
 The vectors are the library's own `get_text_features` / `get_image_features`; what tusou adds
 is Chinese-CLIP's input conventions, which the transformers processor does not follow: its
@@ -9,7 +10,6 @@ to a square; its tokenizer pads to the longest text, while Chinese-CLIP pads to 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
@@ -19,8 +19,19 @@ from transformers import BertTokenizer, ChineseCLIPConfig, ChineseCLIPModel
 
 from retrieval.errors import TusouError
 from retrieval.models.registry import ModelEntry
-from retrieval.models.text_tower import load_tokenizer, load_weights, weights_dir
-from retrieval.models.towers import ImageEncoder, TextEncoder, bert_inputs
+from retrieval.models.text_tower import bert_files, transformers_model
+from retrieval.models.towers import (
+    Family,
+    ImageEncoder,
+    LazyImageTower,
+    Source,
+    TextEncoder,
+    WeightsPath,
+    bert_inputs,
+    hub_source,
+    state_part,
+    temperature,
+)
 
 
 def _rgb(image: Image.Image) -> Image.Image:
@@ -37,10 +48,6 @@ def square_preprocess(size: int) -> transforms.Compose:
     ])
 
 
-def _part(model: torch.nn.Module, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    return {key: value for key, value in model.state_dict().items() if key.startswith(prefixes)}
-
-
 class ChineseClipText(TextEncoder):
     def __init__(self, clip: ChineseCLIPModel, tokenizer: BertTokenizer, context_length: int):
         super().__init__()
@@ -53,7 +60,7 @@ class ChineseClipText(TextEncoder):
         return self.clip.get_text_features(**inputs).pooler_output
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return _part(self.clip, ("text_model.", "text_projection."))
+        return state_part(self.clip, ("text_model.", "text_projection."))
 
 
 class ChineseClipImage(ImageEncoder):
@@ -71,28 +78,31 @@ class ChineseClipImage(ImageEncoder):
 
     @property
     def logit_scale(self) -> float:
-        return float(self.clip.logit_scale.detach().exp().clamp(max=100.0))
+        return temperature(self.clip.logit_scale)
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return _part(self.clip, ("vision_model.", "visual_projection."))
+        return state_part(self.clip, ("vision_model.", "visual_projection."))
 
 
 def load_chinese_clip(
-    entry: ModelEntry, pretrained: bool, text_weights: str | Path | None, image_weights: str | Path | None
-) -> tuple[ChineseClipText, ChineseClipImage]:
+    entry: ModelEntry, pretrained: bool, text_weights: WeightsPath, image_weights: WeightsPath
+) -> tuple[ChineseClipText, LazyImageTower]:
     """Both towers, sharing one ChineseCLIPModel: from --text-weights DIR, the hub, or at random."""
     spec = entry.text
     if image_weights is not None:
         raise TusouError(f"model {entry.name!r} keeps both towers in one transformers directory: pass it as --text-weights DIR")
-    directory = weights_dir(entry.name, spec.hub_id, text_weights) if pretrained or text_weights is not None else None
-    tokenizer = load_tokenizer(spec.hub_id, "char-vocab", directory)
-    if directory is not None:
-        clip = load_weights(directory, "ChineseCLIPModel")
-    else:
+    directory, tokenizer = bert_files(entry.name, spec.hub_id, "char-vocab", pretrained, text_weights)
+
+    def config() -> ChineseCLIPConfig:
         fields = dict(spec.config)
-        config = ChineseCLIPConfig(**{**fields, "text_config": {**fields["text_config"], "vocab_size": len(tokenizer)}})
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(entry.seed)
-            clip = ChineseCLIPModel(config)
-    clip.eval()
-    return ChineseClipText(clip, tokenizer, spec.context_length), ChineseClipImage(clip)
+        return ChineseCLIPConfig(**{**fields, "text_config": {**fields["text_config"], "vocab_size": len(tokenizer)}})
+
+    clip = transformers_model(directory, "ChineseCLIPModel", config, entry.seed)
+    return ChineseClipText(clip, tokenizer, spec.context_length), LazyImageTower(tower=ChineseClipImage(clip))
+
+
+def _source(entry: ModelEntry) -> Source:
+    return hub_source(entry.text.hub_id)
+
+
+FAMILY = Family(load=load_chinese_clip, text_source=_source, image_source=_source)

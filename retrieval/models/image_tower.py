@@ -1,19 +1,15 @@
-"""Loading an open_clip image tower and its eval transform."""
+"""An open_clip image tower and its eval transform: which checkpoint, read safely, loaded as open_clip would."""
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
-import re
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 import open_clip
-import safetensors.torch
 import torch
 from open_clip.convert import convert_state_dict
 from open_clip.model import (
@@ -23,10 +19,11 @@ from open_clip.model import (
 )
 from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
-from retrieval.models import hub
 from retrieval.errors import TusouError
-from retrieval.models.registry import PACKAGE_ASSETS, ModelEntry
-from retrieval.models.towers import ImageEncoder
+from retrieval.models import hub
+from retrieval.models.checkpoints import first_line, read_checkpoint
+from retrieval.models.registry import PACKAGE_ASSETS, ImageTower, ModelEntry
+from retrieval.models.towers import ImageEncoder, Source, WeightsPath, seeded, temperature
 
 open_clip.add_model_config(PACKAGE_ASSETS / "open_clip")
 
@@ -54,86 +51,33 @@ def pretrained_checkpoint(name: str, arch: str, pretrained: str) -> tuple[Path, 
 
 
 def local_checkpoint(image_weights: str | Path) -> Path:
+    """--image-weights FILE, checked to exist: cheap, so a loader checks it before any long step."""
     path = Path(image_weights)
     if not path.is_file():
         raise TusouError(f"--image-weights {path}: no such file (expected an open_clip checkpoint)")
     return path
 
 
-def checkpoint(entry: ModelEntry, image_weights: str | Path | None) -> tuple[Path | None, dict]:
-    """The checkpoint file to load (None: random) and the preprocessing its weights expect."""
+def checkpoint(name: str, spec: ImageTower, image_weights: WeightsPath, pretrained: bool = True) -> tuple[Path | None, dict]:
+    """The checkpoint file of model `name`'s open_clip tower (None: random) and the preprocessing
+    its weights expect: --image-weights FILE, else (when `pretrained`) the package's or the tag's."""
     if image_weights is not None:
         return local_checkpoint(image_weights), {}
-    if entry.image.package_file is not None:
-        return PACKAGE_ASSETS / entry.image.package_file, {}
-    if entry.image.pretrained is None:
-        return None, {}
-    return pretrained_checkpoint(entry.name, entry.image.arch, entry.image.pretrained)
+    if pretrained and spec.package_file is not None:
+        return PACKAGE_ASSETS / spec.package_file, {}
+    if pretrained and spec.pretrained is not None:
+        return pretrained_checkpoint(name, spec.arch, spec.pretrained)
+    return None, {}
 
 
-SAFETENSORS_FIX = "re-save it as .safetensors (safetensors.torch.save_file(state_dict, PATH)) from a source you trust"
-
-
-def refused_by_unpickler(error: BaseException) -> bool:
-    """Whether torch's weights-only unpickler refused a pickle that wants more than tensors (a global,
-    a call, an object), or one crafted to make it fail otherwise: how open_clip's unsafe retry is reached.
-
-    A truncated file or one that is no pickle at all is not this, but damage.
-    """
-    if isinstance(error, pickle.UnpicklingError):
-        return re.search(r"GLOBAL|global|reduce|Can only|persistent_load", str(error)) is not None
-    if not isinstance(error, (TypeError, AttributeError, ValueError)):
-        return False
-    frame = error.__traceback__
-    while frame is not None:
-        if frame.tb_frame.f_code.co_filename.endswith("_weights_only_unpickler.py"):
-            return True
-        frame = frame.tb_next
-    return False
-
-
-def damage(error: BaseException) -> str:
-    """Why an intact-looking weights file did not load, in a few words (never torch's advice to
-    retry with weights_only=False)."""
-    if isinstance(error, EOFError):
-        return "the file is empty or cut short"
-    if isinstance(error, pickle.UnpicklingError):
-        return "not a torch checkpoint"
-    return _first_line(error).split(". ")[0]
-
-
-def unsafe_pickle(what: str, path: Path, error: BaseException, fix: str = SAFETENSORS_FIX) -> TusouError:
-    """The one line for a weights file that torch's weights-only unpickler refused."""
-    found = re.search(r"GLOBAL ([\w.]+)", str(error))
-    inside = f"it would import {found.group(1)}, not only tensors" if found else "its pickle does not rebuild plain tensors"
-    return TusouError(f"{what} {path} cannot be loaded safely ({inside}; tusou never unpickles code): {fix}")
-
-
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of an open_clip checkpoint, never unpickling anything but tensors.
-
-    tusou reads the file itself instead of handing the path to open_clip: open_clip 3.3's
-    `load_state_dict` retries `torch.load` *without* weights_only when the safe load raises
-    TypeError, and with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD set that retry unpickles anything
-    (a crafted file runs code). Here: safetensors, or torch.load(weights_only=True), no retry.
-    """
-    try:
-        if path.suffix == ".safetensors":
-            checkpoint = safetensors.torch.load_file(path)
-        else:
-            # mmap: a zip checkpoint's tensors are mapped, not copied (ViT-L is 1.7 GB)
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as exc:  # noqa: BLE001 - truncated, not a checkpoint, a crafted pickle: all one line
-        if refused_by_unpickler(exc):
-            raise unsafe_pickle("image weights", path, exc) from None
-        raise TusouError(f"cannot load image weights {path}: {damage(exc)}") from None
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
-        checkpoint = checkpoint["state_dict"]
-    if not isinstance(checkpoint, dict) or not checkpoint or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise TusouError(f"cannot load image weights {path}: not a state dict of tensors (expected an open_clip checkpoint)")
-    if all(str(key).startswith("module.") for key in checkpoint):  # saved from DistributedDataParallel
-        checkpoint = {key[len("module.") :]: value for key, value in checkpoint.items()}
-    return checkpoint
+def image_source(spec: ImageTower) -> Source:
+    """Where an open_clip image tower's weights come from: the package, a pretrained tag, or a seed."""
+    if spec.package_file:
+        return Source(f"package:{spec.package_file}", (PACKAGE_ASSETS / spec.package_file).is_file())
+    if spec.pretrained:
+        repo, names = hub_checkpoint(spec.arch, spec.pretrained)
+        return Source(f"open_clip:{spec.arch}/{spec.pretrained} (hub:{repo})", hub.cached(repo, names))
+    return Source(f"open_clip:{spec.arch}, random (fixed seed)", True)
 
 
 def load_state_dict(model: open_clip.CLIP, state_dict: dict[str, torch.Tensor]) -> None:
@@ -169,10 +113,6 @@ def _quiet_about_random_init(loading: bool) -> Iterator[None]:
         logging.getLogger().removeFilter(quiet)
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 class OpenClipImage(ImageEncoder):
     """The image side of an open_clip model (the whole model is kept: training and
     logit_scale use it)."""
@@ -191,7 +131,7 @@ class OpenClipImage(ImageEncoder):
 
     @property
     def logit_scale(self) -> float:
-        return float(self.clip.logit_scale.detach().exp().clamp(max=100.0))
+        return temperature(self.clip.logit_scale)
 
     def weights(self) -> dict[str, torch.Tensor]:
         return self.clip.visual.state_dict()
@@ -202,8 +142,7 @@ def create_open_clip(
 ) -> tuple[torch.nn.Module, Callable]:
     """open_clip's `arch` with the weights in `path` (read safely), or random from `seed`."""
     state_dict = read_checkpoint(path) if path is not None else None
-    with torch.random.fork_rng(devices=[]), _quiet_about_random_init(state_dict is not None):
-        torch.manual_seed(seed)
+    with seeded(seed), _quiet_about_random_init(state_dict is not None):
         model, _, preprocess = open_clip.create_model_and_transforms(
             arch,
             pretrained=None,  # the weights are loaded below, from tensors read safely
@@ -214,10 +153,11 @@ def create_open_clip(
         try:
             load_state_dict(model, state_dict)
         except Exception as exc:  # noqa: BLE001 - missing keys, wrong shapes: the file is for another model
-            raise TusouError(f"cannot load image weights {path} into {arch}: {_first_line(exc)}") from None
+            raise TusouError(f"cannot load image weights {path} into {arch}: {first_line(exc)}") from None
     return model.eval(), preprocess
 
 
-def load_image_tower(entry: ModelEntry, pretrained: bool, image_weights: str | Path | None) -> OpenClipImage:
-    path, preprocess_cfg = checkpoint(entry, image_weights) if pretrained or image_weights is not None else (None, {})
+def load_image_tower(entry: ModelEntry, pretrained: bool, image_weights: WeightsPath) -> OpenClipImage:
+    """The entry's open_clip image tower, from --image-weights FILE, the package or the hub, else at random."""
+    path, preprocess_cfg = checkpoint(entry.name, entry.image, image_weights, pretrained)
     return OpenClipImage(*create_open_clip(entry.image.arch, entry.seed, path, preprocess_cfg))

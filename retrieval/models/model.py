@@ -1,4 +1,8 @@
-"""An embedding model: a text tower and an image tower that share one vector space."""
+"""An embedding model: a text tower and an image tower that share one vector space.
+
+The image tower is built on first need (`EmbeddingModel.image_built`), so a text-only query
+loads only the text tower where the family allows it (retrieval.models.bert_open_clip).
+"""
 
 from __future__ import annotations
 
@@ -14,35 +18,34 @@ import numpy as np
 import torch
 from PIL import Image
 
-from retrieval.models import hub
-from retrieval.models.chinese_clip import load_chinese_clip
+from retrieval.models import bert_open_clip, chinese_clip, open_clip_hf
 from retrieval.models.devices import inference, resolve_device
-from retrieval.models.image_tower import hub_checkpoint, load_image_tower
-from retrieval.models.open_clip_hf import load_open_clip_hf
-from retrieval.models.registry import (
-    DEFAULT_MODEL,
-    PACKAGE_ASSETS,
-    ChineseClip,
-    ImageSpec,
-    ImageTower,
-    ModelEntry,
-    OpenClip,
-    TextSpec,
-    TextTower,
-    get_entry,
-)
-from retrieval.models.text_tower import load_text_tower
-from retrieval.models.towers import ImageEncoder, TextEncoder
+from retrieval.models.registry import DEFAULT_MODEL, ChineseClip, ModelEntry, OpenClip, TextTower, get_entry
+from retrieval.models.towers import Family, ImageEncoder, LazyImageTower, TextEncoder
 
 
 @dataclass
 class EmbeddingModel:
+    """Both towers of a registry entry on one device. Whatever needs the image tower (image
+    encodings, `preprocess`, `image_size`, `logit_scale`, fingerprints of it, training) builds it
+    then, once; until then a text-only use holds the text tower alone."""
+
     entry: ModelEntry
     text_model: TextEncoder
-    image_model: ImageEncoder
+    lazy_image: LazyImageTower
     device: torch.device
     sources: dict[str, str | None]
     """Where the weights came from (`text_weights`, `image_weights`), for reopening an index."""
+
+    @property
+    def image_model(self) -> ImageEncoder:
+        """The image tower, built now if nothing has needed it yet (safe from several threads)."""
+        return self.lazy_image.get()
+
+    @property
+    def image_built(self) -> bool:
+        """Whether the image tower is in memory: False after text-only use of a deferring family."""
+        return self.lazy_image.ready
 
     @property
     def name(self) -> str:
@@ -78,9 +81,10 @@ class EmbeddingModel:
         return _stack(rows, self.dim)
 
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        """Vectors of images already run through `preprocess` (a batch tensor)."""
+        """Vectors of images already run through `preprocess` (a batch tensor), in the image tower's dtype."""
+        image = self.image_model
         with inference(self.device):
-            return _normalise(self.image_model(pixels.to(self.device, self.dtype)))
+            return _normalise(image(pixels.to(self.device, next(image.parameters()).dtype)))
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """L2-normalised float32 image vectors, one row per image."""
@@ -92,14 +96,20 @@ class EmbeddingModel:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.image_model.parameters()).dtype
+        """The towers' dtype, read from the text tower: reading it must not build the image tower."""
+        return next(self.text_model.parameters()).dtype
 
     def with_dtype(self, dtype: torch.dtype) -> EmbeddingModel:
-        """A copy whose towers run in `dtype`; this model is left as it is (one copy of what both towers share)."""
+        """A copy whose towers run in `dtype`; this model is left as it is (one copy of what both
+        towers share). An image tower not built yet is built in `dtype` when the copy needs it."""
         if self.dtype == dtype:
             return self
-        text, image = copy.deepcopy((self.text_model, self.image_model))
-        return dataclasses.replace(self, text_model=text.to(dtype), image_model=image.to(dtype))
+        if self.image_built:
+            text, image = copy.deepcopy((self.text_model, self.image_model))
+            lazy = LazyImageTower(tower=image.to(dtype))
+        else:
+            text, lazy = copy.deepcopy(self.text_model), self.lazy_image.then(lambda image: image.to(dtype))
+        return dataclasses.replace(self, text_model=text.to(dtype), lazy_image=lazy)
 
     def fingerprint(self) -> str:
         """A short hash of both towers' weights: names, shapes and a strided sample of values.
@@ -138,17 +148,13 @@ def _stack(rows: list[np.ndarray], dim: int) -> np.ndarray:
     return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
 
 
-Loader = Callable[[ModelEntry, bool, "str | Path | None", "str | Path | None"], tuple[TextEncoder, ImageEncoder]]
+FAMILIES: dict[type, Family] = {TextTower: bert_open_clip.FAMILY, ChineseClip: chinese_clip.FAMILY, OpenClip: open_clip_hf.FAMILY}
+"""Each family's record (loader and weight sources), by the type of an entry's text spec."""
 
 
-def _bert_and_open_clip(
-    entry: ModelEntry, pretrained: bool, text_weights: str | Path | None, image_weights: str | Path | None
-) -> tuple[TextEncoder, ImageEncoder]:
-    return load_text_tower(entry, pretrained, text_weights), load_image_tower(entry, pretrained, image_weights)
-
-
-FAMILIES: dict[type, Loader] = {TextTower: _bert_and_open_clip, ChineseClip: load_chinese_clip, OpenClip: load_open_clip_hf}
-"""Each family's loader, by the type of an entry's text spec."""
+def family_of(entry: ModelEntry) -> Family:
+    """The one way an entry's family is picked, for loading and for describing its sources alike."""
+    return FAMILIES[type(entry.text)]
 
 
 def load_model(
@@ -159,18 +165,20 @@ def load_model(
     text_weights: str | Path | None = None,
     image_weights: str | Path | None = None,
 ) -> EmbeddingModel:
-    """Build a registry entry's towers; `pretrained=False` keeps the architecture with random weights.
+    """Build a registry entry's text tower, and its image tower now or on first need (as its family
+    allows); `pretrained=False` keeps the architecture with random weights.
 
     `text_weights` (a transformers directory) and `image_weights` (an open_clip checkpoint)
-    load from local paths instead of the entry's default source.
+    load from local paths instead of the entry's default source. A path that is not there fails
+    here; a checkpoint that does not load fails when its tower is built.
     """
     entry = get_entry(name)
     resolved = resolve_device(device)
-    text_model, image_model = FAMILIES[type(entry.text)](entry, pretrained, text_weights, image_weights)
+    text_model, image = family_of(entry).load(entry, pretrained, text_weights, image_weights)
     return EmbeddingModel(
         entry=entry,
         text_model=text_model.to(resolved),
-        image_model=image_model.to(resolved),
+        lazy_image=image.then(lambda tower: tower.to(resolved)),
         device=resolved,
         sources={
             "text_weights": str(Path(text_weights).resolve()) if text_weights else None,
@@ -179,30 +187,8 @@ def load_model(
     )
 
 
-def _text_source(spec: TextSpec) -> tuple[str, bool]:
-    if isinstance(spec, ChineseClip):
-        return f"hub:{spec.hub_id}", hub.cached(spec.hub_id, ["config.json"])
-    if isinstance(spec, OpenClip):
-        return f"hub:{spec.text_hub_id} (config, tokenizer)", hub.cached(spec.text_hub_id, ["config.json"])
-    if spec.package_dir:
-        return f"package:{spec.package_dir}", (PACKAGE_ASSETS / spec.package_dir / "config.json").is_file()
-    if spec.hub_id:
-        return f"hub:{spec.hub_id}", hub.cached(spec.hub_id, ["config.json"])
-    return "random (fixed seed)", True
-
-
-def _image_source(spec: ImageSpec) -> tuple[str, bool]:
-    if isinstance(spec, ChineseClip):
-        return f"hub:{spec.hub_id}", hub.cached(spec.hub_id, ["config.json"])
-    if isinstance(spec, ImageTower) and spec.package_file:
-        return f"package:{spec.package_file}", (PACKAGE_ASSETS / spec.package_file).is_file()
-    if spec.pretrained:
-        repo, names = hub_checkpoint(spec.arch, spec.pretrained)
-        return f"open_clip:{spec.arch}/{spec.pretrained} (hub:{repo})", hub.cached(repo, names)
-    return f"open_clip:{spec.arch}, random (fixed seed)", True
-
-
 def weight_sources(entry: ModelEntry) -> dict[str, object]:
     """Where an entry's weights come from and whether they are on this machine (no network)."""
-    (text, text_here), (image, image_here) = _text_source(entry.text), _image_source(entry.image)
-    return {"name": entry.name, "dim": entry.dim, "text": text, "image": image, "present": text_here and image_here}
+    family = family_of(entry)
+    text, image = family.text_source(entry), family.image_source(entry)
+    return {"name": entry.name, "dim": entry.dim, "text": text.where, "image": image.where, "present": text.present and image.present}

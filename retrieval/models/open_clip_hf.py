@@ -3,22 +3,22 @@
 open_clip builds such a text tower by fetching the transformer's config and tokenizer by
 name from the hub; tusou resolves that name to a directory first (HF cache, or
 --text-weights DIR), so a missing file is one clear line and an offline machine never waits.
-The weights of both towers come from the open_clip checkpoint.
+The weights of both towers come from the one open_clip checkpoint, so both are built at once
+(the image tower is not deferred: it shares the one model).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import open_clip
 import torch
 from open_clip.tokenizer import HFTokenizer
 
-from retrieval.models.image_tower import OpenClipImage, create_open_clip, local_checkpoint, pretrained_checkpoint
-from retrieval.models.registry import ModelEntry
+from retrieval.models.image_tower import OpenClipImage, checkpoint, create_open_clip, image_source
+from retrieval.models.registry import ImageTower, ModelEntry, OpenClip
 from retrieval.models.text_tower import weights_dir
-from retrieval.models.towers import TextEncoder
+from retrieval.models.towers import Family, LazyImageTower, Source, TextEncoder, WeightsPath, hub_source, state_part
 
 CONFIG_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "sentencepiece.bpe.model", "special_tokens_map.json"]
 
@@ -37,24 +37,31 @@ class OpenClipText(TextEncoder):
         return self.clip.encode_text(text)
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return {key: value for key, value in self.clip.state_dict().items() if key.startswith("text.")}
+        return state_part(self.clip, ("text.",))
+
+
+def _image(spec: OpenClip) -> ImageTower:
+    """The spec's image side as an open_clip image tower spec: its checkpoint and source are found alike."""
+    return ImageTower(arch=spec.arch, pretrained=spec.pretrained)
 
 
 def load_open_clip_hf(
-    entry: ModelEntry, pretrained: bool, text_weights: str | Path | None, image_weights: str | Path | None
-) -> tuple[OpenClipText, OpenClipImage]:
+    entry: ModelEntry, pretrained: bool, text_weights: WeightsPath, image_weights: WeightsPath
+) -> tuple[OpenClipText, LazyImageTower]:
     """Both towers, sharing one open_clip model; the checkpoint from --image-weights FILE or the
     pretrained tag, the transformer's config and tokenizer from --text-weights DIR or the hub."""
     spec = entry.text
     text_dir = weights_dir(entry.name, spec.text_hub_id, text_weights, files=CONFIG_FILES)  # needed even at random
-    if image_weights is not None:
-        path, preprocess_cfg = local_checkpoint(image_weights), {}
-    elif pretrained:
-        path, preprocess_cfg = pretrained_checkpoint(entry.name, spec.arch, spec.pretrained)
-    else:
-        path, preprocess_cfg = None, {}
+    path, preprocess_cfg = checkpoint(entry.name, _image(spec), image_weights, pretrained)
     text_cfg = {**open_clip.get_model_config(spec.arch)["text_cfg"],
                 "hf_model_name": str(text_dir), "hf_tokenizer_name": str(text_dir), "hf_model_pretrained": False}
     clip, preprocess = create_open_clip(spec.arch, entry.seed, path, preprocess_cfg, text_cfg=text_cfg)
     tokenizer = HFTokenizer(str(text_dir), context_length=spec.context_length)
-    return OpenClipText(clip, tokenizer), OpenClipImage(clip, preprocess)
+    return OpenClipText(clip, tokenizer), LazyImageTower(tower=OpenClipImage(clip, preprocess))
+
+
+def _text_source(entry: ModelEntry) -> Source:
+    return hub_source(entry.text.text_hub_id, " (config, tokenizer)")
+
+
+FAMILY = Family(load=load_open_clip_hf, text_source=_text_source, image_source=lambda entry: image_source(_image(entry.image)))

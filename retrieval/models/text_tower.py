@@ -1,27 +1,28 @@
 """The BERT text tower (Taiyi-CLIP, tusou's own models) and its tokenizer, from a local
-directory, the hub, or at random."""
+directory, the package, the hub, or at random; also what Chinese-CLIP's BERT side shares with it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
 import transformers
-from transformers import BertConfig, BertTokenizer, PreTrainedModel
+from transformers import BertConfig, BertTokenizer, PretrainedConfig, PreTrainedModel
 
-from retrieval.models import hub
 from retrieval.errors import TusouError
-from retrieval.models.image_tower import refused_by_unpickler, unsafe_pickle
+from retrieval.models import hub
+from retrieval.models.checkpoints import load_pretrained
 from retrieval.models.registry import PACKAGE_ASSETS, ModelEntry
-from retrieval.models.towers import TextEncoder, bert_inputs
+from retrieval.models.towers import Source, TextEncoder, WeightsPath, bert_inputs, hub_source, seeded
 
 HUB_FILES = ["config.json", "vocab.txt", "*.safetensors", "pytorch_model.bin", "tokenizer*", "special_tokens_map.json"]
 CHAR_VOCAB = PACKAGE_ASSETS / "char-vocab"
 
 
 def weights_dir(
-    name: str, hub_id: str | None, local: str | Path | None, package_dir: str | None = None, files: list[str] = HUB_FILES
+    name: str, hub_id: str | None, local: WeightsPath, package_dir: str | None = None, files: list[str] = HUB_FILES
 ) -> Path | None:
     """The transformers directory weights load from: `local` (--text-weights), the package, or the
     hub's `files` of `hub_id` (cache first); None for a tower built at random."""
@@ -45,6 +46,24 @@ def load_tokenizer(hub_id: str | None, vocab_dir: str, directory: Path | None) -
     return BertTokenizer.from_pretrained(str(directory or PACKAGE_ASSETS / vocab_dir))
 
 
+def bert_files(
+    name: str, hub_id: str | None, vocab_dir: str, pretrained: bool, text_weights: WeightsPath, package_dir: str | None = None
+) -> tuple[Path | None, BertTokenizer]:
+    """A BERT-based tower's weights directory (None: build it at random) and its tokenizer."""
+    load = pretrained or text_weights is not None
+    directory = weights_dir(name, hub_id, text_weights, package_dir) if load else None
+    return directory, load_tokenizer(hub_id, vocab_dir, directory)
+
+
+def transformers_model(directory: Path | None, architecture: str, config: Callable[[], PretrainedConfig], seed: int) -> PreTrainedModel:
+    """transformers' `architecture` with the weights in `directory` (read safely), or at random from
+    `seed` with `config()` when there is no directory; in eval mode."""
+    if directory is not None:
+        return load_pretrained(directory, architecture).eval()
+    with seeded(seed):
+        return getattr(transformers, architecture)(config()).eval()
+
+
 class BertText(TextEncoder):
     """A BERT whose `feature` output is the text vector."""
 
@@ -65,34 +84,21 @@ class BertText(TextEncoder):
         return self.bert.state_dict()
 
 
-def load_weights(directory: Path, architecture: str = "BertModel") -> PreTrainedModel:
-    """A transformers model (`architecture`) from a directory: model.safetensors when there is one, else
-    pytorch_model.bin through torch.load(weights_only=True).
-
-    weights_only is transformers' default, passed here anyway: an implicit default is what
-    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD turns off, and a refused file must be one line, not a traceback.
-    """
-    try:
-        return getattr(transformers, architecture).from_pretrained(str(directory), weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a refused pickle, missing, truncated or mismatched weights: one line
-        if refused_by_unpickler(exc):
-            pickled = directory / "pytorch_model.bin"
-            fix = "use a directory with model.safetensors instead (model.save_pretrained(DIR) writes one) from a source you trust"
-            raise unsafe_pickle("text weights", pickled if pickled.is_file() else directory, exc, fix) from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TusouError(f"cannot load text weights from {directory}: {first}") from None
-
-
-def load_text_tower(entry: ModelEntry, pretrained: bool, text_weights: str | Path | None) -> BertText:
+def load_text_tower(entry: ModelEntry, pretrained: bool, text_weights: WeightsPath) -> BertText:
+    """The entry's BERT from --text-weights DIR, the package or the hub; its architecture at random
+    (fixed seed) when not `pretrained` or when the entry has no weights."""
     spec = entry.text
-    load = pretrained or text_weights is not None
-    directory = weights_dir(entry.name, spec.hub_id, text_weights, spec.package_dir) if load else None
-    tokenizer = load_tokenizer(spec.hub_id, spec.vocab_dir, directory)
-    if directory is not None:
-        model = load_weights(directory, spec.architecture)
-    else:
-        config = BertConfig(**{"vocab_size": len(tokenizer), "num_labels": entry.dim, **spec.bert})
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(entry.seed)
-            model = getattr(transformers, spec.architecture)(config)
-    return BertText(tokenizer, model.eval(), spec.feature, spec.context_length, spec.dynamic_padding)
+    directory, tokenizer = bert_files(entry.name, spec.hub_id, spec.vocab_dir, pretrained, text_weights, spec.package_dir)
+    config = partial(BertConfig, **{"vocab_size": len(tokenizer), "num_labels": entry.dim, **spec.bert})
+    model = transformers_model(directory, spec.architecture, config, entry.seed)
+    return BertText(tokenizer, model, spec.feature, spec.context_length, spec.dynamic_padding)
+
+
+def text_source(entry: ModelEntry) -> Source:
+    """Where a BERT text tower's weights come from: the package, the hub, or a seed."""
+    spec = entry.text
+    if spec.package_dir:
+        return Source(f"package:{spec.package_dir}", (PACKAGE_ASSETS / spec.package_dir / "config.json").is_file())
+    if spec.hub_id:
+        return hub_source(spec.hub_id)
+    return Source("random (fixed seed)", True)

@@ -1,15 +1,24 @@
-"""What every model family provides: a text encoder and an image encoder, both torch modules.
+"""What every model family provides: a text encoder and an image encoder, both torch modules,
+and a `Family` record that says how to load them and where their weights come from.
 
-The rest of tusou (encoding, indexes, training, the UI) sees only these two interfaces, so a
-family is added by writing its loader, not by branching elsewhere.
+The rest of tusou (encoding, indexes, training, the UI) sees only these interfaces, so a
+family is added by writing its loader and its record, not by branching elsewhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image
+
+from retrieval.models import hub
+from retrieval.models.registry import ModelEntry
 
 
 class TextEncoder(torch.nn.Module):
@@ -41,6 +50,90 @@ class ImageEncoder(torch.nn.Module):
 
     def weights(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+class LazyImageTower:
+    """An image tower built on first need, once, whichever thread asks first.
+
+    A text-only query never needs the image tower, which is most of a CLIP pair's weights
+    (Taiyi-CLIP L/14: 304M of 406M parameters), so it is not built until something asks for it.
+    A failed build raises each time the tower is asked for, and builds nothing half-way.
+    """
+
+    def __init__(self, build: Callable[[], ImageEncoder] | None = None, tower: ImageEncoder | None = None):
+        if (build is None) == (tower is None):
+            raise ValueError("a lazy image tower takes either a build or a tower")
+        self._build, self._tower = build, tower
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self._tower is not None
+
+    def get(self) -> ImageEncoder:
+        if self._tower is None:
+            with self._lock:
+                if self._tower is None:
+                    self._tower = self._build()
+        return self._tower
+
+    def then(self, step: Callable[[ImageEncoder], ImageEncoder]) -> LazyImageTower:
+        """A lazy tower of its own: built as this one is, then passed through `step`; this one is
+        left as it is. A tower given already built (one checkpoint with its text tower) has no
+        build of its own: `step` is applied to it now."""
+        if self._build is None:
+            return LazyImageTower(tower=step(self._tower))
+        build = self._build
+        return LazyImageTower(lambda: step(build()))
+
+
+class Source(NamedTuple):
+    """Where a tower's weights come from, in words, and whether they are on this machine."""
+
+    where: str
+    present: bool
+
+
+def hub_source(repo_id: str, what: str = "") -> Source:
+    """A hub repo as a source; present when its config is in the local cache (no network)."""
+    return Source(f"hub:{repo_id}{what}", hub.cached(repo_id, ["config.json"]))
+
+
+WeightsPath = str | Path | None
+Loader = Callable[[ModelEntry, bool, WeightsPath, WeightsPath], tuple[TextEncoder, LazyImageTower]]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One family of registry entries, picked by the type of an entry's text spec
+    (retrieval.models.model.family_of): how its towers load and where their weights come from.
+
+    `load(entry, pretrained, text_weights, image_weights)` gives the text tower and a lazy image
+    tower; `text_source(entry)` and `image_source(entry)` read only local caches.
+    """
+
+    load: Loader
+    text_source: Callable[[ModelEntry], Source]
+    image_source: Callable[[ModelEntry], Source]
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Random weights drawn from `seed` without touching the caller's random state: random builds
+    are reproducible, and building one does not change what the caller draws next."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def state_part(module: torch.nn.Module, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The entries of `module`'s state dict under `prefixes`: one tower's side of a shared model."""
+    return {key: value for key, value in module.state_dict().items() if key.startswith(prefixes)}
+
+
+def temperature(logit_scale: torch.Tensor) -> float:
+    """A CLIP model's learned log-scale as the factor on cosines, capped at 100 as CLIP trains it."""
+    return float(logit_scale.detach().exp().clamp(max=100.0))
 
 
 def bert_inputs(tokenizer: Callable, texts: Sequence[str], context_length: int, longest: bool, mask: bool) -> dict[str, torch.Tensor]:
