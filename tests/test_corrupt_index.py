@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer import build_index
+from indexer import BuildPlan, build_index
 from retrieval import Searcher, TusouError
 from tests.imagegen import write_images
 from ui.cli import main
@@ -43,7 +43,7 @@ def original(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
     collection = tmp_path_factory.mktemp("corrupt-collection")
     write_images(collection, 12)
     index = tmp_path_factory.mktemp("corrupt-original") / "index"
-    build_index([collection], index, model=tiny_model, workers=0, progress=False)
+    build_index(BuildPlan([collection], index, model=tiny_model, workers=0, progress=False))
     return collection, index
 
 
