@@ -179,6 +179,30 @@ REBUILD_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         lambda d: edit_manifest(d, lambda raw: raw["index"]["search"].__setitem__("nprobe", 8)),
         "manifest.json is damaged (search setting nprobe on a flat index)",
     ),
+    "manifest-unknown-index-field": (
+        lambda d: edit_manifest(d, lambda raw: raw["index"].__setitem__("shards", 4)),
+        "manifest.json is damaged (unknown index field shards)",
+    ),
+    "manifest-index-budget-not-a-size": (
+        lambda d: edit_manifest(d, lambda raw: raw["index"].__setitem__("max_memory", "1G")),
+        "manifest.json is damaged (index max_memory is '1G')",
+    ),
+    "manifest-unknown-requested-type": (
+        lambda d: edit_manifest(d, lambda raw: raw["index"].__setitem__("requested", "annoy")),
+        "manifest.json is damaged (requested index type 'annoy')",
+    ),
+    "manifest-unknown-model-field": (
+        lambda d: edit_manifest(d, lambda raw: raw["model"].__setitem__("colour", "red")),
+        "manifest.json is damaged (unknown model field colour)",
+    ),
+    "manifest-no-fingerprint": (
+        lambda d: edit_manifest(d, lambda raw: raw["model"].pop("fingerprint")),
+        "manifest.json is damaged (model fingerprint is None)",
+    ),
+    "manifest-weights-not-a-path": (
+        lambda d: edit_manifest(d, lambda raw: raw["model"].__setitem__("image_weights", 7)),
+        "manifest.json is damaged (model image_weights is 7)",
+    ),
     "manifest-path-escape": (point_outside("catalog", "../../etc/passwd"), "its catalog file '../../etc/passwd' is not a file inside"),
     "manifest-absolute-path": (point_outside("embeddings", "/etc/passwd"), "its embeddings file '/etc/passwd' is not a file inside"),
     "manifest-faiss-path-escape": (point_outside("faiss", "../index.1.faiss"), "its faiss file '../index.1.faiss' is not a file inside"),
