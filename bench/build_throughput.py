@@ -22,7 +22,9 @@ import torch
 from PIL import Image
 
 from bench.report import latencies, machine, table, timed
-from indexer.build import build_index, default_workers
+from indexer.build import build_index
+from indexer.engine import default_workers
+from indexer.plan import BuildPlan
 from retrieval.models.devices import compute_dtype
 from retrieval.images import decode
 from retrieval.models.model import load_model
@@ -75,8 +77,8 @@ def main() -> None:
         for name, model in precisions.items():
             model.encode_pixels(pixels[0][:2])  # warm-up
             rates[f"model {name}"] = args.images / timed(lambda m=model: [m.encode_pixels(batch) for batch in pixels])[0]
-            seconds, summary = timed(lambda m=model, n=name: build_index(
-                [photos], Path(folder) / f"index-{n}", model=m, batch_size=args.batch_size, precision=n, progress=False))
+            seconds, summary = timed(lambda m=model, n=name: build_index(BuildPlan(
+                [photos], Path(folder) / f"index-{n}", model=m, batch_size=args.batch_size, precision=n, progress=False)))
             assert summary.added == args.images, summary
             rates[f"index {name}"] = args.images / seconds
         naive = timed(lambda: [fp32.encode_pixels(fp32.preprocess(Image.open(p).convert("RGB")).unsqueeze(0)) for p in paths])[0]

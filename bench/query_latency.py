@@ -25,6 +25,8 @@ from bench.report import latencies, machine, table
 from bench.vectors import ClipLikeSpace
 from indexer.faiss_build import index_embeddings
 from retrieval.store.index_store import CatalogItem, write_index
+from retrieval.store.manifest import IndexEntry
+from retrieval.store.model_ref import ModelRef
 from retrieval.models.model import EmbeddingModel, load_model
 from retrieval.search.searcher import Searcher
 from retrieval.models.text_tower import BertText
@@ -76,10 +78,10 @@ def _eager_copy(bert: BertModel) -> BertModel:
 
 def _index_dir(folder: Path, model: EmbeddingModel, vectors: np.ndarray) -> Path:
     """A real tusou index directory over the synthetic collection, with the index `auto` picks."""
-    faiss_index, info = index_embeddings(vectors.astype(np.float16), "auto")
+    faiss_index, entry = index_embeddings(vectors.astype(np.float16), "auto")
     items = [CatalogItem(path=f"/collection/{i:07d}.jpg", size=0, mtime_ns=0, sha256="", width=0, height=0, id=i) for i in range(len(vectors))]
-    model_info = {"name": model.name, "fingerprint": model.fingerprint(), "text_weights": None, "image_weights": None}
-    write_index(folder, model=model_info, items=items, embeddings=vectors.astype(np.float16), faiss_index=faiss_index, index_info=info, previous=None)
+    write_index(folder, model=ModelRef.of(model), items=items, embeddings=vectors.astype(np.float16), faiss_index=faiss_index,
+                index=IndexEntry(**entry), previous=None)
     return folder
 
 
@@ -133,8 +135,8 @@ def main() -> None:
         index = fast.index.manifest.index
 
     notes = [
-        f"Collection: {args.collection:,} synthetic CLIP-like 768-d vectors; tusou's index: {index['type']} "
-        f"(auto; {index.get('search', {})}). {len(queries)} distinct Chinese queries, one at a time; "
+        f"Collection: {args.collection:,} synthetic CLIP-like 768-d vectors; tusou's index: {index.type} "
+        f"(auto; {index.search}). {len(queries)} distinct Chinese queries, one at a time; "
         "times in ms; speed-up = baseline p50 / row p50; cosine = lowest over the queries to the baseline's "
         "vectors; top-10 = share of the baseline's exact top-10 found by an exact scan with the row's vectors "
         "(the encoder's effect) and by the row's whole path (index included). The random-weight text vectors "

@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.report import machine, table, timed
 from indexer.build import build_index
 from indexer.decode import Unit, decode_unit
+from indexer.plan import BuildPlan
 from indexer.ray_engine import RayOptions
 from retrieval.models.model import load_model
 
@@ -64,7 +65,10 @@ def write_shards(folder: Path, count: int) -> list[str]:
 
 
 def build_seconds(shards: list[str], out: Path, ray: RayOptions | None) -> float:
-    seconds, summary = timed(lambda: build_index(shards, out, "demo", device="cpu", index_type="flat", progress=False, ray=ray))
+    """A build on one engine: local (`ray` None) or one Ray actor per CPU."""
+    plan = BuildPlan(shards, out, "demo", device="cpu", index_type="flat", progress=False, ray=ray,
+                     workers=os.cpu_count() if ray else None)
+    seconds, summary = timed(lambda: build_index(plan))
     assert summary.embedded == summary.total, summary
     return seconds
 
@@ -83,7 +87,7 @@ def main() -> None:
     parser.add_argument("--model", default="taiyi-clip-l14", help="whose image tower the GPU estimate is for")
     args = parser.parse_args()
     small = max(SHARD_SIZE, args.images // 4 // SHARD_SIZE * SHARD_SIZE)
-    ray = RayOptions(workers=os.cpu_count())
+    ray = RayOptions()
     import ray as ray_module
 
     ray_module.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)  # one instance for every Ray build
@@ -92,7 +96,7 @@ def main() -> None:
         shards = write_shards(Path(folder) / "shards", args.images)
         few = shards[: small // SHARD_SIZE]
         rows, rates = [], {}
-        for label, options in (("local (tusou index)", None), (f"ray, one machine ({ray.workers} actors)", ray)):
+        for label, options in (("local (tusou index)", None), (f"ray, one machine ({os.cpu_count()} actors)", ray)):
             build_seconds(few, Path(folder) / f"{label}-warm", options)  # first-touch costs (imports, page cache) out of the timings
             t_few = build_seconds(few, Path(folder) / f"{label}-few", options)
             t_all = build_seconds(shards, Path(folder) / f"{label}-all", options)

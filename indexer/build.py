@@ -14,35 +14,33 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from indexer.decode import Unit, decoded_batches, units_of
+from indexer.decode import units_of
+from indexer.engine import Engine, Work
 from indexer.faiss_build import index_embeddings
-from indexer.ray_engine import RayOptions, WorkerModel, embed_on_ray, ray_session
-from indexer.sources import Skipped, SourceFile, describe_extensions, scan
+from indexer.plan import BuildPlan, Layout
+from indexer.sources import SourceFile, describe_extensions, scan
 from indexer.staging import Staging
-from retrieval.models.devices import compute_dtype
 from retrieval.errors import TusouError
+from retrieval.locations import MEMBER_SEPARATOR
+from retrieval.models.model import EmbeddingModel
 from retrieval.store.faults import kill_point
 from retrieval.store.index_store import (
-    MANIFEST,
     CatalogItem,
     ImageRecord,
     StoredIndex,
-    check_model,
     next_generation,
     open_index,
     remove_leftovers,
     write_embeddings,
     write_index,
 )
-from retrieval.locations import MEMBER_SEPARATOR
-from retrieval.models.model import EmbeddingModel, load_model
-from retrieval.models.registry import DEFAULT_MODEL
+from retrieval.store.manifest import MANIFEST, IndexEntry, check_model
+from retrieval.store.model_ref import ModelRef, cast
 
 OWN_FILES = {".lock", "staging"}
 COPY_BLOCK = 65_536
@@ -93,101 +91,90 @@ def check_out_dir(directory: Path) -> None:
         raise TusouError(f"{directory} exists and is not a tusou index: choose a new or empty --out directory")
 
 
-def default_workers() -> int:
-    return min(4, os.cpu_count() or 1)
+def build_index(plan: BuildPlan) -> BuildSummary:
+    """Build or update the index at `plan.out` from the images under `plan.paths`.
 
-
-def build_index(
-    paths: list[str | Path],
-    out: str | Path,
-    model_name: str | None = None,
-    *,
-    model: EmbeddingModel | None = None,
-    device: str = "auto",
-    text_weights: str | Path | None = None,
-    image_weights: str | Path | None = None,
-    batch_size: int = 32,
-    workers: int | None = None,
-    checkpoint_every: int = 1024,
-    index_type: str | None = None,
-    max_index_memory: int | None = None,
-    precision: str = "auto",
-    progress: bool = True,
-    ray: RayOptions | None = None,
-) -> BuildSummary:
-    """Build or update the index at `out` from the images under `paths`.
-
-    `index_type` None keeps what the index was built with (`auto` for a new one), so an
-    `auto` index changes type as the collection grows. `ray` embeds on a Ray cluster
-    (indexer.ray_engine) instead of in this process; everything else stays the same.
+    A new index directory that the build leaves empty (it failed before writing) is removed.
     """
-    out = Path(out)
+    out = plan.out
     check_out_dir(out)
-    if batch_size < 1 or checkpoint_every < 1:
-        raise TusouError(f"--{'batch-size' if batch_size < 1 else 'checkpoint-every'} must be at least 1")
     created = not out.exists()
+    engine = plan.engine()
     try:
-        with build_lock(out), ray_session(ray):
-            remove_leftovers(out)
-            previous = open_index(out) if (out / MANIFEST).exists() else None
-            if previous and (model_name or model):
-                check_model(previous.manifest, out, model_name or model.name)
-            if model is None:
-                built = previous.manifest.model if previous else {}
-                model = load_model(
-                    model_name or built.get("name", DEFAULT_MODEL),
-                    device=device,
-                    text_weights=text_weights or built.get("text_weights"),
-                    image_weights=image_weights or built.get("image_weights"),
-                )
-            model_info = {"name": model.name, "fingerprint": model.fingerprint(), **model.sources}
-            if previous:
-                check_model(previous.manifest, out, model.name, model_info["fingerprint"])
-            model = model.with_dtype(compute_dtype(model.device, precision))
-            files, skipped = scan(paths, progress=progress, known=previous.items if previous else ())
-            if not files:
-                shown = ", ".join(str(p) for p in paths)
-                raise TusouError(f"no images found under {shown} (looked for {describe_extensions()})")
-            staging = Staging(out / "staging", model_info)
-            old = {item.path: (row, item) for row, item in enumerate(previous.items)} if previous else {}
-            unchanged = {path for path, source in files.items() if path in old and old[path][1].stamp == source.stamp}
-            to_embed = [source for path, source in files.items() if path not in unchanged and staging.get(source) is None]
-            staged = _staged_members(files, staging)  # what an interrupted build staged of shards not listed yet
-            skip = {shard: tuple(r.path[len(shard) + len(MEMBER_SEPARATOR) :] for r in records) for shard, records in staged.items()}
-            units = units_of(to_embed, skip)
-            images = None if any(source.whole for source in to_embed) else len(to_embed)
-            try:
-                if ray is None:
-                    skipped += _embed(model, units, images, files, staging, batch_size, workers, checkpoint_every, progress)
-                else:
-                    worker_model = WorkerModel(
-                        model.name, model.sources.get("text_weights"), model.sources.get("image_weights"), model_info["fingerprint"], device, precision
-                    )
-                    skipped += embed_on_ray(model, worker_model, units, images, files, staging, ray, batch_size, checkpoint_every, progress)
-            finally:
-                staging.flush()
-            files = _listed(files, _staged_members(files, staging))
-            layout = _layout(previous, index_type, max_index_memory)
-            summary = _commit(out, previous, model_info, model.dim, files, unchanged, staging, old, layout, progress)
-            summary.embedded = staging.added
-            summary.resumed = max(0, summary.added + summary.updated - staging.added)  # a retried Ray task can deliver twice
-            kill_point("committed")
-            staging.clear()
+        with build_lock(out), engine.session():
+            return _build(plan, engine)
     except BaseException:
         if created and out.is_dir() and set(os.listdir(out)) <= {".lock"}:
             shutil.rmtree(out, ignore_errors=True)
         raise
+
+
+def _build(plan: BuildPlan, engine: Engine) -> BuildSummary:
+    """Scan, embed what is new or changed into the staging, commit a new generation; under the build lock."""
+    out = plan.out
+    remove_leftovers(out)
+    previous = open_index(out) if (out / MANIFEST).exists() else None
+    model, ref = _load_model(plan, previous)
+    files, skipped = scan(plan.paths, progress=plan.progress, known=previous.items if previous else ())
+    if not files:
+        shown = ", ".join(str(p) for p in plan.paths)
+        raise TusouError(f"no images found under {shown} (looked for {describe_extensions()})")
+    staging = Staging(out / "staging", ref)
+    scanned = _Scanned.against(files, previous)
+    try:
+        skipped += engine.embed(model, ref, _work(scanned, staging), staging)
+    finally:
+        staging.flush()
+    scanned = replace(scanned, files=_listed(files, _staged_members(files, staging)))
+    layout = plan.layout(previous.manifest.index if previous else None)
+    summary = _commit(out, previous, ref, model.dim, scanned, staging, layout, plan.progress)
+    summary.embedded = staging.added
+    summary.resumed = max(0, summary.added + summary.updated - staging.added)  # a retried Ray task can deliver twice
+    kill_point("committed")
+    staging.clear()
     summary.skipped = [asdict(item) for item in skipped]
     return summary
 
 
-def _layout(previous: StoredIndex | None, index_type: str | None, max_memory: int | None) -> dict:
-    """The requested index type and memory budget: as given, else as the index was built."""
-    built = previous.manifest.index if previous else {}
-    return {
-        "requested": index_type or built.get("requested", "auto"),
-        "max_memory": max_memory or built.get("max_memory"),
-    }
+def _load_model(plan: BuildPlan, previous: StoredIndex | None) -> tuple[EmbeddingModel, ModelRef]:
+    """The model to embed with, in the plan's precision, and the reference to it as loaded (for the manifest).
+
+    On an existing index it must be the index's model: the name is checked before any weights load.
+    """
+    if previous and (plan.model_name or plan.model):
+        check_model(previous.manifest, plan.out, plan.model_name or plan.model.name)
+    loaded = plan.model or plan.model_ref(previous.manifest.model if previous else None).load_weights(plan.device)
+    if previous:
+        previous.check_weights(loaded)
+    ref = ModelRef.of(loaded)
+    return cast(loaded, plan.precision), ref
+
+
+@dataclass(frozen=True)
+class _Scanned:
+    """The collection as scanned, against the index as it was."""
+
+    files: dict[str, SourceFile]
+    old: dict[str, tuple[int, CatalogItem]]
+    """Row and item of each path in the index as it was."""
+    unchanged: set[str]
+    """Paths whose stamp is the one the index has: their vectors carry over."""
+
+    @classmethod
+    def against(cls, files: dict[str, SourceFile], previous: StoredIndex | None) -> _Scanned:
+        old = {item.path: (row, item) for row, item in enumerate(previous.items)} if previous else {}
+        return cls(files, old, {path for path, source in files.items() if path in old and old[path][1].stamp == source.stamp})
+
+
+def _work(scanned: _Scanned, staging: Staging) -> Work:
+    """What is left to embed: the files neither unchanged nor staged, and of each shard not listed yet,
+    the members that an interrupted build did not stage."""
+    files = scanned.files
+    to_embed = [source for path, source in files.items() if path not in scanned.unchanged and staging.get(source) is None]
+    staged = _staged_members(files, staging)
+    skip = {shard: tuple(r.path[len(shard) + len(MEMBER_SEPARATOR) :] for r in records) for shard, records in staged.items()}
+    images = None if any(source.whole for source in to_embed) else len(to_embed)
+    return Work(units_of(to_embed, skip), images, files)
 
 
 def _staged_members(files: dict[str, SourceFile], staging: Staging) -> dict[str, list[ImageRecord]]:
@@ -212,68 +199,46 @@ def _listed(files: dict[str, SourceFile], staged: dict[str, list[ImageRecord]]) 
     return dict(sorted(listed.items()))
 
 
-def _embed(
-    model: EmbeddingModel,
-    units: list[Unit],
-    images: int | None,
-    files: dict[str, SourceFile],
-    staging: Staging,
-    batch_size: int,
-    workers: int | None,
-    checkpoint_every: int,
-    progress: bool,
-) -> list[Skipped]:
-    skipped: list[Skipped] = []
-    if not units:
-        return skipped
-    since_flush = 0
-    workers = default_workers() if workers is None else max(0, workers)
-    batches = decoded_batches(units, model.preprocess, model.image_size, batch_size, workers)
-    with tqdm(total=images, desc="embedding", unit=" img", disable=not progress) as bar:
-        for batch in batches:
-            skipped += [Skipped(item.path, item.error or "unreadable") for item in batch.failed]
-            if batch.pixels is not None:
-                vectors = model.encode_pixels(batch.pixels)
-                for item, vector in zip(batch.ok, vectors):
-                    staging.add(item.record(files), vector)
-                since_flush += len(batch.ok)
-            if since_flush >= checkpoint_every:
-                staging.flush()
-                since_flush = 0
-            bar.update(len(batch.ok) + len(batch.failed))
-            kill_point("embedded")
-    return skipped
-
-
 def _commit(
     out: Path,
     previous: StoredIndex | None,
-    model_info: dict,
+    ref: ModelRef,
     dim: int,
-    files: dict[str, SourceFile],
-    unchanged: set[str],
+    scanned: _Scanned,
     staging: Staging,
-    old: dict[str, tuple[int, CatalogItem]],
-    layout: dict,
+    layout: Layout,
     progress: bool,
 ) -> BuildSummary:
-    """Assemble the new catalog in path order and write it as a new generation if anything changed.
-
-    The new embeddings file is filled block by block from the old generation and the staged
-    chunks, and the FAISS index is built from it mapped, so no step holds every vector.
-    """
+    """Assemble the new catalog in path order and write it as a new generation if anything changed."""
     kill_point("commit")
-    next_id = previous.manifest.next_id if previous else 0
-    items: list[CatalogItem] = []
-    kept: list[tuple[int, int]] = []
-    """(new row, old row) of each unchanged image."""
-    staged_rows: dict[str, int] = {}
     summary = BuildSummary(index=str(out))
-    for path, source in files.items():
-        if path in unchanged:
+    catalog = _catalog(scanned, staging, previous.manifest.next_id if previous else 0, summary)
+    summary.removed = sum(1 for path in scanned.old if path not in scanned.files)
+    summary.total = len(catalog.items)
+    same_items = previous is not None and [i.path for i in catalog.items] == [i.path for i in previous.items] and not summary.updated
+    if not (same_items and layout.built(previous.manifest.index)):
+        _write_generation(out, previous, ref, dim, catalog, staging, layout, progress)
+    return summary
+
+
+@dataclass
+class _Catalog:
+    items: list[CatalogItem] = field(default_factory=list)
+    kept: list[tuple[int, int]] = field(default_factory=list)
+    """(new row, old row) of each unchanged image."""
+    staged_rows: dict[str, int] = field(default_factory=dict)
+    """New row of each staged image, by path."""
+
+
+def _catalog(scanned: _Scanned, staging: Staging, next_id: int, summary: BuildSummary) -> _Catalog:
+    """The new catalog: unchanged images keep their rows' vectors, changed ones keep their ids, new
+    ones get new ids; counted into `summary`."""
+    catalog, old = _Catalog(), scanned.old
+    for path, source in scanned.files.items():
+        if path in scanned.unchanged:
             row, item = old[path]
-            kept.append((len(items), row))
-            items.append(item)
+            catalog.kept.append((len(catalog.items), row))
+            catalog.items.append(item)
             summary.unchanged += 1
             continue
         record = staging.get(source)
@@ -285,29 +250,31 @@ def _commit(
         else:
             item_id, next_id = next_id, next_id + 1
             summary.added += 1
-        staged_rows[path] = len(items)
-        items.append(CatalogItem(id=item_id, **asdict(record)))
-    summary.removed = sum(1 for path in old if path not in files)
-    summary.total = len(items)
-    unchanged_items = previous is not None and [i.path for i in items] == [i.path for i in previous.items] and not summary.updated
-    if unchanged_items and all(previous.manifest.index.get(key) == value for key, value in layout.items()):
-        return summary
+        catalog.staged_rows[path] = len(catalog.items)
+        catalog.items.append(CatalogItem(id=item_id, **asdict(record)))
+    return catalog
+
+
+def _write_generation(
+    out: Path, previous: StoredIndex | None, ref: ModelRef, dim: int, catalog: _Catalog, staging: Staging, layout: Layout, progress: bool
+) -> None:
+    """The new embeddings file is filled block by block from the old generation and the staged
+    chunks, and the FAISS index is built from it mapped, so no step holds every vector."""
 
     def fill(embeddings: np.ndarray) -> None:
-        for start in range(0, len(kept), COPY_BLOCK):
-            new_rows, old_rows = np.array(kept[start : start + COPY_BLOCK]).T
+        for start in range(0, len(catalog.kept), COPY_BLOCK):
+            new_rows, old_rows = np.array(catalog.kept[start : start + COPY_BLOCK]).T
             embeddings[new_rows] = previous.embeddings[old_rows]
-        staging.copy_vectors(staged_rows, embeddings)
+        staging.copy_vectors(catalog.staged_rows, embeddings)
 
-    embeddings = write_embeddings(out, next_generation(previous.manifest if previous else None), (len(items), dim), fill)
-    faiss_index, index_info = index_embeddings(embeddings, layout["requested"], layout["max_memory"], progress)
+    embeddings = write_embeddings(out, next_generation(previous.manifest if previous else None), (len(catalog.items), dim), fill)
+    faiss_index, entry = index_embeddings(embeddings, layout.requested, layout.max_memory, progress)
     write_index(
         out,
-        model=model_info,
-        items=items,
+        model=ref,
+        items=catalog.items,
         embeddings=embeddings,
         faiss_index=faiss_index,
-        index_info=index_info,
+        index=IndexEntry(**entry),
         previous=previous.manifest if previous else None,
     )
-    return summary

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import asdict, dataclass
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,12 +31,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from indexer.decode import Decoded, Unit, decode_unit
-from indexer.sources import Skipped, SourceFile
+from indexer.engine import Embedded, Work, stage
+from indexer.sources import Skipped
 from indexer.staging import Staging
-from retrieval.models.devices import compute_dtype
 from retrieval.errors import TusouError
-from retrieval.store.faults import kill_point
-from retrieval.models.model import EmbeddingModel, load_model
+from retrieval.models.model import EmbeddingModel
+from retrieval.store.model_ref import ModelRef, OtherWeights
+
+if TYPE_CHECKING:
+    from ray.data import Dataset
 
 INSTALL = "pip install 'tusou[ray]'"
 START = "start one with `ray start --head` and pass the address it prints as --ray-address"
@@ -52,22 +56,8 @@ class RayOptions:
     address: str | None = None
     """A running cluster (`ray start --head` prints its address; `auto` finds one on this node).
     None: RAY_ADDRESS if set, else a Ray instance on this machine alone, for trying it out."""
-    workers: int | None = None
-    """Embedding actors; None: one per `gpus_per_worker` GPUs, or one per CPU on a cluster without GPUs."""
     gpus_per_worker: float | None = None
     """GPUs each actor holds; None: 1 when the cluster has GPUs (unless --device cpu), else 0 (the actor embeds on 1 CPU)."""
-
-
-@dataclass(frozen=True)
-class WorkerModel:
-    """What an actor needs to load the driver's model on its own node, and to prove it did."""
-
-    name: str
-    text_weights: str | None
-    image_weights: str | None
-    fingerprint: str
-    device: str
-    precision: str
 
 
 def require_ray() -> ModuleType:
@@ -79,29 +69,77 @@ def require_ray() -> ModuleType:
     return ray
 
 
-@contextmanager
-def ray_session(options: RayOptions | None) -> Iterator[None]:
-    """Connected to the cluster for the length of a build (nothing at all for a local build).
+@dataclass(frozen=True)
+class RayEngine:
+    """Embedding on the cluster `options` names (indexer.engine.Engine): the driver's model is loaded
+    again by each actor, on `device` in `precision`, and checked to be the same weights."""
 
-    Joined before the scan, so a wrong address fails at once; Ray's own messages (a node lost,
-    say) go to stderr, as stdout is the build summary's; the connection made here is closed here.
-    """
-    if options is None:
-        yield
-        return
-    ray = require_ray()
-    owned = not ray.is_initialized()
-    if owned:
-        _connect(ray, options)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # tusou shows one bar of its own, in images
-    context.enable_auto_log_stats = False
-    with redirect_stdout(sys.stderr):
+    options: RayOptions
+    workers: int | None = None
+    """Embedding actors; None: one per `gpus_per_worker` GPUs, or one per CPU on a cluster without GPUs."""
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 32
+    checkpoint_every: int = 1024
+    progress: bool = True
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Connected to the cluster for the length of a build.
+
+        Ray's own messages (a node lost, say) go to stderr, as stdout is the build summary's;
+        the connection made here is closed here.
+        """
+        ray = require_ray()
+        owned = not ray.is_initialized()
+        if owned:
+            _connect(ray, self.options)
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # tusou shows one bar of its own, in images
+        context.enable_auto_log_stats = False
+        with redirect_stdout(sys.stderr):
+            try:
+                yield
+            finally:
+                if owned:
+                    ray.shutdown()  # flushes what Ray still has to say: to stderr too
+
+    def embed(self, model: EmbeddingModel, ref: ModelRef, work: Work, staging: Staging) -> list[Skipped]:
+        ray = require_ray()
+        if not work.units:
+            return []
+        gpus, starting, workers = _actors(ray.cluster_resources(), self.options, self.workers, self.device)
+        dataset = self._dataset(ray, model, ref, work, gpus, starting, workers)
+        desc = f"embedding on ray ({workers} actor{'s' * (workers > 1)}{f', {gpus:g} GPU each' if gpus else ''})"
         try:
-            yield
-        finally:
-            if owned:
-                ray.shutdown()  # flushes what Ray still has to say: to stderr too
+            with tqdm(total=work.images, desc=desc, unit=" img", disable=not self.progress) as bar:
+                batches = dataset.iter_batches(batch_size=None, batch_format="numpy")
+                return stage(map(_embedded, batches), work, staging, self.checkpoint_every, bar)
+        except ray.exceptions.RayError as exc:
+            raise TusouError(
+                f"the Ray build stopped ({_reason(exc)}); what was embedded is staged: run the same command again to go on"
+            ) from None
+
+    def _dataset(
+        self, ray: ModuleType, model: EmbeddingModel, ref: ModelRef, work: Work, gpus: float, starting: int, workers: int
+    ) -> Dataset:
+        """The pipeline: decode tasks over the units, then the pool of embedding actors."""
+        pixel_shape = tuple(model.preprocess(Image.new("RGB", (model.image_size, model.image_size))).shape)
+        items = [{"unit": json.dumps(asdict(unit))} for unit in work.units]
+        blocks = _tasks(len(work.units), work.images or len(work.units), workers, self.checkpoint_every)
+        decode_options = {"preprocess": model.preprocess, "min_size": model.image_size, "shape": pixel_shape, "batch_size": self.batch_size}
+        return (
+            ray.data.from_items(items, override_num_blocks=blocks)
+            .map_batches(_decode_units, batch_size=None, fn_kwargs=decode_options)
+            .map_batches(
+                _Embedder,
+                fn_constructor_args=(ref, self.device, self.precision),
+                batch_size=self.batch_size,
+                compute=ray.data.ActorPoolStrategy(min_size=starting, max_size=workers),
+                num_gpus=gpus,
+                num_cpus=0 if gpus else 1,
+            )
+        )
 
 
 def _connect(ray: ModuleType, options: RayOptions) -> None:
@@ -127,68 +165,14 @@ def _check_reachable(address: str) -> None:
         raise TusouError(f"no Ray cluster answers at {address} ({exc.strerror or exc}): {START}") from None
 
 
-def embed_on_ray(
-    model: EmbeddingModel,
-    worker_model: WorkerModel,
-    units: list[Unit],
-    images: int | None,
-    files: dict[str, SourceFile],
-    staging: Staging,
-    options: RayOptions,
-    batch_size: int,
-    checkpoint_every: int,
-    progress: bool,
-) -> list[Skipped]:
-    """Embed the images of `units` (`images` of them, None: not known before the shards are read)
-    on the cluster into `staging`; returns the images that could not be read."""
-    ray = require_ray()
-    skipped: list[Skipped] = []
-    if not units:
-        return skipped
-    gpus, starting, workers = _actors(ray.cluster_resources(), options, worker_model.device)
-    pixel_shape = tuple(model.preprocess(Image.new("RGB", (model.image_size, model.image_size))).shape)
-    items = [{"unit": json.dumps(asdict(unit))} for unit in units]
-    dataset = (
-        ray.data.from_items(items, override_num_blocks=_tasks(len(units), images or len(units), workers, checkpoint_every))
-        .map_batches(
-            _decode_units,
-            batch_size=None,
-            fn_kwargs={"preprocess": model.preprocess, "min_size": model.image_size, "shape": pixel_shape, "batch_size": batch_size},
-        )
-        .map_batches(
-            _Embedder,
-            fn_constructor_args=(worker_model,),
-            batch_size=batch_size,
-            compute=ray.data.ActorPoolStrategy(min_size=starting, max_size=workers),
-            num_gpus=gpus,
-            num_cpus=0 if gpus else 1,
-        )
-    )
-    since_flush = 0
-    desc = f"embedding on ray ({workers} actor{'s' * (workers > 1)}{f', {gpus:g} GPU each' if gpus else ''})"
-    try:
-        with tqdm(total=images, desc=desc, unit=" img", disable=not progress) as bar:
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                records = zip(*(batch[key].tolist() for key in RECORD_COLUMNS))
-                for row, item in enumerate(Decoded(*record) for record in records):
-                    if item.error:
-                        skipped.append(Skipped(item.path, item.error))
-                    else:
-                        staging.add(item.record(files), batch["vector"][row])
-                        since_flush += 1
-                if since_flush >= checkpoint_every:
-                    staging.flush()
-                    since_flush = 0
-                bar.update(len(batch["path"]))
-                kill_point("embedded")
-    except ray.exceptions.RayError as exc:
-        raise TusouError(
-            f"the Ray build stopped ({_reason(exc)}); what was embedded is staged: run the same command again to go on"
-        ) from None
-    return skipped
+def _embedded(batch: dict[str, np.ndarray]) -> Embedded:
+    """A batch as the actors return it: the records' columns, one vector per row (zeros where unreadable)."""
+    records = [Decoded(*record) for record in zip(*(batch[key].tolist() for key in RECORD_COLUMNS))]
+    ok = batch["error"] == ""
+    return Embedded([item for item in records if not item.error], batch["vector"][ok], [item for item in records if item.error])
 
 
-def _actors(resources: dict, options: RayOptions, device: str) -> tuple[float, int, int]:
+def _actors(resources: dict, options: RayOptions, workers: int | None, device: str) -> tuple[float, int, int]:
     """(GPUs per actor, actors that fit the cluster now, actors wanted) for the --device asked for.
 
     More actors than fit can be asked for: the pool starts with those that fit and grows as an
@@ -200,9 +184,7 @@ def _actors(resources: dict, options: RayOptions, device: str) -> tuple[float, i
     if device.startswith("cuda") and not gpus:
         raise TusouError("--device cuda, but the Ray cluster has no GPUs for the actors: use --device auto or cpu")
     fit = max(1, int(cluster_gpus // gpus) if gpus else int(cluster_cpus))
-    if options.workers is not None and options.workers < 1:
-        raise TusouError("--workers must be at least 1 with --engine ray")
-    wanted = options.workers or fit
+    wanted = workers or fit
     return gpus, min(fit, wanted), wanted
 
 
@@ -242,14 +224,14 @@ def _columns(rows: list[tuple[Decoded, torch.Tensor | None]], shape: tuple[int, 
 class _Embedder:
     """An actor of the pool: the driver's model, loaded on this node, checked to be the same weights."""
 
-    def __init__(self, spec: WorkerModel):
-        model = load_model(spec.name, device=spec.device, text_weights=spec.text_weights, image_weights=spec.image_weights)
-        if model.fingerprint() != spec.fingerprint:
+    def __init__(self, ref: ModelRef, device: str, precision: str):
+        try:
+            self.model = ref.load(device, precision)
+        except OtherWeights as exc:
             raise TusouError(
-                f"{socket.gethostname()} loaded other weights of {spec.name} (fingerprint {model.fingerprint()}) than the "
-                f"driver ({spec.fingerprint}): give every node the same weights"
-            )
-        self.model = model.with_dtype(compute_dtype(model.device, spec.precision))
+                f"{socket.gethostname()} loaded other weights of {ref.name} (fingerprint {exc.loaded}) than the "
+                f"driver ({exc.recorded}): give every node the same weights"
+            ) from None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = batch["error"] == ""

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from indexer.build import build_lock
 from indexer.faiss_build import index_embeddings
-from retrieval.store.index_store import Manifest, open_vectors, read_manifest, remove_leftovers, write_index
+from retrieval.store.index_store import open_vectors, remove_leftovers, write_index
+from retrieval.store.manifest import IndexEntry, Manifest, read_manifest
 
 
 def reindex(directory: str | Path, index_type: str = "auto", max_memory: int | None = None, progress: bool = True) -> Manifest:
@@ -24,13 +25,13 @@ def reindex(directory: str | Path, index_type: str = "auto", max_memory: int | N
         remove_leftovers(directory)
         manifest = read_manifest(directory)
         _, embeddings = open_vectors(directory, manifest)  # catalog and embeddings agree: safe to keep them
-        faiss_index, info = index_embeddings(embeddings, index_type, max_memory, progress)
+        faiss_index, entry = index_embeddings(embeddings, index_type, max_memory, progress)
         return write_index(
             directory,
             model=manifest.model,
             items=None,
             embeddings=None,
             faiss_index=faiss_index,
-            index_info=info,
+            index=IndexEntry(**entry),
             previous=manifest,
         )

@@ -21,12 +21,14 @@ from indexer.sources import SourceFile
 from retrieval.store.atomic import atomic_write, atomic_write_text
 from retrieval.store.faults import kill_point
 from retrieval.store.index_store import ImageRecord
+from retrieval.store.model_ref import ModelRef
 
 
 class Staging:
-    def __init__(self, directory: Path, model: dict):
+    def __init__(self, directory: Path, model: ModelRef):
         self.directory = directory
-        self.model = model
+        self.model = model.to_dict()
+        """The model entry of the index being built: chunks of another model's are not this build's."""
         self.items: dict[str, tuple[ImageRecord, str, int]] = {}
         """Catalog path → (record, chunk file name, row in the chunk); a later chunk wins."""
         self.pending: list[tuple[ImageRecord, np.ndarray]] = []

@@ -54,7 +54,7 @@ def served(tmp_path_factory):
     Yields (server, collection, root): the index is root/index, the server's Gradio temp dir
     root/gradio-tmp, and collection/link_out.png is a symlink to root/secret.png, outside it.
     """
-    from indexer import build_index
+    from indexer import BuildPlan, build_index
     from tests.uiserver import UIServer
 
     root = tmp_path_factory.mktemp("ui")
@@ -63,7 +63,7 @@ def served(tmp_path_factory):
     secret = root / "secret.png"
     write_images(root / "outside", 1)[0].rename(secret)
     os.symlink(secret, collection / "link_out.png")
-    build_index([collection], root / "index", "test-tiny", device="cpu", workers=0, progress=False)
+    build_index(BuildPlan([collection], root / "index", "test-tiny", device="cpu", workers=0, progress=False))
     server = UIServer(root / "index", env={"GRADIO_TEMP_DIR": str(root / "gradio-tmp")})
     yield server, collection, root
     server.stop()

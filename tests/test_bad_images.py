@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from indexer import build_index
+from indexer import BuildPlan, build_index
 from retrieval.store.index_store import open_index
 from tests.imagegen import draw, png_bomb
 from ui.cli import main as cli
@@ -168,7 +168,7 @@ def built(tmp_path_factory, tiny_model):
     corpus = make_corpus(root / "collection")
     before = snapshot(corpus.folder)
     out = root / "index"
-    summary = build_index([corpus.folder], out, model=tiny_model, progress=False, workers=2, precision="fp32")
+    summary = build_index(BuildPlan([corpus.folder], out, model=tiny_model, progress=False, workers=2, precision="fp32"))
     return corpus, before, out, summary
 
 
@@ -268,7 +268,7 @@ def test_odd_formats_are_embedded_as_a_viewer_shows_them(built, tiny_model):
 def test_rerun_embeds_nothing_and_reports_the_same(built, tiny_model):
     corpus, before, out, first = built
     generation = open_index(out).manifest.generation
-    again = build_index([corpus.folder], out, model=tiny_model, progress=False, workers=2, precision="fp32")
+    again = build_index(BuildPlan([corpus.folder], out, model=tiny_model, progress=False, workers=2, precision="fp32"))
     assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, len(corpus.valid))
     assert sorted(again.skipped, key=str) == sorted(first.skipped, key=str)
     assert open_index(out).manifest.generation == generation, "nothing changed, nothing rewritten"
@@ -317,7 +317,7 @@ def test_a_pipe_named_like_an_image_is_reported_not_read(tmp_path, tiny_model):
     folder.mkdir()
     draw(1).save(folder / "photo.png")
     os.mkfifo(folder / "pipe.jpg")
-    summary = build_index([folder], tmp_path / "index", model=tiny_model, progress=False, workers=0)
+    summary = build_index(BuildPlan([folder], tmp_path / "index", model=tiny_model, progress=False, workers=0))
     assert summary.total == 1
     assert summary.skipped == [{"path": str(folder / "pipe.jpg"), "reason": "not a regular file (a pipe, socket or device)"}]
 

@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer import build_index
+from indexer import BuildPlan, build_index
 from retrieval import Searcher, TusouError
 from tests.imagegen import write_images
 from ui.cli import main
@@ -43,7 +43,7 @@ def original(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
     collection = tmp_path_factory.mktemp("corrupt-collection")
     write_images(collection, 12)
     index = tmp_path_factory.mktemp("corrupt-original") / "index"
-    build_index([collection], index, model=tiny_model, workers=0, progress=False)
+    build_index(BuildPlan([collection], index, model=tiny_model, workers=0, progress=False))
     return collection, index
 
 
@@ -178,6 +178,30 @@ REBUILD_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "manifest-knob-of-another-type": (
         lambda d: edit_manifest(d, lambda raw: raw["index"]["search"].__setitem__("nprobe", 8)),
         "manifest.json is damaged (search setting nprobe on a flat index)",
+    ),
+    "manifest-unknown-index-field": (
+        lambda d: edit_manifest(d, lambda raw: raw["index"].__setitem__("shards", 4)),
+        "manifest.json is damaged (unknown index field shards)",
+    ),
+    "manifest-index-budget-not-a-size": (
+        lambda d: edit_manifest(d, lambda raw: raw["index"].__setitem__("max_memory", "1G")),
+        "manifest.json is damaged (index max_memory is '1G')",
+    ),
+    "manifest-unknown-requested-type": (
+        lambda d: edit_manifest(d, lambda raw: raw["index"].__setitem__("requested", "annoy")),
+        "manifest.json is damaged (requested index type 'annoy')",
+    ),
+    "manifest-unknown-model-field": (
+        lambda d: edit_manifest(d, lambda raw: raw["model"].__setitem__("colour", "red")),
+        "manifest.json is damaged (unknown model field colour)",
+    ),
+    "manifest-no-fingerprint": (
+        lambda d: edit_manifest(d, lambda raw: raw["model"].pop("fingerprint")),
+        "manifest.json is damaged (model fingerprint is None)",
+    ),
+    "manifest-weights-not-a-path": (
+        lambda d: edit_manifest(d, lambda raw: raw["model"].__setitem__("image_weights", 7)),
+        "manifest.json is damaged (model image_weights is 7)",
     ),
     "manifest-path-escape": (point_outside("catalog", "../../etc/passwd"), "its catalog file '../../etc/passwd' is not a file inside"),
     "manifest-absolute-path": (point_outside("embeddings", "/etc/passwd"), "its embeddings file '/etc/passwd' is not a file inside"),

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from indexer import build_index
-from retrieval import Searcher, TusouError, load_model
+from indexer import BuildPlan, build_index
+from indexer.reindex import reindex
+from retrieval import EmbeddingModel, Searcher, TusouError, load_model
+from retrieval.search.query import Query
 from retrieval.store.index_store import open_index
 from tests.imagegen import draw, write_images
+from tests.test_encoders import saved_bert
 
 
 def test_build_writes_a_complete_index(tmp_path, image_folder, tiny_model):
-    summary = build_index([image_folder], tmp_path / "index", model=tiny_model, workers=0, precision="fp32", progress=False)
+    summary = build_index(BuildPlan([image_folder], tmp_path / "index", model=tiny_model, workers=0, precision="fp32", progress=False))
     assert (summary.added, summary.updated, summary.removed, summary.unchanged, summary.total) == (40, 0, 0, 0, 40)
     stored = open_index(tmp_path / "index")
     manifest = stored.manifest
-    assert manifest.model["name"] == "test-tiny" and manifest.model["fingerprint"] == tiny_model.fingerprint()
-    assert (manifest.dim, manifest.count, manifest.metric, manifest.index["type"]) == (64, 40, "inner_product", "flat")
+    assert manifest.model.name == "test-tiny" and manifest.model.fingerprint == tiny_model.fingerprint()
+    assert (manifest.dim, manifest.count, manifest.metric, manifest.index.type) == (64, 40, "inner_product", "flat")
     assert stored.embeddings.dtype == np.float16 and stored.embeddings.shape == (40, 64)
     assert len({item.id for item in stored.items}) == 40
     item = next(i for i in stored.items if i.path.endswith("image_0014.webp"))
@@ -34,7 +39,7 @@ def test_build_writes_a_complete_index(tmp_path, image_folder, tiny_model):
 
 
 def test_every_image_finds_itself_first(tmp_path, image_folder, tiny_model):
-    build_index([image_folder], tmp_path / "index", model=tiny_model, workers=2, progress=False)
+    build_index(BuildPlan([image_folder], tmp_path / "index", model=tiny_model, workers=2, progress=False))
     searcher = Searcher(tmp_path / "index", model=tiny_model)
     for item in searcher.index.items:
         results = searcher.search_image(item.path, k=3)
@@ -45,10 +50,10 @@ def test_every_image_finds_itself_first(tmp_path, image_folder, tiny_model):
 
 def test_rerun_embeds_only_what_changed(tmp_path, fresh_folder, tiny_model):
     out = tmp_path / "index"
-    build_index([fresh_folder], out, model=tiny_model, workers=0, progress=False)
+    build_index(BuildPlan([fresh_folder], out, model=tiny_model, workers=0, progress=False))
     before = {item.path: item for item in open_index(out).items}
 
-    again = build_index([fresh_folder], out, model=tiny_model, workers=0, progress=False)
+    again = build_index(BuildPlan([fresh_folder], out, model=tiny_model, workers=0, progress=False))
     assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, 24)
     assert open_index(out).manifest.generation == 1, "an unchanged collection rewrites nothing"
 
@@ -57,7 +62,7 @@ def test_rerun_embeds_only_what_changed(tmp_path, fresh_folder, tiny_model):
     draw(999, size=(90, 60)).save(changed)
     removed = fresh_folder / "image_0002.webp"
     removed.unlink()
-    summary = build_index([fresh_folder], out, model=tiny_model, workers=0, progress=False)
+    summary = build_index(BuildPlan([fresh_folder], out, model=tiny_model, workers=0, progress=False))
     assert (summary.added, summary.updated, summary.removed, summary.unchanged, summary.total) == (1, 1, 1, 22, 24)
 
     stored = open_index(out)
@@ -76,45 +81,94 @@ def test_broken_files_are_reported_and_the_rest_indexed(tmp_path, fresh_folder, 
     (fresh_folder / "empty.png").write_bytes(b"")
     good = (fresh_folder / "image_0006.jpg").read_bytes()
     (fresh_folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
-    summary = build_index([fresh_folder], tmp_path / "index", model=tiny_model, workers=2, progress=False)
+    summary = build_index(BuildPlan([fresh_folder], tmp_path / "index", model=tiny_model, workers=2, progress=False))
     reasons = {Path(item["path"]).name: item["reason"] for item in summary.skipped}
     assert set(reasons) == {"notes.jpg", "empty.png", "truncated.jpg"}
     assert reasons["notes.jpg"].startswith("not an image")
     assert summary.total == summary.added == 24
 
 
-def test_opening_with_another_model_is_a_clear_error(tmp_path, image_folder, tiny_model):
-    out = tmp_path / "index"
-    build_index([image_folder], out, model=tiny_model, workers=0, progress=False)
-    with pytest.raises(TusouError, match="built with model 'test-tiny', not 'taiyi-clip-l14'"):
-        build_index([image_folder], out, "taiyi-clip-l14", progress=False)
-    other_weights = tmp_path / "other.bin"
+def other_image_weights(tmp_path: Path) -> EmbeddingModel:
+    """test-tiny with an image tower of its own (the text tower is test-tiny's)."""
     import open_clip
     import torch
 
     torch.manual_seed(5)
-    torch.save(open_clip.create_model("tusou-tiny-vit").state_dict(), other_weights)
-    other = load_model("test-tiny", device="cpu", image_weights=other_weights)
+    torch.save(open_clip.create_model("tusou-tiny-vit").state_dict(), tmp_path / "other.bin")
+    return load_model("test-tiny", device="cpu", image_weights=tmp_path / "other.bin")
+
+
+@pytest.fixture
+def built(tmp_path, image_folder, tiny_model) -> Path:
+    build_index(BuildPlan([image_folder], tmp_path / "index", model=tiny_model, workers=0, progress=False))
+    return tmp_path / "index"
+
+
+def test_opening_with_another_model_is_a_clear_error(tmp_path, built, image_folder):
+    with pytest.raises(TusouError, match="built with model 'test-tiny', not 'taiyi-clip-l14'"):
+        build_index(BuildPlan([image_folder], built, "taiyi-clip-l14", progress=False))
+    other = other_image_weights(tmp_path)
     with pytest.raises(TusouError, match="other weights of 'test-tiny'"):
-        Searcher(out, model=other)
+        Searcher(built, model=other).search_image(draw(3))  # at load or at the first image query: the precision decides
     with pytest.raises(TusouError, match="other weights"):
-        build_index([image_folder], out, model=other, progress=False)
+        build_index(BuildPlan([image_folder], built, model=other, progress=False))
+
+
+def test_a_text_search_checks_the_text_tower_and_an_image_query_the_image_tower(tmp_path, built, tiny_model):
+    manifest = open_index(built).manifest
+    assert (manifest.model.text_fingerprint, manifest.model.image_fingerprint) == (tiny_model.text_fingerprint(), tiny_model.image_fingerprint())
+    searcher = Searcher(built, model=other_image_weights(tmp_path), precision="fp32")  # fp32: no cast, the check can wait
+    assert len(searcher.search_text("红色", k=3)) == 3  # the text tower is the index's own
+    refused = "was built with other weights of 'test-tiny' \\(image tower fingerprint"
+    for needs_the_image_tower in (
+        lambda: searcher.search_image(draw(3)),
+        lambda: searcher.search(Query(text="红色", image=draw(3))),
+        lambda: searcher.label(draw(3), "猫,狗"),
+    ):
+        with pytest.raises(TusouError, match=refused):
+            needs_the_image_tower()
+    saved_bert(tmp_path / "bert")
+    other_text = load_model("test-tiny", device="cpu", text_weights=tmp_path / "bert")
+    with pytest.raises(TusouError, match="other weights of 'test-tiny' \\(text tower fingerprint"):
+        Searcher(built, model=other_text, precision="fp32")
+    assert Searcher(built, model=tiny_model, precision="fp32").search_image(draw(3), k=1)
+
+
+def test_concurrent_first_image_queries_share_one_check(built, tiny_model):
+    searcher = Searcher(built, model=tiny_model, precision="fp32")
+    with ThreadPoolExecutor(4) as pool:
+        found = list(pool.map(lambda n: searcher.search_image(draw(n), k=1)[0].path, range(8)))
+    assert found == [searcher.search_image(draw(n), k=1)[0].path for n in range(8)]
+
+
+def test_an_index_with_one_fingerprint_for_both_towers_is_checked_whole_at_load(tmp_path, built, tiny_model):
+    """What tusou wrote before per-tower fingerprints: it opens as it is, and is checked as it was."""
+    path = built / "manifest.json"
+    raw = json.loads(path.read_text())
+    for key in ("text_fingerprint", "image_fingerprint"):
+        del raw["model"][key]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(TusouError, match="was built with other weights of 'test-tiny' \\(fingerprint"):
+        Searcher(built, model=other_image_weights(tmp_path), precision="fp32")
+    assert Searcher(built, model=tiny_model, precision="fp32").search_image(draw(3), k=1)
+    reindex(built, "flat", progress=False)
+    assert json.loads(path.read_text())["model"] == raw["model"], "an older model entry is written back as it was read"
 
 
 def test_out_directory_that_is_not_an_index_is_left_alone(tmp_path, image_folder, tiny_model):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.txt").write_text("precious")
     with pytest.raises(TusouError, match="is not a tusou index"):
-        build_index([image_folder], tmp_path / "mine", model=tiny_model, progress=False)
+        build_index(BuildPlan([image_folder], tmp_path / "mine", model=tiny_model, progress=False))
     assert os.listdir(tmp_path / "mine") == ["thesis.txt"]
 
 
 def test_no_images_or_missing_path_is_an_error(tmp_path, tiny_model):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TusouError, match="no images found"):
-        build_index([tmp_path / "empty"], tmp_path / "index", model=tiny_model, progress=False)
+        build_index(BuildPlan([tmp_path / "empty"], tmp_path / "index", model=tiny_model, progress=False))
     with pytest.raises(TusouError, match="no such file or folder"):
-        build_index([tmp_path / "nope"], tmp_path / "index", model=tiny_model, progress=False)
+        build_index(BuildPlan([tmp_path / "nope"], tmp_path / "index", model=tiny_model, progress=False))
     assert not (tmp_path / "index").exists()
 
 

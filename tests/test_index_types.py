@@ -12,13 +12,15 @@ import torch
 from PIL import Image
 
 from bench.vectors import ClipLikeSpace
-from indexer import build_index
+from indexer import BuildPlan, build_index
 from indexer.faiss_build import exact_neighbours, plan_index, recall_at_k
 from retrieval.sizes import parse_size
 from retrieval.store.index_types import INDEX_TYPES
 from indexer.reindex import reindex
 from retrieval import Searcher, TusouError
 from retrieval.store.index_store import CatalogItem, open_index, write_index
+from retrieval.store.manifest import IndexEntry
+from retrieval.store.model_ref import ModelRef
 from ui.cli import main
 
 COUNT = 3000
@@ -38,9 +40,8 @@ def vector_index(tmp_path, tiny_model, space) -> Path:
     items = [CatalogItem(path=f"/photos/{i:05d}.jpg", size=1, mtime_ns=1, sha256="0", width=1, height=1, id=i) for i in range(COUNT)]
     flat = faiss.IndexFlatIP(64)
     flat.add(vectors.astype(np.float32))
-    model = {"name": tiny_model.name, "fingerprint": tiny_model.fingerprint(), "text_weights": None, "image_weights": None}
-    write_index(tmp_path / "idx", model=model, items=items, embeddings=vectors, faiss_index=flat,
-                index_info={"type": "flat", "requested": "flat", "params": {}, "search": {}}, previous=None)
+    write_index(tmp_path / "idx", model=ModelRef.of(tiny_model), items=items, embeddings=vectors, faiss_index=flat,
+                index=IndexEntry("flat", requested="flat"), previous=None)
     return tmp_path / "idx"
 
 
@@ -51,7 +52,7 @@ def test_reindex_builds_each_type_from_stored_embeddings_and_searches_well(vecto
 
     manifest = reindex(vector_index, index_type, progress=False)
 
-    assert manifest.index["type"] == index_type and manifest.count == COUNT
+    assert manifest.index.type == index_type and manifest.count == COUNT
     assert manifest.generation == before["generation"] + 1
     for role, data in kept.items():  # no re-embedding: the same files carry over untouched
         assert manifest.files[role] == before["files"][role]
@@ -61,9 +62,9 @@ def test_reindex_builds_each_type_from_stored_embeddings_and_searches_well(vecto
     assert type(faiss.downcast_index(stored.faiss_index)).__name__ == {
         "flat": "IndexFlatIP", "hnsw": "IndexHNSWFlat", "ivf": "IndexIVFScalarQuantizer", "ivfpq": "IndexIVFPQ"}[index_type]
     if index_type in ("ivf", "ivfpq"):  # the tuned nprobe is stored, and set on the index when opened
-        assert faiss.extract_index_ivf(stored.faiss_index).nprobe == manifest.index["search"]["nprobe"]
+        assert faiss.extract_index_ivf(stored.faiss_index).nprobe == manifest.index.search["nprobe"]
     if index_type != "flat":
-        assert manifest.index["search"]["recall_at_10"] >= 0.9
+        assert manifest.index.search["recall_at_10"] >= 0.9
 
     searcher = Searcher(vector_index, model=tiny_model)
     queries = space.array(50, queries=True)
@@ -106,15 +107,15 @@ def test_sizes_parse_as_users_write_them():
 
 def test_index_keeps_its_type_and_changes_it_without_re_embedding(image_folder, tmp_path, tiny_model):
     out = tmp_path / "idx"
-    build_index([image_folder], out, model=tiny_model, index_type="ivf", progress=False)
-    assert open_index(out).manifest.index["type"] == "ivf"
+    build_index(BuildPlan([image_folder], out, model=tiny_model, index_type="ivf", progress=False))
+    assert open_index(out).manifest.index.type == "ivf"
 
-    again = build_index([image_folder], out, model=tiny_model, progress=False)
-    assert open_index(out).manifest.index["type"] == "ivf" and again.unchanged == again.total
+    again = build_index(BuildPlan([image_folder], out, model=tiny_model, progress=False))
+    assert open_index(out).manifest.index.type == "ivf" and again.unchanged == again.total
 
-    switched = build_index([image_folder], out, model=tiny_model, index_type="hnsw", progress=False)
+    switched = build_index(BuildPlan([image_folder], out, model=tiny_model, index_type="hnsw", progress=False))
     assert switched.unchanged == switched.total == 40 and switched.added == 0
-    assert open_index(out).manifest.index["type"] == "hnsw"
+    assert open_index(out).manifest.index.type == "hnsw"
 
 
 def test_cli_index_reindex_info_and_search(image_folder, tmp_path, capsys):

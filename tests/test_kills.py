@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import build_index
+from indexer import BuildPlan, build_index
 from retrieval.store.index_store import open_index
 from tests.imagegen import draw, write_images
 
 BUILD = """
 import sys
-from indexer import build_index
-build_index([sys.argv[1]], sys.argv[2], "test-tiny", device="cpu", batch_size=4, workers=int(sys.argv[3]),
-            checkpoint_every=8, progress=False)
+from indexer import BuildPlan, build_index
+build_index(BuildPlan([sys.argv[1]], sys.argv[2], "test-tiny", device="cpu", batch_size=4, workers=int(sys.argv[3]),
+            checkpoint_every=8, progress=False))
 """
 KILL_POINTS = [
     ("scan:7", 0),  # scanning the folder
@@ -76,9 +76,9 @@ def reference(tmp_path_factory, tiny_model) -> dict:
     """An uninterrupted build of A, then of B."""
     root = tmp_path_factory.mktemp("reference")
     _collection_a(root / "photos")
-    build_index([root / "photos"], root / "index", model=tiny_model, progress=False)
+    build_index(BuildPlan([root / "photos"], root / "index", model=tiny_model, progress=False))
     _change_to_b(root / "photos")
-    build_index([root / "photos"], root / "index", model=tiny_model, progress=False)
+    build_index(BuildPlan([root / "photos"], root / "index", model=tiny_model, progress=False))
     return _state(root / "index", root / "photos")
 
 
@@ -86,7 +86,7 @@ def reference(tmp_path_factory, tiny_model) -> dict:
 def test_killed_update_resumes_to_the_uninterrupted_result(tmp_path, tiny_model, reference, point, workers):
     folder, out = tmp_path / "photos", tmp_path / "index"
     _collection_a(folder)
-    build_index([folder], out, model=tiny_model, progress=False)
+    build_index(BuildPlan([folder], out, model=tiny_model, progress=False))
     before = _state(out, folder)
     _change_to_b(folder)
 
@@ -103,7 +103,7 @@ def test_killed_update_resumes_to_the_uninterrupted_result(tmp_path, tiny_model,
     assert after_kill.keys() in (before.keys(), reference.keys())
     assert opened > 0
 
-    summary = build_index([folder], out, model=tiny_model, progress=False)
+    summary = build_index(BuildPlan([folder], out, model=tiny_model, progress=False))
     final = _state(out, folder)
     assert final.keys() == reference.keys() and summary.total == len(reference)
     for name, (item_id, sha256, vector) in reference.items():

@@ -204,8 +204,8 @@ def test_missing_weights_of_each_family_name_the_fix(hub_cache):
 
 
 def test_an_index_records_its_model_so_mixing_models_is_an_error(tmp_path, image_folder):
-    from indexer import build_index
+    from indexer import BuildPlan, build_index
 
-    build_index([image_folder], tmp_path / "index", "test-tiny", device="cpu", workers=0, progress=False)
+    build_index(BuildPlan([image_folder], tmp_path / "index", "test-tiny", device="cpu", workers=0, progress=False))
     with pytest.raises(TusouError, match="built with model 'test-tiny', not 'cn-clip-b16'"):
-        build_index([image_folder], tmp_path / "index", "cn-clip-b16", device="cpu", workers=0, progress=False)
+        build_index(BuildPlan([image_folder], tmp_path / "index", "cn-clip-b16", device="cpu", workers=0, progress=False))

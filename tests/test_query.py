@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer import build_index
+from indexer import BuildPlan, build_index
 from retrieval import Query, Searcher, TusouError
 from retrieval.datasets.synthetic import write_collection
 from retrieval.search.query import NEGATIVE_WEIGHT, unit
@@ -37,7 +37,7 @@ def demo(tmp_path_factory) -> tuple[Searcher, dict[str, dict], Path]:
     rows = write_collection(collection, 96)
     shutil.copy(collection / ORIGINAL, collection / COPIES[0])
     Image.open(collection / ORIGINAL).save(collection / COPIES[1], quality=85)
-    build_index([collection], root / "index", "demo", device="cpu", workers=0, progress=False)
+    build_index(BuildPlan([collection], root / "index", "demo", device="cpu", workers=0, progress=False))
     truth = {row["file"]: row for row in rows} | {copy: next(r for r in rows if r["file"] == ORIGINAL) for copy in COPIES}
     assert truth[REFERENCE]["shapes"] == [["蓝色", "正方形"]] and truth[ORIGINAL]["shapes"] == [["红色", "圆形"]]
     return Searcher(root / "index", device="cpu"), truth, collection

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import build_index
+from indexer import BuildPlan, build_index
 from retrieval import Searcher
 from retrieval.store.index_store import open_index
 from tests.imagegen import draw, write_images
@@ -63,7 +63,7 @@ def run(cluster, paths, out, *options, env=None) -> tuple[int, dict | None, str]
 
 
 def local_reference(paths: list[str], out: Path) -> None:
-    build_index(paths, out, "test-tiny", device="cpu", workers=0, progress=False)
+    build_index(BuildPlan(paths, out, "test-tiny", device="cpu", workers=0, progress=False))
 
 
 def assert_same_ranking(ours: list, theirs: list, atol: float) -> None:
@@ -82,7 +82,7 @@ def assert_same_index(built: Path, reference: Path) -> None:
     assert [vars(item) for item in ours.items] == [vars(item) for item in theirs.items]
     assert len({item.path for item in ours.items}) == len(ours.items), "an item indexed twice"
     np.testing.assert_allclose(np.asarray(ours.embeddings, np.float32), np.asarray(theirs.embeddings, np.float32), atol=2e-3)
-    assert ours.manifest.index["type"] == theirs.manifest.index["type"]
+    assert ours.manifest.index.type == theirs.manifest.index.type
     searchers = Searcher(built, device="cpu"), Searcher(reference, device="cpu")
     for seed in (0, 7, 301):
         assert_same_ranking(*(searcher.search_image(draw(seed), k=6) for searcher in searchers), atol=2e-3)

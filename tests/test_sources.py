@@ -19,7 +19,7 @@ import fsspec
 import numpy as np
 import pytest
 
-from indexer import build_index
+from indexer import BuildPlan, build_index
 from retrieval import Searcher
 from retrieval.store.index_store import open_index
 from tests.imagegen import draw
@@ -67,7 +67,7 @@ def shards(tmp_path) -> Path:
 
 
 def build(paths, out, model, **options):
-    return build_index(paths, out, model=model, progress=False, **options)
+    return build_index(BuildPlan(paths, out, model=model, progress=False, **options))
 
 
 def counts(summary) -> tuple[int, int, int, int, int]:
@@ -297,8 +297,8 @@ def test_a_killed_build_of_remote_shards_embeds_only_the_rest(tmp_path, tiny_mod
 
 BUILD = """
 import sys
-from indexer import build_index
-build_index(sys.argv[1:-1], sys.argv[-1], "test-tiny", device="cpu", batch_size=2, workers=0, checkpoint_every=2, progress=False)
+from indexer import BuildPlan, build_index
+build_index(BuildPlan(sys.argv[1:-1], sys.argv[-1], "test-tiny", device="cpu", batch_size=2, workers=0, checkpoint_every=2, progress=False))
 """
 
 

@@ -26,7 +26,7 @@ from retrieval.store.index_info import describe
 from retrieval.locations import Unreadable, read_item
 from retrieval.search.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT, Query, clean_query, strip_controls
 from retrieval.search.searcher import Searcher, SearchResult
-from retrieval.search.zero_shot import DEFAULT_TEMPLATES, check_templates, label_images, parse_labels, split_list
+from retrieval.search.zero_shot import DEFAULT_TEMPLATES, check_templates, parse_labels, split_list
 
 THUMBNAIL = 256
 MAX_UPLOAD = "20mb"
@@ -168,7 +168,7 @@ class SearchApp:
             return {}, image_message(exc)
         try:
             with self._lock:
-                scores = label_images(self.searcher.model, [picture], names, templates)[0]
+                scores = self.searcher.label(picture, names, templates)
         except TusouError as exc:
             return {}, str(exc)
         return {score.label: score.probability for score in scores}, f"{len(scores)} 个标签"
@@ -177,7 +177,7 @@ class SearchApp:
         manifest = self.searcher.index.manifest
         precision = str(next(self.searcher.model.text_model.parameters()).dtype).removeprefix("torch.")
         return (
-            f"**模型** `{manifest.model['name']}` · **图片数** {manifest.count} · "
+            f"**模型** `{manifest.model.name}` · **图片数** {manifest.count} · "
             f"**索引** `{describe(manifest)}` · **查询精度** `{precision}` · **建立时间** {manifest.updated}"
         )
 

@@ -56,8 +56,9 @@ def _budget(args: argparse.Namespace) -> int | None:
 
 def cmd_index(args: argparse.Namespace) -> None:
     from indexer.build import build_index
+    from indexer.plan import BuildPlan
 
-    summary = build_index(
+    plan = BuildPlan(
         args.paths,
         args.out,
         args.model,
@@ -72,6 +73,7 @@ def cmd_index(args: argparse.Namespace) -> None:
         precision=args.precision,
         ray=_ray_options(args),
     )
+    summary = build_index(plan)
     if args.json:
         _print_json(summary.to_dict())
         return
@@ -90,7 +92,7 @@ def _ray_options(args: argparse.Namespace):
     from indexer.ray_engine import RayOptions
 
     if args.engine == "ray":
-        return RayOptions(address=args.ray_address, workers=args.workers, gpus_per_worker=args.gpus_per_worker)
+        return RayOptions(address=args.ray_address, gpus_per_worker=args.gpus_per_worker)
     for flag, value in (("--ray-address", args.ray_address), ("--gpus-per-worker", args.gpus_per_worker)):
         if value is not None:
             raise TusouError(f"{flag} is for --engine ray")
@@ -103,7 +105,7 @@ def cmd_reindex(args: argparse.Namespace) -> None:
 
     manifest = reindex(args.index, args.index_type, _budget(args), progress=not args.json)
     if args.json:
-        _print_json(manifest.index)
+        _print_json(manifest.index.to_dict())
     else:
         print(f"{args.index}: {manifest.count} images, {describe(manifest)}")
 
@@ -177,7 +179,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from retrieval.store.index_store import check_model, read_manifest
+    from retrieval.store.manifest import check_model, read_manifest
     from ui.app import serve
 
     if args.model:

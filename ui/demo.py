@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from indexer.build import build_index
+from indexer.plan import BuildPlan
 from retrieval.datasets.synthetic import write_collection
 from retrieval.errors import TusouError
 from ui.app import serve
@@ -25,7 +26,7 @@ def prepare(root: Path = DEMO_ROOT, count: int = COLLECTION_SIZE, device: str = 
     if not (collection / "captions.jsonl").exists():
         print(f"drawing {count} demo images into {collection} ...")
         write_collection(collection, count)
-    summary = build_index([collection], index, "demo", device=device)
+    summary = build_index(BuildPlan([collection], index, "demo", device=device))
     print(f"demo index {index}: {summary.total} images ({summary.added} newly embedded)")
     return index
 

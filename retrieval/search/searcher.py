@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from retrieval.models.devices import compute_dtype
 from retrieval.images import load_query_image
-from retrieval.store.index_store import StoredIndex, check_model, open_index
-from retrieval.models.model import EmbeddingModel, load_model
+from retrieval.models.model import EmbeddingModel
+from retrieval.store.index_store import StoredIndex, open_index
+from retrieval.store.model_ref import IMAGE, TEXT, cast
 from retrieval.search.query import POOL_FACTOR, Query, QueryImage, clean_query, mix, rank
 from retrieval.search.zero_shot import LabelScore, label_images
 
@@ -59,7 +60,9 @@ class Searcher:
     """`Searcher(index_dir)` loads the index and its model once; queries are then cheap.
 
     Queries run in the `precision` chosen (retrieval.models.devices.compute_dtype); repeated text
-    queries come from a cache.
+    queries come from a cache. The model is checked to be the one that built the index: its text
+    tower at once, its image tower when a query or a label first needs it (an index of an older
+    tusou records one fingerprint for both towers, checked at once).
     """
 
     def __init__(
@@ -71,16 +74,27 @@ class Searcher:
         cache_size: int = 1024,
     ):
         self.index: StoredIndex = open_index(index_dir)
-        built = self.index.manifest.model
-        self.model = model or load_model(
-            built["name"],
-            device=device,
-            text_weights=built.get("text_weights"),
-            image_weights=built.get("image_weights"),
-        )
-        check_model(self.index.manifest, self.index.directory, self.model.name, self.model.fingerprint())
-        self.model = self.model.with_dtype(compute_dtype(self.model.device, precision))
+        ref = self.index.manifest.model
+        loaded = model or ref.load_weights(device)
+        self.index.check_weights(loaded, TEXT)  # both towers, for an index without per-tower fingerprints
+        self.model = cast(loaded, precision)
+        self._image_check = threading.Lock()
+        self._image_unchecked = ref.per_tower
+        if self._image_unchecked and self.model is not loaded and self.model.text_fingerprint() != loaded.text_fingerprint():
+            # This cast changes what the fingerprints hash, so the image tower is checked now, as loaded;
+            # a model whose fingerprints survive a cast (they hash the weights as loaded) waits.
+            self.index.check_weights(loaded, IMAGE)
+            self._image_unchecked = False
         self.cache = QueryCache(cache_size)
+
+    def image_model(self) -> EmbeddingModel:
+        """The model, its image tower checked (once, by the first caller that needs it)."""
+        if self._image_unchecked:
+            with self._image_check:
+                if self._image_unchecked:
+                    self.index.check_weights(self.model, IMAGE)
+                    self._image_unchecked = False
+        return self.model
 
     def __len__(self) -> int:
         return len(self.index.items)
@@ -119,8 +133,9 @@ class Searcher:
         text, negatives = (encoded[0], encoded[1:]) if query.uses_text else (None, encoded)
         image = None
         if query.image is not None:
-            picture = load_query_image(query.image, min_size=self.model.image_size)
-            image = self.model.encode_images([picture])[0] if query.uses_image else None
+            model = self.image_model()
+            picture = load_query_image(query.image, min_size=model.image_size)
+            image = model.encode_images([picture])[0] if query.uses_image else None
         return mix(text, image, query.weight), negatives
 
     def search(self, query: Query, k: int = 10) -> list[SearchResult]:
@@ -141,5 +156,5 @@ class Searcher:
     def label(
         self, image: str | Path | Image.Image, labels: str | Sequence[str], templates: Sequence[str] | None = None
     ) -> list[LabelScore]:
-        return label_images(self.model, [image], labels, templates)[0]
+        return label_images(self.image_model(), [image], labels, templates)[0]
 

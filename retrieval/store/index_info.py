@@ -10,11 +10,11 @@ from retrieval.store.index_store import Manifest, open_index
 def describe(manifest: Manifest) -> str:
     """One line: type, its tuned search setting and the recall measured against exact search."""
     index = manifest.index
-    search = index.get("search", {})
-    knobs = ", ".join(f"{key} {value}" for key, value in {**index.get("params", {}), **search}.items() if key not in ("recall_at_10", "tuning_queries"))
-    recall = "exact" if index.get("type") == "flat" else f"recall@10 {search.get('recall_at_10', float('nan')):.3f} vs exact"
-    chosen = " (auto)" if index.get("requested") == "auto" else ""
-    return f"{index.get('type')}{chosen}" + (f" [{knobs}]" if knobs else "") + f", {recall}"
+    search = index.search
+    knobs = ", ".join(f"{key} {value}" for key, value in {**index.params, **search}.items() if key not in ("recall_at_10", "tuning_queries"))
+    recall = "exact" if index.type == "flat" else f"recall@10 {search.get('recall_at_10', float('nan')):.3f} vs exact"
+    chosen = " (auto)" if index.requested == "auto" else ""
+    return f"{index.type}{chosen}" + (f" [{knobs}]" if knobs else "") + f", {recall}"
 
 
 def summary(directory: str | Path) -> dict:
@@ -30,8 +30,8 @@ def summary(directory: str | Path) -> dict:
         "index": str(directory),
         "count": manifest.count,
         "dim": manifest.dim,
-        "model": manifest.model,
-        "index_type": manifest.index,
+        "model": manifest.model.to_dict(),
+        "index_type": manifest.index.to_dict(),
         "description": describe(manifest),
         "bytes_on_disk": sizes,
         "generation": manifest.generation,

@@ -1,4 +1,5 @@
-"""The index directory on disk: manifest, item catalog, float16 embeddings, FAISS index.
+"""The index directory on disk: item catalog, float16 embeddings, FAISS index, and their manifest
+(retrieval.store.manifest).
 
 Every write makes a new *generation* of the three data files beside the old ones, then
 swaps `manifest.json` (which names them) atomically, then deletes the old generation.
@@ -11,47 +12,31 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
+from retrieval.errors import TusouError
 from retrieval.store import ann
 from retrieval.store.atomic import atomic_write, atomic_write_text
-from retrieval.errors import TusouError
 from retrieval.store.faults import kill_point
-from retrieval.models.registry import MODELS
-from retrieval.store.index_types import INDEX_TYPES, KNOBS
+from retrieval.store.index_types import INDEX_TYPES
+from retrieval.store.manifest import MANIFEST, ROLES, IndexEntry, Manifest, plain_name, read_manifest, rebuild_hint, write_manifest
+from retrieval.store.model_ref import BOTH, ModelRef, OtherWeights, Tower
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+if TYPE_CHECKING:
+    from retrieval.models.model import EmbeddingModel
+
 REBUILD = "rebuild it with `tusou index PATH --out DIR`"
-ROLES = ("catalog", "embeddings", "faiss")
-MANIFEST_FIELDS: dict[str, type] = {"model": dict, "dim": int, "count": int, "index": dict, "files": dict, "generation": int, "next_id": int}
-
-
-def rebuild_hint(directory: Path) -> str:
-    """What to do when the catalog, embeddings or manifest are bad: embed everything again.
-
-    `tusou index` refuses a damaged index rather than guess which of its parts to trust,
-    so the directory has to go first.
-    """
-    return f"delete {directory} and rebuild it with `tusou index PATH --out {directory}`"
 
 
 def reindex_hint(directory: Path) -> str:
     """What to do when only the FAISS file is bad: the stored embeddings rebuild it, no model needed."""
     return f"its catalog and embeddings are intact: rebuild the FAISS file from them with `tusou reindex {directory}`"
-
-
-def tool_version() -> str:
-    try:
-        return version("tusou")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 @dataclass
@@ -82,24 +67,6 @@ class CatalogItem(ImageRecord):
 
 
 @dataclass
-class Manifest:
-    model: dict
-    """name, fingerprint of its weights, and the local weight paths it was loaded from."""
-    dim: int
-    count: int
-    index: dict
-    """FAISS index: type, requested type and memory budget, build params, tuned search params."""
-    files: dict[str, str]
-    generation: int
-    next_id: int
-    metric: str = "inner_product"
-    format_version: int = FORMAT_VERSION
-    tool_version: str = field(default_factory=tool_version)
-    created: str = ""
-    updated: str = ""
-
-
-@dataclass
 class StoredIndex:
     directory: Path
     manifest: Manifest
@@ -110,113 +77,19 @@ class StoredIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, rows) per query row, with the search parameters the build tuned."""
-        rerank = int(self.manifest.index.get("search", {}).get("rerank", 0))
+        rerank = int(self.manifest.index.search.get("rerank", 0))
         return ann.search(self.faiss_index, self.embeddings, queries, k, rerank)
+
+    def check_weights(self, model: EmbeddingModel, towers: tuple[Tower, ...] = BOTH) -> None:
+        """Refuse a model (as loaded, before a precision cast) whose `towers` are not the ones that built this index."""
+        try:
+            self.manifest.model.verify(model, towers)
+        except OtherWeights as exc:
+            raise TusouError(f"{self.directory} was built with {exc}: load the same weights or build a new index") from None
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def read_manifest(directory: Path) -> Manifest:
-    """The manifest, checked field by field: a damaged or foreign one is a one-line TusouError."""
-    path = directory / MANIFEST
-    if not directory.is_dir():
-        raise TusouError(f"no index at {directory}: build one with `tusou index PATH --out {directory}`")
-    if not path.is_file():
-        raise TusouError(f"{directory} is not a tusou index (no {MANIFEST}): build one with `tusou index PATH --out DIR`")
-    fix = rebuild_hint(directory)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TusouError(f"{path} is damaged ({exc}): {fix}") from None
-    if not isinstance(raw, dict):
-        raise TusouError(f"{path} is damaged (not a JSON object): {fix}")
-    version = raw.get("format_version", FORMAT_VERSION)
-    if not _is_int(version) or version < 1:
-        raise TusouError(f"{path} is damaged (format_version {version!r} is not a version number): {fix}")
-    if version > FORMAT_VERSION:
-        raise TusouError(
-            f"{directory} was written by a newer tusou (index format {version}, "
-            f"this one reads up to {FORMAT_VERSION}): upgrade tusou"
-        )
-    missing = [key for key in MANIFEST_FIELDS if key not in raw]
-    if missing:
-        raise TusouError(f"{path} is damaged (no {', '.join(missing)}): {fix}")
-    unknown = sorted(set(raw) - {f.name for f in fields(Manifest)})
-    if unknown:
-        raise TusouError(f"{path} is damaged (unknown field {', '.join(unknown)}): {fix}")
-    for key, kind in MANIFEST_FIELDS.items():
-        # bool is an int to Python, not to a manifest; a wrong type would surface later as a traceback
-        if not isinstance(raw[key], kind) or isinstance(raw[key], bool) or (kind is int and raw[key] < 0):
-            raise TusouError(f"{path} is damaged ({key} is {raw[key]!r}): {fix}")
-    if raw["dim"] < 1:
-        raise TusouError(f"{path} is damaged (dim is {raw['dim']}): {fix}")
-    if raw.get("metric", "inner_product") != "inner_product":
-        raise TusouError(f"{path} is damaged (metric {raw['metric']!r}; tusou indexes use inner_product): {fix}")
-    _check_files(directory, raw["files"], fix)
-    _check_index_entry(path, raw["index"], fix)
-    manifest = Manifest(**raw)
-    _check_model_dim(directory, manifest, fix)
-    return manifest
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_files(directory: Path, files: dict, fix: str) -> None:
-    """Each data file is a plain name inside the directory.
-
-    A manifest naming `../../etc/passwd` or an absolute path must never make tusou read it,
-    nor make a later build delete it as an "old generation".
-    """
-    for role in ROLES:
-        name = files.get(role)
-        if not isinstance(name, str) or not name:
-            raise TusouError(f"{directory / MANIFEST} is damaged (no {role} file named): {fix}")
-    for role, name in files.items():
-        if not _plain_name(name):
-            raise TusouError(
-                f"{directory / MANIFEST} is damaged: its {role} file {name!r} is not a file inside {directory} "
-                f"(refused, not opened): {fix}"
-            )
-
-
-def _plain_name(name: object) -> bool:
-    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name and "\0" not in name
-
-
-def _check_index_entry(path: Path, index: dict, fix: str) -> None:
-    """The FAISS entry's type and search knobs (nprobe, ef_search, rerank) are what the search code expects."""
-    if index.get("type") not in INDEX_TYPES:
-        raise TusouError(f"{path} is damaged (index type {index.get('type')!r}, not one of {', '.join(INDEX_TYPES)}): {fix}")
-    for key in ("params", "search"):
-        if not isinstance(index.get(key, {}), dict):
-            raise TusouError(f"{path} is damaged (index {key} is {index[key]!r}): {fix}")
-    for key, value in index.get("search", {}).items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise TusouError(f"{path} is damaged (search setting {key} is {value!r}): {fix}")
-        if key in KNOBS and key != INDEX_TYPES[index["type"]].knob:
-            raise TusouError(f"{path} is damaged (search setting {key} on a {index['type']} index): {fix}")
-
-
-def _check_model_dim(directory: Path, manifest: Manifest, fix: str) -> None:
-    """The manifest's model exists here and makes vectors of the manifest's dim.
-
-    Checked from the registry alone, before any weights are loaded.
-    """
-    name = manifest.model.get("name")
-    if not isinstance(name, str) or name not in MODELS:
-        raise TusouError(
-            f"{directory} names model {name!r}, which this tusou does not know ({', '.join(MODELS)}): "
-            f"upgrade tusou, or {fix}"
-        )
-    if MODELS[name].dim != manifest.dim:
-        raise TusouError(
-            f"{directory / MANIFEST} is inconsistent (model {name} makes {MODELS[name].dim}-d vectors, "
-            f"the manifest says {manifest.dim}-d): {fix}"
-        )
 
 
 def read_catalog(path: Path, fix: str = REBUILD) -> list[CatalogItem]:
@@ -318,16 +191,16 @@ def read_faiss(directory: Path, manifest: Manifest, mmap: bool = False) -> faiss
         why = "not a FAISS index" if "not recognized" in str(exc) else "truncated or corrupt"
         raise TusouError(f"{damaged} is {why}: {fix}") from None
     kind = type(faiss.downcast_index(index)).__name__
-    expected = INDEX_TYPES[manifest.index["type"]].faiss_class
+    expected = INDEX_TYPES[manifest.index.type].faiss_class
     if kind != expected:
-        raise TusouError(f"{damaged} holds an {kind}, the manifest says {manifest.index['type']} ({expected}): {fix}")
+        raise TusouError(f"{damaged} holds an {kind}, the manifest says {manifest.index.type} ({expected}): {fix}")
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise TusouError(f"{damaged} does not score by inner product: {fix}")
     if index.d != manifest.dim:
         raise TusouError(f"{damaged} holds {index.d}-d vectors, the index is {manifest.dim}-d: {fix}")
     if index.ntotal != manifest.count:
         raise TusouError(f"{damaged} holds {index.ntotal} vectors, the index has {manifest.count} items: {fix}")
-    ann.apply_params(index, manifest.index.get("search", {}))
+    ann.apply_params(index, manifest.index.search)
     return index
 
 
@@ -370,11 +243,11 @@ def remove_leftovers(directory: Path) -> list[str]:
 def write_index(
     directory: Path,
     *,
-    model: dict,
+    model: ModelRef,
     items: list[CatalogItem] | None,
     embeddings: np.ndarray | None,
     faiss_index: faiss.Index,
-    index_info: dict,
+    index: IndexEntry,
     previous: Manifest | None,
 ) -> Manifest:
     """Write a new generation and switch the manifest to it; returns the new manifest.
@@ -406,17 +279,17 @@ def write_index(
         model=model,
         dim=previous.dim if keep else int(embeddings.shape[1]),
         count=count,
-        index=index_info,
+        index=index,
         files=files,
         generation=generation,
         next_id=max([previous.next_id if previous else 0] + [item.id + 1 for item in items or []]),
         created=previous.created if previous else now,
         updated=now,
     )
-    atomic_write_text(directory / MANIFEST, json.dumps(asdict(manifest), ensure_ascii=False, indent=2) + "\n")
+    write_manifest(directory, manifest)
     if previous:
         for name in previous.files.values():
-            if name not in files.values() and _plain_name(name):  # never a path outside the directory
+            if name not in files.values() and plain_name(name):  # never a path outside the directory
                 (directory / name).unlink(missing_ok=True)
                 kill_point("cleanup")
     return manifest
@@ -459,18 +332,3 @@ def _catalog_entry(item: CatalogItem) -> dict:
     if entry["change_key"] is None:
         del entry["change_key"]
     return entry
-
-
-def check_model(manifest: Manifest, directory: Path, name: str, fingerprint: str | None = None) -> None:
-    """An index answers only queries embedded by the model that built it (None: check the name only)."""
-    built = manifest.model
-    if built.get("name") != name:
-        raise TusouError(
-            f"{directory} was built with model {built.get('name')!r}, not {name!r}: "
-            f"use --model {built.get('name')} or another --out directory"
-        )
-    if fingerprint is not None and built.get("fingerprint") != fingerprint:
-        raise TusouError(
-            f"{directory} was built with other weights of {name!r} (fingerprint {built.get('fingerprint')}, "
-            f"these are {fingerprint}): load the same weights or build a new index"
-        )

@@ -1,0 +1,91 @@
+"""What a build is asked to do, checked once: `BuildPlan`, which `indexer.build.build_index` runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from indexer.engine import Engine, LocalEngine
+from indexer.ray_engine import RayEngine, RayOptions
+from retrieval.errors import TusouError
+from retrieval.models.model import EmbeddingModel
+from retrieval.models.registry import DEFAULT_MODEL
+from retrieval.store.manifest import IndexEntry
+from retrieval.store.model_ref import ModelRef
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The FAISS index asked for: a type (or `auto`) within a memory budget."""
+
+    requested: str
+    max_memory: int | None
+
+    def built(self, entry: IndexEntry) -> bool:
+        """Whether `entry` was built as asked (then an unchanged collection keeps its index)."""
+        return (entry.requested, entry.max_memory) == (self.requested, self.max_memory)
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """A build: the images under `paths` into the index at `out`. Its values are checked when it is
+    made, so a mistake is one line before any model loads; `out` is checked by the build itself,
+    against the disk as it is then."""
+
+    paths: Sequence[str | Path]
+    out: Path
+    model_name: str | None = None
+    """A registry entry; None: the one the index was built with (DEFAULT_MODEL for a new index)."""
+    model: EmbeddingModel | None = None
+    """A model loaded already (float32, as `load_model` returns it), instead of loading `model_name`."""
+    text_weights: str | Path | None = None
+    """Local weights instead of the entry's own; None: the ones the index was built with, if any."""
+    image_weights: str | Path | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 32
+    workers: int | None = None
+    """Local: decoding processes (None: min(4, cores); 0: decode in this one). Ray: embedding actors
+    (None: as many as the cluster fits)."""
+    checkpoint_every: int = 1024
+    """Images embedded between saves to the staging: the most a killed build loses."""
+    index_type: str | None = None
+    """None: keep the index's type (`auto` for a new one), so an `auto` index changes type as it grows."""
+    max_index_memory: int | None = None
+    progress: bool = True
+    ray: RayOptions | None = None
+    """Embed on a Ray cluster (indexer.ray_engine) instead of in this process; the rest is the same."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        for flag, value in (("--batch-size", self.batch_size), ("--checkpoint-every", self.checkpoint_every)):
+            if value < 1:
+                raise TusouError(f"{flag} must be at least 1")
+        if self.ray is not None and self.workers is not None and self.workers < 1:
+            raise TusouError("--workers must be at least 1 with --engine ray")
+
+    def engine(self) -> Engine:
+        """The engine this plan embeds with, chosen here once."""
+        if self.ray is None:
+            return LocalEngine(self.batch_size, self.workers, self.checkpoint_every, self.progress)
+        return RayEngine(self.ray, self.workers, self.device, self.precision, self.batch_size, self.checkpoint_every, self.progress)
+
+    def model_ref(self, built: ModelRef | None) -> ModelRef:
+        """The model to load: as asked, else as the index was built (with its weights), else the default."""
+        return ModelRef(
+            self.model_name or (built.name if built else DEFAULT_MODEL),
+            text_weights=_text(self.text_weights) or (built.text_weights if built else None),
+            image_weights=_text(self.image_weights) or (built.image_weights if built else None),
+        )
+
+    def layout(self, built: IndexEntry | None) -> Layout:
+        """The index type and memory budget: as asked, else as the index was built."""
+        return Layout(
+            self.index_type or (built.requested if built and built.requested else "auto"),
+            self.max_index_memory or (built.max_memory if built else None),
+        )
+
+
+def _text(path: str | Path | None) -> str | None:
+    return str(path) if path else None
