@@ -23,7 +23,7 @@ from retrieval.datasets.cnclip_layout import split_paths
 from retrieval.errors import TusouError
 from retrieval.models.model import EmbeddingModel, load_model
 from retrieval.models.registry import TextTower, get_entry
-from train.pairs import PairData
+from train.pairs import PairBatch, PairData
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -86,14 +86,7 @@ def save_checkpoint(model: EmbeddingModel, out: Path, trainer_state: dict) -> Pa
 def train(cfg: TrainConfig, progress: bool = True) -> list[dict]:
     """Train, checkpointing every `checkpoint_every` steps; resumes from `out` when it holds a checkpoint."""
     out = Path(cfg.out)
-    resume = checkpoint_dir(out) / "trainer.pt"
-    if not resume.exists() and (out / "checkpoint.old" / "trainer.pt").exists():
-        (out / "checkpoint.old").rename(checkpoint_dir(out))
-    state = torch.load(resume, weights_only=True) if resume.exists() else None
-    if state is not None and state["config"] != _config_dict(cfg):
-        raise TusouError(f"{out} holds a run with other settings: resume with the same ones or choose another --out")
-    if not isinstance(get_entry(cfg.model).text, TextTower):
-        raise TusouError(f"tusou train trains a BERT text tower against an open_clip image tower; {cfg.model!r} is another family")
+    state = _saved_state(cfg, out)
     torch.manual_seed(cfg.seed)
     model = load_model(
         cfg.model,
@@ -108,24 +101,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> list[dict]:
         raise TusouError(f"{split_paths(cfg.data, 'train')[1]} has {len(data)} captions, fewer than one batch of {cfg.batch_size}")
     planned = cfg.epochs * steps_per_epoch
     total = planned if cfg.max_steps is None else min(cfg.max_steps, planned)
-
-    image_params = [p for p in model.image_model.parameters()]
-    for p in image_params:
-        p.requires_grad_(not cfg.freeze_image)
-    params = [p for p in model.text_model.parameters()] + ([] if cfg.freeze_image else image_params)
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, cfg.warmup_steps, planned))
+    params, optimizer, schedule = _optimizer(model, cfg, planned)
     step, log = 0, []
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
         step, log = state["step"], json.loads(state["log"])
-
     model.text_model.train()
     model.image_model.train(not cfg.freeze_image)
     order: list[tuple[int, int]] = []
@@ -134,35 +116,60 @@ def train(cfg: TrainConfig, progress: bool = True) -> list[dict]:
             epoch, index = divmod(step, steps_per_epoch)
             if index == 0 or not order:
                 order = data.epoch_order(cfg.seed, epoch)
-            batch = data.batch(order[index * cfg.batch_size : (index + 1) * cfg.batch_size])
-            with torch.autocast("cuda", dtype=torch.float16, enabled=model.device.type == "cuda"):
-                text = model.text_features(batch.texts)
-                image = model.image_model(batch.pixels.to(model.device))
-                loss = contrastive_loss(text.float(), image.float(), model.image_model.clip.logit_scale.exp(), batch.positives.to(model.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            with torch.no_grad():
-                model.image_model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            loss = _step(model, data.batch(order[index * cfg.batch_size : (index + 1) * cfg.batch_size]), params, optimizer, schedule)
             step += 1
-            log.append({"step": step, "epoch": epoch, "loss": round(loss.item(), 5), "lr": schedule.get_last_lr()[0]})
-            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+            log.append({"step": step, "epoch": epoch, "loss": round(loss, 5), "lr": schedule.get_last_lr()[0]})
+            bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch)
             bar.update()
             if step % cfg.checkpoint_every == 0 or step == total:
-                trainer_state = {
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "step": step,
-                    "log": json.dumps(log),
-                    "config": _config_dict(cfg),
-                }
+                trainer_state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
+                                 "step": step, "log": json.dumps(log), "config": _config_dict(cfg)}
                 save_checkpoint(model, out, trainer_state)
     model.text_model.eval()
     model.image_model.eval()
     return log
+
+
+def _saved_state(cfg: TrainConfig, out: Path) -> dict | None:
+    """The trainer state of the run in `out` to resume (None for a new run), checked against `cfg`."""
+    resume = checkpoint_dir(out) / "trainer.pt"
+    if not resume.exists() and (out / "checkpoint.old" / "trainer.pt").exists():
+        (out / "checkpoint.old").rename(checkpoint_dir(out))
+    state = torch.load(resume, weights_only=True) if resume.exists() else None
+    if state is not None and state["config"] != _config_dict(cfg):
+        raise TusouError(f"{out} holds a run with other settings: resume with the same ones or choose another --out")
+    if not isinstance(get_entry(cfg.model).text, TextTower):
+        raise TusouError(f"tusou train trains a BERT text tower against an open_clip image tower; {cfg.model!r} is another family")
+    return state
+
+
+def _optimizer(model: EmbeddingModel, cfg: TrainConfig, planned: int) -> tuple[list, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over the trained parameters (no weight decay on biases and norms), warm-up then cosine."""
+    image_params = list(model.image_model.parameters())
+    for p in image_params:
+        p.requires_grad_(not cfg.freeze_image)
+    params = list(model.text_model.parameters()) + ([] if cfg.freeze_image else image_params)
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, cfg.warmup_steps, planned))
+    return params, optimizer, schedule
+
+
+def _step(model: EmbeddingModel, batch: PairBatch, params: list, optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler) -> float:
+    """One optimisation step on a batch of pairs; returns its loss."""
+    with torch.autocast("cuda", dtype=torch.float16, enabled=model.device.type == "cuda"):
+        text = model.text_features(batch.texts)
+        image = model.image_model(batch.pixels.to(model.device))
+        loss = contrastive_loss(text.float(), image.float(), model.image_model.clip.logit_scale.exp(), batch.positives.to(model.device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
+    with torch.no_grad():
+        model.image_model.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    return loss.item()
 
 
 def _config_dict(cfg: TrainConfig) -> str:
