@@ -1,1 +1,1 @@
-"""Benchmark datasets, retrieval metrics, evaluation runs and their reports."""
+"""Benchmark datasets, evaluation runs and their reports (the metrics are retrieval.search.metrics)."""

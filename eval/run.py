@@ -9,7 +9,7 @@ import numpy as np
 
 from eval import datasets
 from eval.features import cache_path, load_or_embed
-from eval.metrics import KS, hits_at_k, rank_items
+from retrieval.search.metrics import KS, hits_at_k, rank_items
 from eval.published import figures
 from retrieval.errors import TusouError
 from retrieval.models.model import EmbeddingModel

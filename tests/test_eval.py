@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.metrics import hits_at_k, rank_items, recall_at_k, top_k
+from retrieval.search.metrics import hits_at_k, rank_items, recall_at_k, top_k
 from retrieval.datasets.cnclip_layout import encode_image_bytes, write_split
 from retrieval.datasets.synthetic import COLOURS, make_split
 from tests.imagegen import draw

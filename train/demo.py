@@ -13,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-from eval.metrics import recall_at_k
+from retrieval.search.metrics import recall_at_k
 from retrieval.datasets.synthetic import COLOURS, SHAPES, make_split, split_seed, write_dataset
 from retrieval.images import open_image
 from retrieval.models.model import EmbeddingModel, load_model
