@@ -36,6 +36,9 @@ class EmbeddingModel:
     device: torch.device
     sources: dict[str, str | None]
     """Where the weights came from (`text_weights`, `image_weights`), for reopening an index."""
+    loaded: Fingerprints | None = None
+    """The fingerprints of the weights as loaded, kept by a copy cast to another precision (a cast
+    changes the values they hash, not which weights they are); None: hash the towers as they are."""
 
     @property
     def image_model(self) -> ImageEncoder:
@@ -101,15 +104,18 @@ class EmbeddingModel:
 
     def with_dtype(self, dtype: torch.dtype) -> EmbeddingModel:
         """A copy whose towers run in `dtype`; this model is left as it is (one copy of what both
-        towers share). An image tower not built yet is built in `dtype` when the copy needs it."""
+        towers share). An image tower not built yet is built in `dtype` when the copy needs it.
+        The copy's fingerprints stay those of the weights as loaded, so an index still knows them."""
         if self.dtype == dtype:
             return self
+        loaded = self.loaded or Fingerprints.of_text(self.name, self.text_model)
         if self.image_built:
+            loaded.note_image(self.image_model)
             text, image = copy.deepcopy((self.text_model, self.image_model))
             lazy = LazyImageTower(tower=image.to(dtype))
         else:
-            text, lazy = copy.deepcopy(self.text_model), self.lazy_image.then(lambda image: image.to(dtype))
-        return dataclasses.replace(self, text_model=text.to(dtype), lazy_image=lazy)
+            text, lazy = copy.deepcopy(self.text_model), self.lazy_image.then(lambda image: loaded.note_image(image).to(dtype))
+        return dataclasses.replace(self, text_model=text.to(dtype), lazy_image=lazy, loaded=loaded)
 
     def fingerprint(self) -> str:
         """A short hash of both towers' weights: names, shapes and a strided sample of values.
@@ -117,25 +123,63 @@ class EmbeddingModel:
         Two models with different weights get different fingerprints in practice, at a cost of
         milliseconds rather than hashing every byte of a ViT-L.
         """
-        return _fingerprint(self.name, ("text.", self.text_model), ("image.", self.image_model))
+        return self._with_image().both
 
     def text_fingerprint(self) -> str:
         """The text tower's part of `fingerprint` alone: a text query needs only this tower checked."""
-        return _fingerprint(self.name, ("text.", self.text_model))
+        return (self.loaded or Fingerprints.of_text(self.name, self.text_model)).text
 
     def image_fingerprint(self) -> str:
         """The image tower's part alone: what vectors in an index depend on (a student text tower shares it)."""
-        return _fingerprint(self.name, ("image.", self.image_model))
+        return self._with_image().image
+
+    def _with_image(self) -> Fingerprints:
+        """The fingerprints, the image tower's taken too (building it: a cast copy's build notes it as loaded)."""
+        image = self.image_model
+        if self.loaded:
+            return self.loaded
+        prints = Fingerprints.of_text(self.name, self.text_model)
+        prints.note_image(image)
+        return prints
 
 
-def _fingerprint(name: str, *towers: tuple[str, TextEncoder | ImageEncoder]) -> str:
-    digest = hashlib.sha256(name.encode())
-    for prefix, tower in towers:
-        for key, tensor in sorted(tower.weights().items()):
-            flat = tensor.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 256)].float().cpu().numpy()
-            digest.update(f"{prefix}{key}{tuple(tensor.shape)}".encode())
-            digest.update(np.round(sample, 5).tobytes())
+@dataclass
+class Fingerprints:
+    """A model's fingerprints, taken from its towers' weights as loaded."""
+
+    name: str
+    after_text: hashlib._Hash
+    """The hash of the name and the text tower, which `both` goes on from."""
+    image: str = ""
+    both: str = ""
+
+    @classmethod
+    def of_text(cls, name: str, text: TextEncoder) -> Fingerprints:
+        return cls(name, _hashed(hashlib.sha256(name.encode()), "text.", text))
+
+    @property
+    def text(self) -> str:
+        return _hex(self.after_text)
+
+    def note_image(self, image: ImageEncoder) -> ImageEncoder:
+        """Take the image tower's fingerprints (before anything casts it); returns the tower."""
+        if not self.image:
+            self.image = _hex(_hashed(hashlib.sha256(self.name.encode()), "image.", image))
+            self.both = _hex(_hashed(self.after_text.copy(), "image.", image))
+        return image
+
+
+def _hashed(digest: hashlib._Hash, prefix: str, tower: TextEncoder | ImageEncoder) -> hashlib._Hash:
+    """`digest` updated with a tower's weights: names, shapes and a strided sample of values."""
+    for key, tensor in sorted(tower.weights().items()):
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 256)].float().cpu().numpy()
+        digest.update(f"{prefix}{key}{tuple(tensor.shape)}".encode())
+        digest.update(np.round(sample, 5).tobytes())
+    return digest
+
+
+def _hex(digest: hashlib._Hash) -> str:
     return digest.hexdigest()[:16]
 
 

@@ -79,12 +79,7 @@ class Searcher:
         self.index.check_weights(loaded, TEXT)  # both towers, for an index without per-tower fingerprints
         self.model = cast(loaded, precision)
         self._image_check = threading.Lock()
-        self._image_unchecked = ref.per_tower
-        if self._image_unchecked and self.model is not loaded and self.model.text_fingerprint() != loaded.text_fingerprint():
-            # This cast changes what the fingerprints hash, so the image tower is checked now, as loaded;
-            # a model whose fingerprints survive a cast (they hash the weights as loaded) waits.
-            self.index.check_weights(loaded, IMAGE)
-            self._image_unchecked = False
+        self._image_unchecked = ref.per_tower  # a cast keeps the fingerprints of the weights as loaded
         self.cache = QueryCache(cache_size)
 
     def image_model(self) -> EmbeddingModel:

@@ -81,7 +81,7 @@ class StoredIndex:
         return ann.search(self.faiss_index, self.embeddings, queries, k, rerank)
 
     def check_weights(self, model: EmbeddingModel, towers: tuple[Tower, ...] = BOTH) -> None:
-        """Refuse a model (as loaded, before a precision cast) whose `towers` are not the ones that built this index."""
+        """Refuse a model whose `towers` are not the ones that built this index (a precision cast keeps the fingerprints)."""
         try:
             self.manifest.model.verify(model, towers)
         except OtherWeights as exc:

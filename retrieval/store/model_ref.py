@@ -45,7 +45,7 @@ class ModelRef:
 
     @classmethod
     def of(cls, model: EmbeddingModel) -> ModelRef:
-        """The reference to `model` as loaded (before any precision cast, which changes the fingerprints)."""
+        """The reference to `model`: its fingerprints are of the weights as loaded, cast or not."""
         return cls(
             name=model.name,
             fingerprint=model.fingerprint(),
@@ -81,7 +81,7 @@ class ModelRef:
         return cast(model, precision)
 
     def verify(self, model: EmbeddingModel, towers: tuple[Tower, ...] = BOTH) -> None:
-        """Raise OtherWeights unless `model` (as loaded, not cast) has the recorded weights of `towers`.
+        """Raise OtherWeights unless `model` has the recorded weights of `towers`.
 
         Without per-tower fingerprints, or for both towers, the combined fingerprint is compared.
         """
