@@ -114,10 +114,11 @@ def test_opening_with_another_model_is_a_clear_error(tmp_path, built, image_fold
         build_index(BuildPlan([image_folder], built, model=other, progress=False))
 
 
-def test_a_text_search_checks_the_text_tower_and_an_image_query_the_image_tower(tmp_path, built, tiny_model):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_text_search_checks_the_text_tower_and_an_image_query_the_image_tower(tmp_path, built, tiny_model, precision):
     manifest = open_index(built).manifest
     assert (manifest.model.text_fingerprint, manifest.model.image_fingerprint) == (tiny_model.text_fingerprint(), tiny_model.image_fingerprint())
-    searcher = Searcher(built, model=other_image_weights(tmp_path), precision="fp32")  # fp32: no cast, the check can wait
+    searcher = Searcher(built, model=other_image_weights(tmp_path), precision=precision)  # a cast keeps the fingerprints
     assert len(searcher.search_text("红色", k=3)) == 3  # the text tower is the index's own
     refused = "was built with other weights of 'test-tiny' \\(image tower fingerprint"
     for needs_the_image_tower in (
@@ -130,8 +131,15 @@ def test_a_text_search_checks_the_text_tower_and_an_image_query_the_image_tower(
     saved_bert(tmp_path / "bert")
     other_text = load_model("test-tiny", device="cpu", text_weights=tmp_path / "bert")
     with pytest.raises(TusouError, match="other weights of 'test-tiny' \\(text tower fingerprint"):
-        Searcher(built, model=other_text, precision="fp32")
-    assert Searcher(built, model=tiny_model, precision="fp32").search_image(draw(3), k=1)
+        Searcher(built, model=other_text, precision=precision)
+    assert Searcher(built, model=tiny_model, precision=precision).search_image(draw(3), k=1)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_text_only_search_builds_only_the_text_tower(built, precision):
+    searcher = Searcher(built, device="cpu", precision=precision)
+    assert searcher.search_text("红色", k=3) and not searcher.model.image_built
+    assert searcher.search_image(draw(3), k=1) and searcher.model.image_built
 
 
 def test_concurrent_first_image_queries_share_one_check(built, tiny_model):
