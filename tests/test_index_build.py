@@ -180,3 +180,15 @@ def test_no_images_or_missing_path_is_an_error(tmp_path, tiny_model):
     assert not (tmp_path / "index").exists()
 
 
+
+
+def test_the_app_answers_an_image_query_on_an_index_of_other_image_weights_with_the_reason(tmp_path, built):
+    from ui.app import SearchApp
+
+    app = SearchApp(Searcher(built, model=other_image_weights(tmp_path), precision="fp32"))
+    gallery, _, status = app.search_text("红色", 3)
+    assert len(gallery) == 3
+    picture = tmp_path / "query.png"
+    draw(3).save(picture)
+    for answer in (app.search_image(str(picture), 3), app.search_text("红色", 3, reference=str(picture)), app.label(str(picture), "猫,狗", "")):
+        assert "was built with other weights of 'test-tiny' (image tower fingerprint" in answer[-1]

@@ -95,6 +95,18 @@ class SearchApp:
             gallery.append((thumbnail, caption(result)))
         return gallery, [api_result(result, dedupe) for result in results]
 
+    def _picture(self, upload: str | bytes) -> Image.Image | str:
+        """The upload decoded for the image tower, or the line that says why it cannot be used: the
+        index's image tower (other weights, or weights not on this machine) or the upload itself."""
+        try:
+            model = self.searcher.image_model()
+        except TusouError as exc:
+            return str(exc)
+        try:
+            return load_query_image(upload, min_size=model.image_size)
+        except TusouError as exc:
+            return image_message(exc)
+
     def search_text(
         self,
         query: str,
@@ -115,10 +127,9 @@ class SearchApp:
             text = None
         if text is None and not reference:
             return [], [], "请输入查询文字或放入参考图片 (type a query, or add a reference image)."
-        try:
-            picture = load_query_image(reference, min_size=self.searcher.model.image_size) if reference else None
-        except TusouError as exc:
-            return [], [], image_message(exc)
+        picture = self._picture(reference) if reference else None
+        if isinstance(picture, str):
+            return [], [], picture
         try:
             request = Query(text=text, image=picture, weight=float(weight), negatives=split_list(strip_controls(negatives or "")),
                             min_score=None if min_score <= -1 else float(min_score), dedupe=float(threshold) if dedupe else None)
@@ -131,10 +142,9 @@ class SearchApp:
     def search_image(self, upload: str | bytes | None, k: int) -> tuple[Gallery, list[dict], str]:
         if not upload:
             return [], [], "请上传一张图片 (upload an image)."
-        try:
-            picture = load_query_image(upload, min_size=self.searcher.model.image_size)
-        except TusouError as exc:
-            return [], [], image_message(exc)
+        picture = self._picture(upload)
+        if isinstance(picture, str):
+            return [], [], picture
         with self._lock:
             results = self.searcher.search_image(picture, int(k))
         return *self._results(results), f"以图搜图: {len(results)} 个结果"
@@ -162,10 +172,9 @@ class SearchApp:
             templates = check_templates([template]) if template else None
         except TusouError as exc:
             return {}, str(exc)
-        try:
-            picture = load_query_image(upload, min_size=self.searcher.model.image_size)
-        except TusouError as exc:
-            return {}, image_message(exc)
+        picture = self._picture(upload)
+        if isinstance(picture, str):
+            return {}, picture
         try:
             with self._lock:
                 scores = self.searcher.label(picture, names, templates)
@@ -175,7 +184,7 @@ class SearchApp:
 
     def info_markdown(self) -> str:
         manifest = self.searcher.index.manifest
-        precision = str(next(self.searcher.model.text_model.parameters()).dtype).removeprefix("torch.")
+        precision = str(self.searcher.model.dtype).removeprefix("torch.")
         return (
             f"**模型** `{manifest.model.name}` · **图片数** {manifest.count} · "
             f"**索引** `{describe(manifest)}` · **查询精度** `{precision}` · **建立时间** {manifest.updated}"
