@@ -242,6 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
+    """The registry's facts; the parameter counts are data, so only --measure builds anything."""
     import gc
 
     from retrieval.models.footprint import format_count, measure
@@ -254,19 +255,20 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(f"{'model':<{width}}{'dim':>5}  {'parameters':<13}{'weights':<9}{'ms/query' if args.measure else ''}".rstrip(), flush=True)
     for name in names:
         info = weight_sources(MODELS[name])
-        footprint, problem = None, None
-        try:
-            footprint = measure(name, latency=args.measure)
-        except TusouError as exc:  # an architecture that needs files this machine does not have
-            problem = str(exc)
-        gc.collect()
-        info["parameters"] = {"text": footprint.text_parameters, "image": footprint.image_parameters} if footprint else None
+        counts, footprint, problem = MODELS[name].parameters, None, None
         if args.measure:
+            try:
+                footprint = measure(name, latency=True)
+                counts = footprint.parameters
+            except TusouError as exc:  # an architecture that needs files this machine does not have
+                problem = str(exc)
+            gc.collect()
             info["text_query_ms"] = round(footprint.text_query_ms, 2) if footprint else None
+        info["parameters"] = {"text": counts.text, "image": counts.image} if counts else None
         if args.json:
             _print_json(info | ({"not_built": problem} if problem else {}))
             continue
-        parameters = f"{format_count(footprint.text_parameters)} + {format_count(footprint.image_parameters)}" if footprint else "—"
+        parameters = f"{format_count(counts.text)} + {format_count(counts.image)}" if counts else "—"
         latency = (f"{footprint.text_query_ms:8.1f}" if footprint else f"{'—':>8}") if args.measure else ""
         weights = "present" if info["present"] else "missing"
         print(f"{labels[name]:<{width}}{info['dim']:>5}  {parameters:<13}{weights:<9}{latency}".rstrip())
