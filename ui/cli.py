@@ -26,6 +26,8 @@ from retrieval.models.registry import DEFAULT_MODEL, MODELS, get_entry
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+SEED_LIMIT = 2**32 - 1
+"""The usual range of a seed; far larger ones overflow torch's generator in training."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,11 +64,11 @@ class _Command(_Parser):
         return super().format_help()
 
 
-def _number(kind: type[int] | type[float], low: float, high: float | None = None, *, above: bool = False) -> Callable[[str], Any]:
+def _number(kind: type[int] | type[float], low: int, high: int | None = None, *, above: bool = False) -> Callable[[str], Any]:
     """An argparse type: a `kind` from `low` (excluded when `above`) up to `high`. Anything else is
     one line and exit 2 while the arguments are parsed, before anything loads."""
     what = "a number" if kind is float else "an integer"
-    rule = f"{what} from {low:g} to {high:g}" if high is not None else f"{what} {'above' if above else 'of at least'} {low:g}"
+    rule = f"{what} from {low} to {high}" if high is not None else f"{what} {'above' if above else 'of at least'} {low}"
 
     def convert(text: str) -> int | float:
         try:
@@ -449,7 +451,7 @@ def _train_options(training: argparse.ArgumentParser) -> None:
     training.add_argument("--epochs", type=_number(int, 1), default=4)
     training.add_argument("--batch-size", type=_number(int, 1), default=128)
     training.add_argument("--lr", type=_number(float, 0, above=True), default=1e-3)
-    training.add_argument("--seed", type=_number(int, 0), default=0)
+    training.add_argument("--seed", type=_number(int, 0, SEED_LIMIT), default=0)
     training.add_argument("--checkpoint-every", type=_number(int, 1), default=200, help="steps between checkpoints")
     _add_device(training)
     training.set_defaults(run=cmd_train)
