@@ -1,6 +1,19 @@
-"""Offline index builds: image sources, the decode/embed pipeline, the FAISS build."""
+"""Offline index builds: image sources, the decode/embed pipeline, the FAISS build.
 
-from indexer.build import BuildSummary, build_index
-from indexer.plan import BuildPlan
+The public names load on first use (retrieval.lazy), so importing one module of this package
+(indexer.sources, say) does not first import the whole build, and torch with it.
+"""
 
-__all__ = ["BuildPlan", "BuildSummary", "build_index"]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from retrieval.lazy import lazy_exports
+
+_EXPORTS = {"BuildPlan": "indexer.plan", "BuildSummary": "indexer.build", "build_index": "indexer.build"}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:
+    from indexer.build import BuildSummary, build_index
+    from indexer.plan import BuildPlan

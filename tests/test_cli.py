@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from retrieval.errors import TusouError
+from retrieval.models.footprint import measure
+from retrieval.models.registry import MODELS
 from tests.imagegen import write_images
 from ui.cli import main
 
@@ -88,9 +91,29 @@ def test_models_lists_every_entry(capsys):
     assert code == 0 and {"taiyi-clip-l14", "test-tiny"} <= set(entries)
     assert entries["taiyi-clip-l14"]["dim"] == 768 and "IDEA-CCNL/Taiyi-CLIP-RoBERTa-102M-ViT-L-Chinese" in entries["taiyi-clip-l14"]["text"]
     assert entries["test-tiny"]["present"] is True
-    # counted on the real architectures (built without weights): BERT-base Chinese and CLIP's ViT-L/14 image tower
+    # the registry's counts (BERT-base Chinese and CLIP's ViT-L/14 image tower), printed without building either
     assert entries["taiyi-clip-l14"]["parameters"] == {"text": 102_267_648, "image": 303_966_208}
     assert "text_query_ms" not in entries["test-tiny"], "timing only when asked (--measure)"
+    code, stdout, _ = run(capsys, "models", "test-tiny")
+    assert code == 0 and stdout.splitlines()[:2] == [
+        "model        dim  parameters   weights",
+        "test-tiny     64  1.5M + 118K  present",
+    ]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_stored_parameter_counts_are_the_built_architectures(name, hub_cache):
+    """`tusou models` prints ModelEntry.parameters without building anything; here each entry is built
+    by its own loaders at full size with weights left uninitialised (about half a second and a few MB
+    each) and counted, so the stored counts cannot drift from the architectures. Not on torch's meta
+    device: open_clip's create_model moves every model it builds to the CPU, which meta tensors refuse.
+    `hub_cache` (empty, offline) makes the build the same on every machine."""
+    stored = MODELS[name].parameters
+    if stored is None:  # allowed only for an architecture that needs hub files to exist at all
+        with pytest.raises(TusouError, match="not in the Hugging Face cache"):
+            measure(name)
+    else:
+        assert measure(name).parameters == stored
 
 
 def test_models_measure_times_a_text_query_on_the_named_models(capsys):

@@ -2,6 +2,11 @@
 
 Every subcommand turns a user's mistake into one line on stderr and exit code 2;
 `--json` output is one JSON object per line on stdout.
+
+Start-up stays cheap: this module imports only light modules, each subcommand adds its options
+when it is the one parsed, and the arguments are checked while they are parsed (numbers against
+their ranges, index folders and images by the library's own checks), so a mistake is reported
+before torch, transformers, open_clip or a model loads.
 """
 
 from __future__ import annotations
@@ -9,24 +14,133 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Any, NoReturn
 
 from retrieval.errors import TusouError
-from retrieval.models.registry import DEFAULT_MODEL, MODELS
+from retrieval.models.registry import DEFAULT_MODEL, MODELS, get_entry
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+SEED_LIMIT = 2**32 - 1
+"""The usual range of a seed; far larger ones overflow torch's generator in training."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are tusou's one line (`tusou: error: ...`, exit 2), not a usage dump.
+
+    A `type=` that runs one of the library's checks raises its TusouError, which argparse lets
+    through to `main`: the user reads the library's own message, at parse time."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"tusou: error: {message} (see `{self.prog} --help`)\n")
+
+
+class _Command(_Parser):
+    """A subcommand whose options are added when it first parses or prints its help, so each
+    command imports only what its own options need (search's defaults come from
+    retrieval.search.query, eval's dataset names from eval.datasets: both load numpy and Pillow)
+    and `tusou --help` none of it."""
+
+    def __init__(self, *args: Any, options: Callable[[argparse.ArgumentParser], None], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._add_options: Callable[[argparse.ArgumentParser], None] | None = options
+
+    def _complete(self) -> None:
+        if self._add_options is not None:
+            add, self._add_options = self._add_options, None
+            add(self)
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None) -> Any:
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
+
+
+def _number(kind: type[int] | type[float], low: int, high: int | None = None, *, above: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a `kind` from `low` (excluded when `above`) up to `high`. Anything else is
+    one line and exit 2 while the arguments are parsed, before anything loads."""
+    what = "a number" if kind is float else "an integer"
+    rule = f"{what} from {low} to {high}" if high is not None else f"{what} {'above' if above else 'of at least'} {low}"
+
+    def convert(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if not (math.isfinite(value) and (value > low if above else value >= low) and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give {rule}")
+        return value
+
+    return convert
+
+
+def _existing(kind: str) -> Callable[[str], Path]:
+    """An argparse type: a path that must be an existing `kind` ("folder" or "file")."""
+    exists = Path.is_dir if kind == "folder" else Path.is_file
+
+    def convert(text: str) -> Path:
+        if not exists(Path(text)):
+            raise argparse.ArgumentTypeError(f"no such {kind}: {text}")
+        return Path(text)
+
+    return convert
+
+
+def _index_dir(text: str) -> str:
+    """An index folder, checked by the manifest reader that every command runs later anyway."""
+    from retrieval.store.index_store import read_manifest
+
+    read_manifest(Path(text))
+    return text
+
+
+def _image(text: str) -> str:
+    """A query image, decoded once here by the library's check: a missing or broken image is
+    reported before the model loads, in the words `search` and `label` use."""
+    from retrieval.images import load_query_image
+
+    load_query_image(text)
+    return text
+
+
+def _size(text: str) -> str:
+    from retrieval.sizes import parse_size
+
+    parse_size(text)
+    return text
+
+
+def _model_name(name: str) -> str:
+    get_entry(name)
+    return name
+
+
+def _model_names(spec: str) -> list[str]:
+    """The registry entries of a comma-separated list, in order, each once: an unknown name
+    anywhere fails here, before any model loads."""
+    names = list(dict.fromkeys(name.strip() for name in spec.split(",") if name.strip()))
+    if not names:
+        raise TusouError("no model named: give one, or several separated by commas (see `tusou models`)")
+    for name in names:
+        get_entry(name)
+    return names
 
 
 def _print_json(obj: object) -> None:
     print(json.dumps(obj, ensure_ascii=False), flush=True)
 
 
-def _add_model_options(parser: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL) -> None:
-    parser.add_argument("--model", default=default, help=f"registry entry (default: {default or 'the index model'}); see `tusou models`")
+def _add_model_options(parser: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL, several: bool = False) -> None:
+    parser.add_argument("--model", default=default, type=_model_names if several else _model_name,
+                        help=f"registry entry (default: {default or 'the index model'}); see `tusou models`")
     parser.add_argument("--text-weights", help="local transformers directory with the text tower's weights")
     parser.add_argument("--image-weights", help="local open_clip checkpoint file with the image tower's weights")
 
@@ -40,7 +154,7 @@ def _add_index_type(parser: argparse.ArgumentParser, default: str | None) -> Non
 
     kept = "the index's current type; auto for a new index" if default is None else default
     parser.add_argument("--index-type", choices=CHOICES, default=default, help=f"FAISS index type (default: {kept}); see README, Index types")
-    parser.add_argument("--max-index-memory", metavar="SIZE", help="memory budget for the index, e.g. 1G or 800M (default: half of RAM)")
+    parser.add_argument("--max-index-memory", metavar="SIZE", type=_size, help="memory budget for the index, e.g. 1G or 800M (default: half of RAM)")
 
 
 def _add_precision(parser: argparse.ArgumentParser) -> None:
@@ -130,13 +244,14 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def cmd_search(args: argparse.Namespace) -> None:
     from retrieval.search.query import IMAGE_WEIGHT, Query
-    from retrieval.search.searcher import Searcher
 
     if args.weight is not None and (args.query is None or args.image is None):
         raise TusouError("--weight mixes a text query with --image: give both, or leave --weight out")
-    # checked (and an empty query refused) before the model loads
+    # checked (and an empty query refused) before torch and the model load
     query = Query(text=args.query, image=args.image, weight=IMAGE_WEIGHT if args.weight is None else args.weight,
                   negatives=args.negatives, min_score=args.min_score, dedupe=args.dedupe)
+    from retrieval.search.searcher import Searcher
+
     searcher = Searcher(args.index, device=args.device, precision=args.precision)
     for result in searcher.search(query, args.k):
         if args.json:
@@ -167,10 +282,10 @@ def cmd_label(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from train.contrastive import TrainConfig, checkpoint_dir, train
-
     if args.model is None:
         raise TusouError("--model is required: the registry entry whose towers to train")
+    from train.contrastive import TrainConfig, checkpoint_dir, train
+
     settings = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     log = train(TrainConfig(**settings))
     saved = checkpoint_dir(args.out)
@@ -189,19 +304,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(args.index, host=args.host, port=args.port, device=args.device, examples=examples, precision=args.precision)
 
 
-def _model_names(spec: str) -> list[str]:
-    """The registry entries of a comma-separated list, in order, each once: an unknown name
-    anywhere fails here, before any model loads."""
-    from retrieval.models.registry import get_entry
-
-    names = list(dict.fromkeys(name.strip() for name in spec.split(",") if name.strip()))
-    if not names:
-        raise TusouError("no model named: give one, or several separated by commas (see `tusou models`)")
-    for name in names:
-        get_entry(name)
-    return names
-
-
 def cmd_eval(args: argparse.Namespace) -> None:
     from eval.compare import check_weights, evaluate_each
     from eval.features import default_cache_dir
@@ -209,7 +311,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from eval.run import EvalResult, evaluate_retrieval, evaluate_zero_shot
     from retrieval.models.model import EmbeddingModel, load_model
 
-    names = _model_names(args.model)
+    names = args.model
     cache = None if args.no_cache else (args.cache or default_cache_dir())
 
     def evaluate(model: EmbeddingModel) -> EvalResult:
@@ -244,92 +346,96 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
+    """The registry's facts; the parameter counts are data, so only --measure builds anything."""
     import gc
 
     from retrieval.models.footprint import format_count, measure
     from retrieval.models.model import weight_sources
 
-    names = _model_names(args.names) if args.names else list(MODELS)
+    names = args.names or list(MODELS)
     labels = {name: f"{name} (default)" if name == DEFAULT_MODEL else name for name in names}
     width = max(map(len, labels.values())) + 2
     if not args.json:
         print(f"{'model':<{width}}{'dim':>5}  {'parameters':<13}{'weights':<9}{'ms/query' if args.measure else ''}".rstrip(), flush=True)
     for name in names:
         info = weight_sources(MODELS[name])
-        footprint, problem = None, None
-        try:
-            footprint = measure(name, latency=args.measure)
-        except TusouError as exc:  # an architecture that needs files this machine does not have
-            problem = str(exc)
-        gc.collect()
-        info["parameters"] = {"text": footprint.text_parameters, "image": footprint.image_parameters} if footprint else None
+        counts, footprint, problem = MODELS[name].parameters, None, None
         if args.measure:
+            try:
+                footprint = measure(name, latency=True)
+                counts = footprint.parameters
+            except TusouError as exc:  # an architecture that needs files this machine does not have
+                problem = str(exc)
+            gc.collect()
             info["text_query_ms"] = round(footprint.text_query_ms, 2) if footprint else None
+        info["parameters"] = {"text": counts.text, "image": counts.image} if counts else None
         if args.json:
             _print_json(info | ({"not_built": problem} if problem else {}))
             continue
-        parameters = f"{format_count(footprint.text_parameters)} + {format_count(footprint.image_parameters)}" if footprint else "—"
+        parameters = f"{format_count(counts.text)} + {format_count(counts.image)}" if counts else "—"
         latency = (f"{footprint.text_query_ms:8.1f}" if footprint else f"{'—':>8}") if args.measure else ""
         weights = "present" if info["present"] else "missing"
         print(f"{labels[name]:<{width}}{info['dim']:>5}  {parameters:<13}{weights:<9}{latency}".rstrip())
         print(f"    text:  {info['text']}\n    image: {info['image']}" + (f"\n    not built: {problem}" if problem else ""), flush=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tusou", description="图搜: search images with Chinese text or with images.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    index = commands.add_parser("index", help="build or update an index from image folders, shards, list files or URLs")
+def _index_options(index: argparse.ArgumentParser) -> None:
     index.add_argument("paths", nargs="+", metavar="PATH", help="image folders (walked recursively) or files; SHARD.tar or shards/{000000..000009}.tar "
                        "(webdataset tar shards); list:FILE (one PATH or URL a line); URLs (http://, s3://, ...) via fsspec")
     index.add_argument("--out", required=True, help="index directory to create or update")
     _add_model_options(index, default=None)
-    index.add_argument("--batch-size", type=int, default=32)
-    index.add_argument("--workers", type=int, default=None,
+    index.add_argument("--batch-size", type=_number(int, 1), default=32)
+    index.add_argument("--workers", type=_number(int, 0), default=None,
                        help="local: decoding processes (default: min(4, cores)); ray: embedding actors (default: one per GPU, else CPUs/2)")
-    index.add_argument("--checkpoint-every", type=int, default=1024, metavar="N",
+    index.add_argument("--checkpoint-every", type=_number(int, 1), default=1024, metavar="N",
                        help="images embedded between saves to the index's staging (the most a killed build loses; default 1024)")
     index.add_argument("--engine", choices=("local", "ray"), default="local",
                        help="embed in this process (local) or on a Ray cluster (ray; needs pip install 'tusou[ray]'); see README, Scaling out")
     index.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster to embed on (default: RAY_ADDRESS, else one started on this machine)")
-    index.add_argument("--gpus-per-worker", type=float, metavar="N", help="GPUs per embedding actor (default: 1 when the cluster has GPUs, else 0)")
+    index.add_argument("--gpus-per-worker", type=_number(float, 0), metavar="N",
+                       help="GPUs per embedding actor (default: 1 when the cluster has GPUs, else 0)")
     _add_index_type(index, default=None)
     _add_precision(index)
     _add_device(index)
     index.add_argument("--json", action="store_true", help="print one summary object at the end")
     index.set_defaults(run=cmd_index)
 
-    rebuild = commands.add_parser("reindex", help="rebuild an index as another type from its stored embeddings")
-    rebuild.add_argument("index", metavar="DIR")
+
+def _reindex_options(rebuild: argparse.ArgumentParser) -> None:
+    rebuild.add_argument("index", metavar="DIR", type=_index_dir)
     _add_index_type(rebuild, default="auto")
     rebuild.add_argument("--json", action="store_true", help="print the new index entry of the manifest")
     rebuild.set_defaults(run=cmd_reindex)
 
-    information = commands.add_parser("info", help="what an index holds: model, type, tuned recall, sizes")
-    information.add_argument("index", metavar="DIR")
+
+def _info_options(information: argparse.ArgumentParser) -> None:
+    information.add_argument("index", metavar="DIR", type=_index_dir)
     information.add_argument("--json", action="store_true")
     information.set_defaults(run=cmd_info)
 
+
+def _search_options(search: argparse.ArgumentParser) -> None:
+    # the ranges of --weight, --min-score and --dedupe are Query's own, checked by it in cmd_search
     from retrieval.search.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT
 
-    search = commands.add_parser("search", help="search an index by text, by image, or both")
-    search.add_argument("index", metavar="DIR")
+    search.add_argument("index", metavar="DIR", type=_index_dir)
     search.add_argument("query", nargs="?", help="Chinese text query")
-    search.add_argument("--image", help="search by this image (alone, or mixed with the text query)")
+    search.add_argument("--image", type=_image, help="search by this image (alone, or mixed with the text query)")
     search.add_argument("--weight", type=float, help=f"the image's share when mixed with text, 0..1 (default: {IMAGE_WEIGHT})")
     search.add_argument("--not", dest="negatives", action="append", default=[], metavar="TEXT",
                         help="push down images that look like TEXT (repeatable)")
     search.add_argument("--min-score", type=float, help="drop results scoring below this (-1..1)")
     search.add_argument("--dedupe", type=float, nargs="?", const=DEDUPE_THRESHOLD, metavar="THRESHOLD",
                         help=f"fold near-duplicate results (stored-vector cosine >= THRESHOLD, default {DEDUPE_THRESHOLD}) into one")
-    search.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+    search.add_argument("-k", type=_number(int, 1), default=10, help="number of results (default: 10)")
     _add_precision(search)
     _add_device(search)
     search.add_argument("--json", action="store_true", help="one JSON object per result")
     search.set_defaults(run=cmd_search)
 
-    label = commands.add_parser("label", help="zero-shot labels for images from a Chinese label list")
-    label.add_argument("images", nargs="+", metavar="IMAGE")
+
+def _label_options(label: argparse.ArgumentParser) -> None:
+    label.add_argument("images", nargs="+", metavar="IMAGE", type=_image)
     label.add_argument("--labels", required=True, help="comma-separated labels, e.g. 猫,狗,老虎")
     label.add_argument("--templates", help="prompt templates separated by |, each with {} (default: a Chinese set)")
     _add_model_options(label)
@@ -337,44 +443,45 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--json", action="store_true", help="one JSON object per image and label")
     label.set_defaults(run=cmd_label)
 
-    training = commands.add_parser("train", help="contrastive training on a Chinese-CLIP layout dataset")
-    training.add_argument("--data", required=True, type=Path, help="folder with train_imgs.tsv and train_texts.jsonl")
+
+def _train_options(training: argparse.ArgumentParser) -> None:
+    training.add_argument("--data", required=True, type=_existing("folder"), help="folder with train_imgs.tsv and train_texts.jsonl")
     training.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, resumed when re-run")
     _add_model_options(training, default=None)
     training.add_argument("--pretrained", action="store_true", help="start from the entry's released weights")
     training.add_argument("--freeze-image", action="store_true", help="train only the text tower (how Taiyi-CLIP was made)")
-    training.add_argument("--epochs", type=int, default=4)
-    training.add_argument("--batch-size", type=int, default=128)
-    training.add_argument("--lr", type=float, default=1e-3)
-    training.add_argument("--seed", type=int, default=0)
-    training.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    training.add_argument("--epochs", type=_number(int, 1), default=4)
+    training.add_argument("--batch-size", type=_number(int, 1), default=128)
+    training.add_argument("--lr", type=_number(float, 0, above=True), default=1e-3)
+    training.add_argument("--seed", type=_number(int, 0, SEED_LIMIT), default=0)
+    training.add_argument("--checkpoint-every", type=_number(int, 1), default=200, help="steps between checkpoints")
     _add_device(training)
     training.set_defaults(run=cmd_train)
 
-    serving = commands.add_parser("serve", help="the Gradio search UI over an index")
-    serving.add_argument("index", metavar="DIR")
+
+def _serve_options(serving: argparse.ArgumentParser) -> None:
+    serving.add_argument("index", metavar="DIR", type=_index_dir)
     serving.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    serving.add_argument("--port", type=int, default=7860)
+    serving.add_argument("--port", type=_number(int, 1, 65535), default=7860)
     serving.add_argument("--examples", help="example queries separated by |")
-    serving.add_argument("--model", help="the model the index must have been built with (checked)")
+    serving.add_argument("--model", type=_model_name, help="the model the index must have been built with (checked)")
     _add_precision(serving)
     _add_device(serving)
     serving.set_defaults(run=cmd_serve)
 
+
+def _eval_options(evaluation: argparse.ArgumentParser) -> None:
     from eval.datasets import DATASETS
 
-    evaluation = commands.add_parser(
-        "eval", help="Top-1/5/10 retrieval or zero-shot accuracy on a benchmark",
-        description="Evaluate one model, or several: --model a,b,c runs each in turn (one in memory at a time) "
-                    "and prints one table of all of them, with the published figures beneath each.",
-    )
+    evaluation.description = ("Evaluate one model, or several: --model a,b,c runs each in turn (one in memory at a time) "
+                              "and prints one table of all of them, with the published figures beneath each.")
     evaluation.add_argument("--dataset", required=True, choices=DATASETS)
-    evaluation.add_argument("--data", required=True, type=Path, help="the dataset folder (layouts: see README)")
+    evaluation.add_argument("--data", required=True, type=_existing("folder"), help="the dataset folder (layouts: see README)")
     evaluation.add_argument("--format", help="flickr30k-cn: cnclip (default) or cna; coco-cn: cnclip; wukong50k: csv")
     evaluation.add_argument("--split", default=None, help="default: test (imagenet-cn: val)")
-    evaluation.add_argument("--templates", type=Path, help="imagenet-cn: a file of prompt templates, one per line with {}")
-    _add_model_options(evaluation)
-    evaluation.add_argument("--batch-size", type=int, default=64)
+    evaluation.add_argument("--templates", type=_existing("file"), help="imagenet-cn: a file of prompt templates, one per line with {}")
+    _add_model_options(evaluation, several=True)
+    evaluation.add_argument("--batch-size", type=_number(int, 1), default=64)
     evaluation.add_argument("--cache", type=Path, help="feature cache folder (default: ~/.cache/tusou/features)")
     evaluation.add_argument("--no-cache", action="store_true", help="always re-embed")
     evaluation.add_argument("--out", type=Path, help="write results.json, report.md, recall.png, predictions.jsonl here "
@@ -383,14 +490,36 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--json", action="store_true", help="print results.json to stdout (several models: one object, a list of them)")
     evaluation.set_defaults(run=cmd_eval)
 
-    models = commands.add_parser("models", help="the models: dimension, parameters, where their weights come from")
-    models.add_argument("names", nargs="?", metavar="NAME[,NAME...]", help="only these models (default: all)")
+
+def _models_options(models: argparse.ArgumentParser) -> None:
+    models.add_argument("names", nargs="?", type=_model_names, metavar="NAME[,NAME...]", help="only these models (default: all)")
     models.add_argument("--measure", action="store_true",
                         help="also time one text query on each text tower at its real size with random weights (CPU, float32, "
                              "median of 5 after a warm-up): seconds to tens of seconds per model and up to the text tower's "
                              "float32 size in memory (1.3 GB for RoBERTa-large); name models to measure only those")
     models.add_argument("--json", action="store_true", help="one JSON object per model")
     models.set_defaults(run=cmd_models)
+
+
+COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None]], ...] = (
+    ("index", "build or update an index from image folders, shards, list files or URLs", _index_options),
+    ("reindex", "rebuild an index as another type from its stored embeddings", _reindex_options),
+    ("info", "what an index holds: model, type, tuned recall, sizes", _info_options),
+    ("search", "search an index by text, by image, or both", _search_options),
+    ("label", "zero-shot labels for images from a Chinese label list", _label_options),
+    ("train", "contrastive training on a Chinese-CLIP layout dataset", _train_options),
+    ("serve", "the Gradio search UI over an index", _serve_options),
+    ("eval", "Top-1/5/10 retrieval or zero-shot accuracy on a benchmark", _eval_options),
+    ("models", "the models: dimension, parameters, where their weights come from", _models_options),
+)
+"""Each subcommand: its name, its line in `tusou --help`, and what adds its options."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tusou", description="图搜: search images with Chinese text or with images.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Command)
+    for name, summary, options in COMMANDS:
+        commands.add_parser(name, help=summary, options=options)
     return parser
 
 
@@ -405,12 +534,12 @@ def _escape_undecodable_names() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _escape_undecodable_names()
-    args = build_parser().parse_args(argv)
-    logging.getLogger().setLevel(logging.ERROR)
-    if getattr(args, "command", None) == "eval" and args.split is None:
-        args.split = "val" if args.dataset == "imagenet-cn" else "test"
-    run: Callable[[argparse.Namespace], None] = args.run
     try:
+        args = build_parser().parse_args(argv)
+        logging.getLogger().setLevel(logging.ERROR)
+        if args.command == "eval" and args.split is None:
+            args.split = "val" if args.dataset == "imagenet-cn" else "test"
+        run: Callable[[argparse.Namespace], None] = args.run
         run(args)
     except TusouError as exc:
         print(f"tusou: error: {exc}", file=sys.stderr)

@@ -1,7 +1,9 @@
 """What a registry entry costs to run: parameters per tower, and CPU time per text query.
 
 Both come from the entry's real architecture with random weights, so neither needs a download:
-the weights' values change neither the count nor the time a query takes.
+the weights' values change neither the count nor the time a query takes. The counts are also
+stored in the registry (`ModelEntry.parameters`), so listing them builds nothing; this module
+imports torch only when it builds, so `tusou models` can format them without it.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from transformers.initialization import no_init_weights
+from retrieval.models.registry import ParameterCounts
 
-from retrieval.models.model import EmbeddingModel, load_model
+if TYPE_CHECKING:
+    import torch
+
+    from retrieval.models.model import EmbeddingModel
 
 QUERY = "一只小狗在草地上奔跑"
 RUNS = 5
@@ -22,8 +27,7 @@ RUNS = 5
 
 @dataclass
 class Footprint:
-    text_parameters: int
-    image_parameters: int
+    parameters: ParameterCounts
     text_query_ms: float | None = None
     """Median wall time of one single-query `encode_texts` call on the CPU in float32, when measured."""
 
@@ -31,6 +35,10 @@ class Footprint:
 def _uninitialised(name: str) -> EmbeddingModel:
     """The entry's towers at their real size with weights left uninitialised: the memory is
     reserved but never written, so even a ViT-H pair builds in a fraction of a second."""
+    from transformers.initialization import no_init_weights
+
+    from retrieval.models.model import load_model
+
     with no_init_weights():
         return load_model(name, pretrained=False, device="cpu")
 
@@ -59,9 +67,11 @@ def measure(name: str, latency: bool = False, runs: int = RUNS) -> Footprint:
     Only the text tower is given values (normal, std 0.02) before timing: uninitialised memory may
     hold NaNs or denormals, which the CPU computes more slowly. The image tower is never written,
     so measuring a ViT-H entry costs only its text tower's memory."""
+    import torch
+
     model = _uninitialised(name)
     text, image = _own_parameters(model.text_model), _own_parameters(model.image_model)
-    footprint = Footprint(sum(t.numel() for t in text), sum(t.numel() for t in image))
+    footprint = Footprint(ParameterCounts(sum(t.numel() for t in text), sum(t.numel() for t in image)))
     if latency:
         with torch.no_grad():
             for tensor in text:

@@ -87,12 +87,25 @@ ImageSpec = ImageTower | ChineseClip | OpenClip
 
 
 @dataclass(frozen=True)
+class ParameterCounts:
+    """Parameters of each tower, counted on the built architecture (retrieval.models.footprint):
+    stored here so that `tusou models` lists them without building anything. A test builds every
+    entry and checks these against it, so they cannot drift from the architecture."""
+
+    text: int
+    image: int
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     name: str
     dim: int
     text: TextSpec
     image: ImageSpec
     description: str
+    parameters: ParameterCounts | None
+    """None where the architecture itself needs files from the hub (xlmr-h14: its transformer's
+    config), so it cannot be counted offline; `tusou models NAME --measure` counts it once cached."""
     seed: int = 0
     """Seed for every randomly initialised part, so random builds are reproducible."""
 
@@ -138,6 +151,7 @@ MODELS: dict[str, ModelEntry] = {
             text=TextTower(hub_id="IDEA-CCNL/Taiyi-CLIP-RoBERTa-102M-ViT-L-Chinese", bert=BERT_BASE_CHINESE),
             image=ImageTower(arch="ViT-L-14-quickgelu", pretrained="openai"),
             description="Taiyi-CLIP RoBERTa-102M text tower + OpenAI CLIP ViT-L/14 image tower (frozen)",
+            parameters=ParameterCounts(102_267_648, 303_966_208),
         ),
         ModelEntry(
             name="taiyi-clip-h14",
@@ -145,6 +159,7 @@ MODELS: dict[str, ModelEntry] = {
             text=TextTower(hub_id="IDEA-CCNL/Taiyi-CLIP-RoBERTa-326M-ViT-H-Chinese", bert=BERT_LARGE_CHINESE),
             image=ImageTower(arch="ViT-H-14", pretrained="laion2b_s32b_b79k"),
             description="Taiyi-CLIP RoBERTa-326M text tower + LAION-2B open_clip ViT-H/14 image tower (frozen)",
+            parameters=ParameterCounts(325_522_432, 632_076_800),
         ),
         ModelEntry(
             name="taiyi-clip-b32",
@@ -152,6 +167,7 @@ MODELS: dict[str, ModelEntry] = {
             text=classifier_text("IDEA-CCNL/Taiyi-CLIP-Roberta-102M-Chinese", BERT_BASE_CHINESE),
             image=ImageTower(arch="ViT-B-32-quickgelu", pretrained="openai"),
             description="Taiyi-CLIP RoBERTa-102M (classification head = text vector) + OpenAI CLIP ViT-B/32 (frozen)",
+            parameters=ParameterCounts(102_661_376, 87_849_216),
         ),
         ModelEntry(
             name="taiyi-clip-large-l14",
@@ -159,36 +175,42 @@ MODELS: dict[str, ModelEntry] = {
             text=classifier_text("IDEA-CCNL/Taiyi-CLIP-Roberta-large-326M-Chinese", BERT_LARGE_CHINESE),
             image=ImageTower(arch="ViT-L-14-quickgelu", pretrained="openai"),
             description="Taiyi-CLIP RoBERTa-large-326M (classification head = text vector) + OpenAI CLIP ViT-L/14 (frozen)",
+            parameters=ParameterCounts(326_309_632, 303_966_208),
         ),
         ModelEntry(
             name="cn-clip-b16",
             dim=512,
             **chinese_clip("OFA-Sys/chinese-clip-vit-base-patch16", BERT_BASE_CHINESE, vision(768, 12, 12, 16), 512),
             description="Chinese-CLIP ViT-B/16 + RoBERTa-wwm-base, trained jointly on 200M Chinese pairs",
+            parameters=ParameterCounts(101_995_776, 86_192_640),
         ),
         ModelEntry(
             name="cn-clip-l14",
             dim=768,
             **chinese_clip("OFA-Sys/chinese-clip-vit-large-patch14", BERT_BASE_CHINESE, vision(1024, 24, 16, 14), 768),
             description="Chinese-CLIP ViT-L/14 + RoBERTa-wwm-base",
+            parameters=ParameterCounts(102_192_384, 303_966_208),
         ),
         ModelEntry(
             name="cn-clip-l14-336",
             dim=768,
             **chinese_clip("OFA-Sys/chinese-clip-vit-large-patch14-336px", BERT_BASE_CHINESE, vision(1024, 24, 16, 14, 336), 768),
             description="Chinese-CLIP ViT-L/14 at 336 px + RoBERTa-wwm-base",
+            parameters=ParameterCounts(102_192_384, 304_293_888),
         ),
         ModelEntry(
             name="cn-clip-h14",
             dim=1024,
             **chinese_clip("OFA-Sys/chinese-clip-vit-huge-patch14", BERT_LARGE_CHINESE, vision(1280, 32, 16, 14), 1024),
             description="Chinese-CLIP ViT-H/14 + RoBERTa-wwm-large",
+            parameters=ParameterCounts(325_422_080, 632_076_800),
         ),
         ModelEntry(
             name="xlmr-h14",
             dim=1024,
             **dict.fromkeys(("text", "image"), OpenClip("xlm-roberta-large-ViT-H-14", "frozen_laion5b_s13b_b90k", "FacebookAI/xlm-roberta-large")),
             description="open_clip multilingual: frozen XLM-RoBERTa-large text tower + ViT-H/14, LAION-5B (100 languages)",
+            parameters=None,
         ),
         ModelEntry(
             name="demo",
@@ -196,6 +218,7 @@ MODELS: dict[str, ModelEntry] = {
             text=TextTower(package_dir="demo/text", bert=DEMO_BERT, vocab_dir="demo-vocab", context_length=32),
             image=ImageTower(arch="tusou-demo-rn", package_file="demo/image.safetensors"),
             description="small towers trained by tusou on its synthetic Chinese caption set (offline, shipped)",
+            parameters=ParameterCounts(841_088, 1_362_200),
         ),
         ModelEntry(
             name="test-tiny",
@@ -203,6 +226,7 @@ MODELS: dict[str, ModelEntry] = {
             text=TextTower(bert=TINY_BERT),
             image=ImageTower(arch="tusou-tiny-vit"),
             description="tiny random towers (fixed seed) for tests; no weights to fetch",
+            parameters=ParameterCounts(1_455_488, 117_760),
         ),
     ]
 }
