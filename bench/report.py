@@ -31,7 +31,7 @@ def machine() -> str:
 
 
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]], notes: Sequence[str] = ()) -> str:
-    """A Markdown table (what the README shows), printed as the benchmark's result."""
+    """A Markdown table (what docs/performance.md shows), printed as the benchmark's result."""
     cells = [[_cell(value) for value in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     line = lambda values: "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"  # noqa: E731

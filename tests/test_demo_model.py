@@ -33,7 +33,7 @@ def test_demo_quality_on_the_held_out_test_split(demo_model):
     assert figures["zero_shot_colour_accuracy"] >= 0.90
     assert figures["zero_shot_shape_accuracy"] >= 0.90
     shipped = json.loads((DEMO_DIR / "quality.json").read_text())
-    assert figures == shipped, "the README's figures come from quality.json: re-measure after retraining"
+    assert figures == shipped, "the docs' figures come from quality.json: re-measure after retraining"
 
 
 def test_zero_shot_labels_hold_on_full_size_collection_images(demo_model, tmp_path):

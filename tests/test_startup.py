@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer import build_index
+from indexer import BuildPlan, build_index
 from tests.imagegen import write_images
 from ui.cli import COMMANDS
 
@@ -58,7 +58,7 @@ def index(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("startup-photos")
     write_images(folder, 8)
     out = tmp_path_factory.mktemp("startup-index") / "index"
-    build_index([folder], out, "test-tiny", device="cpu", workers=0, progress=False)
+    build_index(BuildPlan([folder], out, "test-tiny", device="cpu", workers=0, progress=False))
     return folder, out
 
 

@@ -153,7 +153,7 @@ def _add_index_type(parser: argparse.ArgumentParser, default: str | None) -> Non
     from retrieval.store.index_types import CHOICES
 
     kept = "the index's current type; auto for a new index" if default is None else default
-    parser.add_argument("--index-type", choices=CHOICES, default=default, help=f"FAISS index type (default: {kept}); see README, Index types")
+    parser.add_argument("--index-type", choices=CHOICES, default=default, help=f"FAISS index type (default: {kept}); see docs/index-format.md")
     parser.add_argument("--max-index-memory", metavar="SIZE", type=_size, help="memory budget for the index, e.g. 1G or 800M (default: half of RAM)")
 
 
@@ -390,7 +390,7 @@ def _index_options(index: argparse.ArgumentParser) -> None:
     index.add_argument("--checkpoint-every", type=_number(int, 1), default=1024, metavar="N",
                        help="images embedded between saves to the index's staging (the most a killed build loses; default 1024)")
     index.add_argument("--engine", choices=("local", "ray"), default="local",
-                       help="embed in this process (local) or on a Ray cluster (ray; needs pip install 'tusou[ray]'); see README, Scaling out")
+                       help="embed in this process (local) or on a Ray cluster (ray; needs pip install 'tusou[ray]'); see docs/scaling.md")
     index.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster to embed on (default: RAY_ADDRESS, else one started on this machine)")
     index.add_argument("--gpus-per-worker", type=_number(float, 0), metavar="N",
                        help="GPUs per embedding actor (default: 1 when the cluster has GPUs, else 0)")
@@ -476,7 +476,7 @@ def _eval_options(evaluation: argparse.ArgumentParser) -> None:
     evaluation.description = ("Evaluate one model, or several: --model a,b,c runs each in turn (one in memory at a time) "
                               "and prints one table of all of them, with the published figures beneath each.")
     evaluation.add_argument("--dataset", required=True, choices=DATASETS)
-    evaluation.add_argument("--data", required=True, type=_existing("folder"), help="the dataset folder (layouts: see README)")
+    evaluation.add_argument("--data", required=True, type=_existing("folder"), help="the dataset folder (layouts: see docs/evaluation.md)")
     evaluation.add_argument("--format", help="flickr30k-cn: cnclip (default) or cna; coco-cn: cnclip; wukong50k: csv")
     evaluation.add_argument("--split", default=None, help="default: test (imagenet-cn: val)")
     evaluation.add_argument("--templates", type=_existing("file"), help="imagenet-cn: a file of prompt templates, one per line with {}")
