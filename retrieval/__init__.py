@@ -7,8 +7,9 @@ and a mistyped flag answer at once.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from retrieval.lazy import lazy_exports
 
 _EXPORTS = {
     "TusouError": "retrieval.errors",
@@ -34,13 +35,4 @@ if TYPE_CHECKING:
     from retrieval.search.zero_shot import DEFAULT_TEMPLATES, LabelScore, label_images
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'retrieval' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # the next access skips this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
