@@ -12,7 +12,8 @@ from huggingface_hub import constants
 from eval.run import EvalResult
 from retrieval.models import hub
 from retrieval.errors import TusouError
-from retrieval.models.model import EmbeddingModel, weight_sources
+from retrieval.models.families import weight_sources
+from retrieval.models.model import EmbeddingModel
 from retrieval.models.registry import get_entry
 
 

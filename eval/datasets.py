@@ -174,3 +174,11 @@ RETRIEVAL_READERS: dict[str, dict[str, Callable[[Path, str], RetrievalSet]]] = {
     "wukong50k": {"csv": read_wukong},
 }
 DATASETS = [*RETRIEVAL_READERS, "imagenet-cn"]
+
+
+def reader(dataset: str, fmt: str | None) -> Callable[[Path, str], RetrievalSet]:
+    """The reader of a retrieval dataset's layout (None: its first), or a one-line error naming the layouts."""
+    readers = RETRIEVAL_READERS[dataset]
+    if fmt is not None and fmt not in readers:
+        raise TusouError(f"--format {fmt} is not a layout of {dataset}: use one of {', '.join(readers)}")
+    return readers[fmt or next(iter(readers))]

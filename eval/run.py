@@ -51,13 +51,9 @@ def evaluate_retrieval(
     model: EmbeddingModel, dataset: str, data: Path, split: str, fmt: str | None, cache_dir: Path | None,
     batch_size: int = 64, progress: bool = True,
 ) -> EvalResult:
-    readers = datasets.RETRIEVAL_READERS[dataset]
-    fmt = fmt or next(iter(readers))
-    if fmt not in readers:
-        raise TusouError(f"--format {fmt} is not a layout of {dataset}: use one of {', '.join(readers)}")
     if not data.is_dir():
         raise TusouError(f"--data {data}: no such folder")
-    rows = readers[fmt](data, split)
+    rows = datasets.reader(dataset, fmt)(data, split)
     cache = cache_path(cache_dir, model, dataset, split, rows.files) if cache_dir else None
     features = load_or_embed(model, cache, rows.images, [c.text for c in rows.captions], batch_size, progress)
     position = {key: row for row, key in enumerate(features.keys)}

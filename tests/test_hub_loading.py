@@ -191,3 +191,24 @@ def test_damaged_image_weights_are_one_line(tmp_path, damage):
     with pytest.raises(TusouError, match="cannot load image weights") as info:
         load_model("test-tiny", device="cpu", image_weights=weights).image_fingerprint()
     assert "\n" not in str(info.value)
+
+
+def test_weights_are_reported_present_once_both_towers_are_in_the_cache(tmp_path, hub_cache):
+    """`tusou models` reads the cache's layout itself (no download code imported): it must agree
+    with what huggingface_hub finds there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from retrieval.models.families import OPEN_CLIP_WEIGHT_FILES, open_clip_checkpoint, weight_sources
+
+    entry = get_entry("taiyi-clip-l14")
+    assert weight_sources(entry)["present"] is False
+    saved_bert(tmp_path / "bert")
+    put_in_cache(hub_cache, entry.text.hub_id, tmp_path / "bert")
+    assert weight_sources(entry)["present"] is False, "the image tower's checkpoint is still missing"
+    repo, names = open_clip_checkpoint(entry.image.hub)
+    assert names == OPEN_CLIP_WEIGHT_FILES
+    (tmp_path / "image").mkdir()
+    (tmp_path / "image" / names[1]).write_bytes(b"weights")
+    put_in_cache(hub_cache, repo, tmp_path / "image")
+    assert isinstance(try_to_load_from_cache(repo, names[1], cache_dir=hub_cache), str)
+    assert weight_sources(entry)["present"] is True

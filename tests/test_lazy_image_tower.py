@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from retrieval import TusouError, load_model
-from retrieval.models.model import FAMILIES, family_of, weight_sources
+from retrieval.models.families import FAMILIES, family_of, weight_sources
 from retrieval.models.registry import MODELS
 from tests.imagegen import draw
 

@@ -209,3 +209,17 @@ def test_an_index_records_its_model_so_mixing_models_is_an_error(tmp_path, image
     build_index(BuildPlan([image_folder], tmp_path / "index", "test-tiny", device="cpu", workers=0, progress=False))
     with pytest.raises(TusouError, match="built with model 'test-tiny', not 'cn-clip-b16'"):
         build_index(BuildPlan([image_folder], tmp_path / "index", "cn-clip-b16", device="cpu", workers=0, progress=False))
+
+
+def test_the_registry_knows_where_open_clip_keeps_each_pretrained_tag():
+    """The hub locations are registry data (so describing a model imports no open_clip); they must
+    stay what open_clip's own pretrained table says."""
+    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    from retrieval.models.families import OPEN_CLIP_WEIGHT_FILES
+
+    assert OPEN_CLIP_WEIGHT_FILES == [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
+    pretrained = {entry.name: entry.image for entry in MODELS.values() if getattr(entry.image, "pretrained", None)}
+    assert {"taiyi-clip-l14", "taiyi-clip-h14", "taiyi-clip-b32", "xlmr-h14"} <= set(pretrained)
+    for name, spec in pretrained.items():
+        assert spec.hub == open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)["hf_hub"], name

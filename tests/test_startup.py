@@ -83,6 +83,13 @@ def test_info_reads_the_index_without_model_code(index):
     assert code == 0 and out.startswith(f"{directory}: 8 images, 64-d") and not loaded & set(MODEL_CODE)
 
 
+def test_models_describes_every_entry_without_model_code():
+    """Parameter counts and weight sources are registry data and local cache look-ups: `tusou models`
+    without --measure builds nothing and imports no model library."""
+    code, out, _, loaded = tusou("models")
+    assert code == 0 and "taiyi-clip-l14 (default)" in out and "xlmr-h14" in out and not loaded
+
+
 def _one_line_error(argv: list[str], values: dict[str, object], message: str) -> None:
     code, _, stderr, loaded = tusou(*(arg.format(**values) for arg in argv))
     assert code == 2 and len(stderr) == 1 and stderr[0].startswith("tusou: error: ") and message in stderr[0], stderr
@@ -104,6 +111,10 @@ def _one_line_error(argv: list[str], values: dict[str, object], message: str) ->
         (["eval", "--dataset", "imagenet-cn", "--data", "{photos}", "--templates", "{missing}"], "no such file"),
         (["label", "{image}", "--labels", "猫", "--model", "nope"], "unknown model 'nope'"),
         (["eval", "--dataset", "coco-cn", "--data", "{photos}", "--model", "test-tiny,nope"], "unknown model 'nope'"),
+        (["eval", "--dataset", "coco-cn", "--data", "{photos}", "--format", "cna", "--model", ABSENT_WEIGHTS], "--format cna is not a layout of coco-cn"),
+        (["label", "{image}", "--labels", " , ", "--model", ABSENT_WEIGHTS], "no labels"),
+        (["label", "{image}", "--labels", "猫", "--templates", "一张照片", "--model", ABSENT_WEIGHTS], "{}"),
+        (["serve", "{index}", "--model", ABSENT_WEIGHTS], "was built with model 'test-tiny'"),
     ],
 )
 def test_path_and_name_mistakes_are_one_line_before_model_code(index, tmp_path, argv, message):

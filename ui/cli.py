@@ -96,7 +96,7 @@ def _existing(kind: str) -> Callable[[str], Path]:
 
 def _index_dir(text: str) -> str:
     """An index folder, checked by the manifest reader that every command runs later anyway."""
-    from retrieval.store.index_store import read_manifest
+    from retrieval.store.manifest import read_manifest
 
     read_manifest(Path(text))
     return text
@@ -265,11 +265,12 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def cmd_label(args: argparse.Namespace) -> None:
-    from retrieval.models.model import load_model
     from retrieval.search.zero_shot import check_templates, label_images, parse_labels
 
     labels = parse_labels(args.labels)
     templates = check_templates(args.templates.split("|")) if args.templates else None
+    from retrieval.models.model import load_model  # after the checks: a mistake costs no torch import
+
     model = load_model(args.model, device=args.device, text_weights=args.text_weights, image_weights=args.image_weights)
     for image, scores in zip(args.images, label_images(model, args.images, labels, templates)):
         if args.json:
@@ -295,16 +296,21 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from retrieval.store.manifest import check_model, read_manifest
-    from ui.app import serve
 
     if args.model:
         check_model(read_manifest(Path(args.index)), Path(args.index), args.model)
+    from ui.app import serve  # gradio: after the checks
+
     examples = [q.strip() for q in args.examples.split("|") if q.strip()] if args.examples else None
     print(f"tusou: serving {args.index} on http://{args.host}:{args.port}", flush=True)
     serve(args.index, host=args.host, port=args.port, device=args.device, examples=examples, precision=args.precision)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from eval.datasets import reader
+
+    if args.dataset != "imagenet-cn":
+        reader(args.dataset, args.format)  # a wrong --format is one line before any model code
     from eval.compare import check_weights, evaluate_each
     from eval.features import default_cache_dir
     from eval.report import comparison, comparison_table, table, write_comparison, write_reports
@@ -350,7 +356,7 @@ def cmd_models(args: argparse.Namespace) -> None:
     import gc
 
     from retrieval.models.footprint import format_count, measure
-    from retrieval.models.model import weight_sources
+    from retrieval.models.families import weight_sources
 
     names = args.names or list(MODELS)
     labels = {name: f"{name} (default)" if name == DEFAULT_MODEL else name for name in names}

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from functools import partial
 
-from retrieval.models.image_tower import image_source, load_image_tower, local_checkpoint
+from retrieval.models.families import WeightsPath
+from retrieval.models.image_tower import load_image_tower, local_checkpoint
 from retrieval.models.registry import ModelEntry
-from retrieval.models.text_tower import BertText, load_text_tower, text_source
-from retrieval.models.towers import Family, LazyImageTower, WeightsPath
+from retrieval.models.text_tower import BertText, load_text_tower
+from retrieval.models.towers import LazyImageTower
 
 
 def load(entry: ModelEntry, pretrained: bool, text_weights: WeightsPath, image_weights: WeightsPath) -> tuple[BertText, LazyImageTower]:
@@ -22,5 +23,3 @@ def load(entry: ModelEntry, pretrained: bool, text_weights: WeightsPath, image_w
         local_checkpoint(image_weights)
     return text, LazyImageTower(partial(load_image_tower, entry, pretrained, image_weights))
 
-
-FAMILY = Family(load=load, text_source=text_source, image_source=lambda entry: image_source(entry.image))

@@ -18,17 +18,14 @@ from torchvision import transforms
 from transformers import BertTokenizer, ChineseCLIPConfig, ChineseCLIPModel
 
 from retrieval.errors import TusouError
+from retrieval.models.families import WeightsPath
 from retrieval.models.registry import ModelEntry
 from retrieval.models.text_tower import bert_files, transformers_model
 from retrieval.models.towers import (
-    Family,
     ImageEncoder,
     LazyImageTower,
-    Source,
     TextEncoder,
-    WeightsPath,
     bert_inputs,
-    hub_source,
     state_part,
     temperature,
 )
@@ -99,10 +96,3 @@ def load_chinese_clip(
 
     clip = transformers_model(directory, "ChineseCLIPModel", config, entry.seed)
     return ChineseClipText(clip, tokenizer, spec.context_length), LazyImageTower(tower=ChineseClipImage(clip))
-
-
-def _source(entry: ModelEntry) -> Source:
-    return hub_source(entry.text.hub_id)
-
-
-FAMILY = Family(load=load_chinese_clip, text_source=_source, image_source=_source)

@@ -12,8 +12,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from huggingface_hub import constants, hf_hub_download, snapshot_download
-from huggingface_hub.errors import LocalEntryNotFoundError
+from huggingface_hub import constants
 
 from retrieval.errors import TusouError
 
@@ -40,6 +39,9 @@ def _missing(what: str, fix: str) -> TusouError:
 
 def snapshot(repo_id: str, allow_patterns: list[str], fix: str) -> Path:
     """A local directory holding `repo_id`'s files that match `allow_patterns`."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
     try:
         return Path(snapshot_download(repo_id, allow_patterns=allow_patterns, local_files_only=True))
     except LocalEntryNotFoundError:
@@ -51,6 +53,9 @@ def snapshot(repo_id: str, allow_patterns: list[str], fix: str) -> Path:
 
 def file(repo_id: str, filenames: list[str], fix: str) -> Path:
     """The first of `filenames` that `repo_id` has, from the cache or downloaded."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
     for name in filenames:
         try:
             return Path(hf_hub_download(repo_id, name, local_files_only=True))
@@ -67,12 +72,14 @@ def file(repo_id: str, filenames: list[str], fix: str) -> Path:
     raise TusouError(f"could not download {repo_id}: {'; '.join(errors)}")
 
 
-def cached(repo_id: str, filenames: list[str]) -> bool:
-    """Whether any of `filenames` of `repo_id` is in the local cache (no network)."""
-    for name in filenames:
-        try:
-            hf_hub_download(repo_id, name, local_files_only=True)
-            return True
-        except LocalEntryNotFoundError:
-            continue
-    return False
+def cached(repo_id: str, filenames: list[str], revision: str = "main") -> bool:
+    """Whether any of `filenames` of `repo_id` is in the local cache (no network).
+
+    Read from the cache's own layout (models--ORG--NAME/refs, snapshots), as huggingface_hub's
+    try_to_load_from_cache does, without importing its download code: `tusou models` asks this
+    of every entry and must answer at once.
+    """
+    folder = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    ref = folder / "refs" / revision
+    commit = ref.read_text(encoding="utf-8").strip() if ref.is_file() else revision
+    return any((folder / "snapshots" / commit / name).is_file() for name in filenames)

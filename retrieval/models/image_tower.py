@@ -17,36 +17,25 @@ from open_clip.model import (
     resize_pos_embed,
     resize_text_pos_embed,
 )
-from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
 from retrieval.errors import TusouError
 from retrieval.models import hub
 from retrieval.models.checkpoints import first_line, read_checkpoint
+from retrieval.models.families import WeightsPath, open_clip_checkpoint
 from retrieval.models.registry import PACKAGE_ASSETS, ImageTower, ModelEntry
-from retrieval.models.towers import ImageEncoder, Source, WeightsPath, seeded, temperature
+from retrieval.models.towers import ImageEncoder, seeded, temperature
 
 open_clip.add_model_config(PACKAGE_ASSETS / "open_clip")
 
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 
 
-def hub_checkpoint(arch: str, pretrained: str) -> tuple[str, list[str]]:
-    """The hub repo and candidate file names of an open_clip pretrained tag, as open_clip names them."""
-    cfg = open_clip.get_pretrained_cfg(arch, pretrained)
-    if not cfg.get("hf_hub"):
-        raise TusouError(f"open_clip has no hub weights for {arch} / {pretrained}")
-    repo, filename = os.path.split(cfg["hf_hub"].rstrip("/") + "/")
-    if filename:
-        return repo, [filename]
-    return repo, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
-
-
-def pretrained_checkpoint(name: str, arch: str, pretrained: str) -> tuple[Path, dict]:
+def pretrained_checkpoint(name: str, spec: ImageTower) -> tuple[Path, dict]:
     """An open_clip pretrained tag's checkpoint file (HF cache, else download) and the
     preprocessing its weights expect."""
-    repo, names = hub_checkpoint(arch, pretrained)
-    fix = f"model {name!r} needs it; use --model demo, pass --image-weights FILE (an open_clip checkpoint of {arch}), or go online once"
-    cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+    repo, names = open_clip_checkpoint(spec.hub or "")
+    fix = f"model {name!r} needs it; use --model demo, pass --image-weights FILE (an open_clip checkpoint of {spec.arch}), or go online once"
+    cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)
     return hub.file(repo, names, fix=fix), {k: cfg[k] for k in PREPROCESS_KEYS if k in cfg}
 
 
@@ -66,18 +55,8 @@ def checkpoint(name: str, spec: ImageTower, image_weights: WeightsPath, pretrain
     if pretrained and spec.package_file is not None:
         return PACKAGE_ASSETS / spec.package_file, {}
     if pretrained and spec.pretrained is not None:
-        return pretrained_checkpoint(name, spec.arch, spec.pretrained)
+        return pretrained_checkpoint(name, spec)
     return None, {}
-
-
-def image_source(spec: ImageTower) -> Source:
-    """Where an open_clip image tower's weights come from: the package, a pretrained tag, or a seed."""
-    if spec.package_file:
-        return Source(f"package:{spec.package_file}", (PACKAGE_ASSETS / spec.package_file).is_file())
-    if spec.pretrained:
-        repo, names = hub_checkpoint(spec.arch, spec.pretrained)
-        return Source(f"open_clip:{spec.arch}/{spec.pretrained} (hub:{repo})", hub.cached(repo, names))
-    return Source(f"open_clip:{spec.arch}, random (fixed seed)", True)
 
 
 def load_state_dict(model: open_clip.CLIP, state_dict: dict[str, torch.Tensor]) -> None:

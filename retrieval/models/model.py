@@ -1,7 +1,7 @@
 """An embedding model: a text tower and an image tower that share one vector space.
 
 The image tower is built on first need (`EmbeddingModel.image_built`), so a text-only query
-loads only the text tower where the family allows it (retrieval.models.bert_open_clip).
+loads only the text tower where the family allows it (retrieval.models.families).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from retrieval.models import bert_open_clip, chinese_clip, open_clip_hf
 from retrieval.models.devices import inference, resolve_device
-from retrieval.models.registry import DEFAULT_MODEL, ChineseClip, ModelEntry, OpenClip, TextTower, get_entry
-from retrieval.models.towers import Family, ImageEncoder, LazyImageTower, TextEncoder
+from retrieval.models.families import family_of
+from retrieval.models.registry import DEFAULT_MODEL, ModelEntry, get_entry
+from retrieval.models.towers import ImageEncoder, LazyImageTower, TextEncoder
 
 
 @dataclass
@@ -192,15 +192,6 @@ def _stack(rows: list[np.ndarray], dim: int) -> np.ndarray:
     return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
 
 
-FAMILIES: dict[type, Family] = {TextTower: bert_open_clip.FAMILY, ChineseClip: chinese_clip.FAMILY, OpenClip: open_clip_hf.FAMILY}
-"""Each family's record (loader and weight sources), by the type of an entry's text spec."""
-
-
-def family_of(entry: ModelEntry) -> Family:
-    """The one way an entry's family is picked, for loading and for describing its sources alike."""
-    return FAMILIES[type(entry.text)]
-
-
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
@@ -229,10 +220,3 @@ def load_model(
             "image_weights": str(Path(image_weights).resolve()) if image_weights else None,
         },
     )
-
-
-def weight_sources(entry: ModelEntry) -> dict[str, object]:
-    """Where an entry's weights come from and whether they are on this machine (no network)."""
-    family = family_of(entry)
-    text, image = family.text_source(entry), family.image_source(entry)
-    return {"name": entry.name, "dim": entry.dim, "text": text.where, "image": image.where, "present": text.present and image.present}

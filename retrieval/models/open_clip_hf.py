@@ -15,10 +15,11 @@ import open_clip
 import torch
 from open_clip.tokenizer import HFTokenizer
 
-from retrieval.models.image_tower import OpenClipImage, checkpoint, create_open_clip, image_source
+from retrieval.models.families import WeightsPath
+from retrieval.models.image_tower import OpenClipImage, checkpoint, create_open_clip
 from retrieval.models.registry import ImageTower, ModelEntry, OpenClip
 from retrieval.models.text_tower import weights_dir
-from retrieval.models.towers import Family, LazyImageTower, Source, TextEncoder, WeightsPath, hub_source, state_part
+from retrieval.models.towers import LazyImageTower, TextEncoder, state_part
 
 CONFIG_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "sentencepiece.bpe.model", "special_tokens_map.json"]
 
@@ -42,7 +43,7 @@ class OpenClipText(TextEncoder):
 
 def _image(spec: OpenClip) -> ImageTower:
     """The spec's image side as an open_clip image tower spec: its checkpoint and source are found alike."""
-    return ImageTower(arch=spec.arch, pretrained=spec.pretrained)
+    return ImageTower(arch=spec.arch, pretrained=spec.pretrained, hub=spec.hub)
 
 
 def load_open_clip_hf(
@@ -58,10 +59,3 @@ def load_open_clip_hf(
     clip, preprocess = create_open_clip(spec.arch, entry.seed, path, preprocess_cfg, text_cfg=text_cfg)
     tokenizer = HFTokenizer(str(text_dir), context_length=spec.context_length)
     return OpenClipText(clip, tokenizer), LazyImageTower(tower=OpenClipImage(clip, preprocess))
-
-
-def _text_source(entry: ModelEntry) -> Source:
-    return hub_source(entry.text.text_hub_id, " (config, tokenizer)")
-
-
-FAMILY = Family(load=load_open_clip_hf, text_source=_text_source, image_source=lambda entry: image_source(_image(entry.image)))

@@ -52,6 +52,9 @@ class ImageTower:
     """open_clip model name (config), e.g. ViT-L-14-quickgelu."""
     pretrained: str | None = None
     """open_clip pretrained tag, fetched through the Hugging Face cache."""
+    hub: str | None = None
+    """Where the pretrained tag's weights are on the hub (`repo/`), as open_clip's pretrained table
+    says (tests/test_model_families.py checks they agree): known without importing open_clip."""
     package_file: str | None = None
     """Checkpoint shipped inside tusou, relative to retrieval/assets."""
 
@@ -79,6 +82,8 @@ class OpenClip:
     pretrained: str
     text_hub_id: str
     """The transformer's config and tokenizer (open_clip fetches them by this name)."""
+    hub: str
+    """Where the pretrained tag's weights are on the hub, as for ImageTower.hub."""
     context_length: int = 77
 
 
@@ -149,7 +154,7 @@ MODELS: dict[str, ModelEntry] = {
             name="taiyi-clip-l14",
             dim=768,
             text=TextTower(hub_id="IDEA-CCNL/Taiyi-CLIP-RoBERTa-102M-ViT-L-Chinese", bert=BERT_BASE_CHINESE),
-            image=ImageTower(arch="ViT-L-14-quickgelu", pretrained="openai"),
+            image=ImageTower(arch="ViT-L-14-quickgelu", pretrained="openai", hub="timm/vit_large_patch14_clip_224.openai/"),
             description="Taiyi-CLIP RoBERTa-102M text tower + OpenAI CLIP ViT-L/14 image tower (frozen)",
             parameters=ParameterCounts(102_267_648, 303_966_208),
         ),
@@ -157,7 +162,7 @@ MODELS: dict[str, ModelEntry] = {
             name="taiyi-clip-h14",
             dim=1024,
             text=TextTower(hub_id="IDEA-CCNL/Taiyi-CLIP-RoBERTa-326M-ViT-H-Chinese", bert=BERT_LARGE_CHINESE),
-            image=ImageTower(arch="ViT-H-14", pretrained="laion2b_s32b_b79k"),
+            image=ImageTower(arch="ViT-H-14", pretrained="laion2b_s32b_b79k", hub="laion/CLIP-ViT-H-14-laion2B-s32B-b79K/"),
             description="Taiyi-CLIP RoBERTa-326M text tower + LAION-2B open_clip ViT-H/14 image tower (frozen)",
             parameters=ParameterCounts(325_522_432, 632_076_800),
         ),
@@ -165,7 +170,7 @@ MODELS: dict[str, ModelEntry] = {
             name="taiyi-clip-b32",
             dim=512,
             text=classifier_text("IDEA-CCNL/Taiyi-CLIP-Roberta-102M-Chinese", BERT_BASE_CHINESE),
-            image=ImageTower(arch="ViT-B-32-quickgelu", pretrained="openai"),
+            image=ImageTower(arch="ViT-B-32-quickgelu", pretrained="openai", hub="timm/vit_base_patch32_clip_224.openai/"),
             description="Taiyi-CLIP RoBERTa-102M (classification head = text vector) + OpenAI CLIP ViT-B/32 (frozen)",
             parameters=ParameterCounts(102_661_376, 87_849_216),
         ),
@@ -173,7 +178,7 @@ MODELS: dict[str, ModelEntry] = {
             name="taiyi-clip-large-l14",
             dim=768,
             text=classifier_text("IDEA-CCNL/Taiyi-CLIP-Roberta-large-326M-Chinese", BERT_LARGE_CHINESE),
-            image=ImageTower(arch="ViT-L-14-quickgelu", pretrained="openai"),
+            image=ImageTower(arch="ViT-L-14-quickgelu", pretrained="openai", hub="timm/vit_large_patch14_clip_224.openai/"),
             description="Taiyi-CLIP RoBERTa-large-326M (classification head = text vector) + OpenAI CLIP ViT-L/14 (frozen)",
             parameters=ParameterCounts(326_309_632, 303_966_208),
         ),
@@ -208,7 +213,8 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry(
             name="xlmr-h14",
             dim=1024,
-            **dict.fromkeys(("text", "image"), OpenClip("xlm-roberta-large-ViT-H-14", "frozen_laion5b_s13b_b90k", "FacebookAI/xlm-roberta-large")),
+            **dict.fromkeys(("text", "image"), OpenClip("xlm-roberta-large-ViT-H-14", "frozen_laion5b_s13b_b90k", "FacebookAI/xlm-roberta-large",
+                                                                "laion/CLIP-ViT-H-14-frozen-xlm-roberta-large-laion5B-s13B-b90k/")),
             description="open_clip multilingual: frozen XLM-RoBERTa-large text tower + ViT-H/14, LAION-5B (100 languages)",
             parameters=None,
         ),

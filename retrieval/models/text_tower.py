@@ -15,7 +15,8 @@ from retrieval.errors import TusouError
 from retrieval.models import hub
 from retrieval.models.checkpoints import load_pretrained
 from retrieval.models.registry import PACKAGE_ASSETS, ModelEntry
-from retrieval.models.towers import Source, TextEncoder, WeightsPath, bert_inputs, hub_source, seeded
+from retrieval.models.families import WeightsPath
+from retrieval.models.towers import TextEncoder, bert_inputs, seeded
 
 HUB_FILES = ["config.json", "vocab.txt", "*.safetensors", "pytorch_model.bin", "tokenizer*", "special_tokens_map.json"]
 CHAR_VOCAB = PACKAGE_ASSETS / "char-vocab"
@@ -92,13 +93,3 @@ def load_text_tower(entry: ModelEntry, pretrained: bool, text_weights: WeightsPa
     config = partial(BertConfig, **{"vocab_size": len(tokenizer), "num_labels": entry.dim, **spec.bert})
     model = transformers_model(directory, spec.architecture, config, entry.seed)
     return BertText(tokenizer, model, spec.feature, spec.context_length, spec.dynamic_padding)
-
-
-def text_source(entry: ModelEntry) -> Source:
-    """Where a BERT text tower's weights come from: the package, the hub, or a seed."""
-    spec = entry.text
-    if spec.package_dir:
-        return Source(f"package:{spec.package_dir}", (PACKAGE_ASSETS / spec.package_dir / "config.json").is_file())
-    if spec.hub_id:
-        return hub_source(spec.hub_id)
-    return Source("random (fixed seed)", True)

@@ -1,8 +1,8 @@
-"""What every model family provides: a text encoder and an image encoder, both torch modules,
-and a `Family` record that says how to load them and where their weights come from.
+"""What every model family provides: a text encoder and an image encoder, both torch modules.
 
 The rest of tusou (encoding, indexes, training, the UI) sees only these interfaces, so a
-family is added by writing its loader and its record, not by branching elsewhere.
+family is added by writing its loader and its record (retrieval.models.families), not by
+branching elsewhere.
 """
 
 from __future__ import annotations
@@ -10,15 +10,10 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from PIL import Image
 
-from retrieval.models import hub
-from retrieval.models.registry import ModelEntry
 
 
 class TextEncoder(torch.nn.Module):
@@ -85,36 +80,6 @@ class LazyImageTower:
             return LazyImageTower(tower=step(self._tower))
         build = self._build
         return LazyImageTower(lambda: step(build()))
-
-
-class Source(NamedTuple):
-    """Where a tower's weights come from, in words, and whether they are on this machine."""
-
-    where: str
-    present: bool
-
-
-def hub_source(repo_id: str, what: str = "") -> Source:
-    """A hub repo as a source; present when its config is in the local cache (no network)."""
-    return Source(f"hub:{repo_id}{what}", hub.cached(repo_id, ["config.json"]))
-
-
-WeightsPath = str | Path | None
-Loader = Callable[[ModelEntry, bool, WeightsPath, WeightsPath], tuple[TextEncoder, LazyImageTower]]
-
-
-@dataclass(frozen=True)
-class Family:
-    """One family of registry entries, picked by the type of an entry's text spec
-    (retrieval.models.model.family_of): how its towers load and where their weights come from.
-
-    `load(entry, pretrained, text_weights, image_weights)` gives the text tower and a lazy image
-    tower; `text_source(entry)` and `image_source(entry)` read only local caches.
-    """
-
-    load: Loader
-    text_source: Callable[[ModelEntry], Source]
-    image_source: Callable[[ModelEntry], Source]
 
 
 @contextlib.contextmanager

@@ -12,13 +12,16 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from retrieval.errors import TusouError
 from retrieval.images import load_query_image
-from retrieval.models.model import EmbeddingModel
+
+if TYPE_CHECKING:
+    from retrieval.models.model import EmbeddingModel
 
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "一张{}的照片。",
