@@ -78,20 +78,20 @@ def measure(name: str, embeddings: np.ndarray, queries: np.ndarray, truth: np.nd
     seconds, (index, info) = timed(lambda: index_embeddings(embeddings, name, budget))
     path = folder / f"{name}.faiss"
     faiss.write_index(index, str(path))
-    rerank = info["search"].get("rerank", 0)
+    rerank = info.search.get("rerank", 0)
     single = latencies(lambda q: ann.search(index, embeddings, q[None], 10, rerank), queries[:SINGLE_QUERIES], queries[:3])
     batch_seconds, (_, found) = timed(lambda: ann.search(index, embeddings, queries, 10, rerank))
-    knobs = {k: v for k, v in info["search"].items() if k in ("nprobe", "ef_search", "rerank")}
+    knobs = {k: v for k, v in info.search.items() if k in ("nprobe", "ef_search", "rerank")}
     return {
-        "type": name if name == info["type"] else f"{name} → {info['type']}",
-        "params": ", ".join(f"{k} {v}" for k, v in {**info["params"], **knobs}.items()) or "-",
+        "type": name if name == info.type else f"{name} → {info.type}",
+        "params": ", ".join(f"{k} {v}" for k, v in {**info.params, **knobs}.items()) or "-",
         "build_s": seconds,
         "bytes_per_vector": path.stat().st_size / len(embeddings),
         "size": path.stat().st_size,
         "qps_single": 1 / float(np.median(single)),
         "qps_batch": len(queries) / batch_seconds,
         "recall": recall_at_k(found, truth),
-        "tuned_recall": info["search"].get("recall_at_10", 1.0),
+        "tuned_recall": info.search.get("recall_at_10", 1.0),
     }
 
 

@@ -25,7 +25,6 @@ from bench.report import latencies, machine, table
 from bench.vectors import ClipLikeSpace
 from indexer.faiss_build import index_embeddings
 from retrieval.store.index_store import CatalogItem, write_index
-from retrieval.store.manifest import IndexEntry
 from retrieval.store.model_ref import ModelRef
 from retrieval.models.model import EmbeddingModel, load_model
 from retrieval.search.searcher import Searcher
@@ -81,7 +80,7 @@ def _index_dir(folder: Path, model: EmbeddingModel, vectors: np.ndarray) -> Path
     faiss_index, entry = index_embeddings(vectors.astype(np.float16), "auto")
     items = [CatalogItem(path=f"/collection/{i:07d}.jpg", size=0, mtime_ns=0, sha256="", width=0, height=0, id=i) for i in range(len(vectors))]
     write_index(folder, model=ModelRef.of(model), items=items, embeddings=vectors.astype(np.float16), faiss_index=faiss_index,
-                index=IndexEntry(**entry), previous=None)
+                index=entry, previous=None)
     return folder
 
 

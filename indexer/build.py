@@ -39,7 +39,7 @@ from retrieval.store.index_store import (
     write_embeddings,
     write_index,
 )
-from retrieval.store.manifest import MANIFEST, IndexEntry, check_model
+from retrieval.store.manifest import MANIFEST, check_model
 from retrieval.store.model_ref import ModelRef, cast
 
 OWN_FILES = {".lock", "staging"}
@@ -275,6 +275,6 @@ def _write_generation(
         items=catalog.items,
         embeddings=embeddings,
         faiss_index=faiss_index,
-        index=IndexEntry(**entry),
+        index=entry,
         previous=previous.manifest if previous else None,
     )

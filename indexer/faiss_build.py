@@ -16,10 +16,11 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from retrieval.store import ann
 from retrieval.errors import TusouError
 from retrieval.sizes import format_size
+from retrieval.store import ann
 from retrieval.store.index_types import CHOICES, HNSW_M, INDEX_TYPES, PQ_BITS, IndexType
+from retrieval.store.manifest import IndexEntry
 
 CHUNK = 65_536
 """Rows converted from float16 and added at a time: a 10M-vector build never holds them all."""
@@ -222,18 +223,10 @@ def tune(index: faiss.Index, embeddings: np.ndarray, plan: IndexPlan, target: fl
 
 def index_embeddings(
     embeddings: np.ndarray, requested: str = "auto", max_memory: int | None = None, progress: bool = False
-) -> tuple[faiss.Index, dict]:
+) -> tuple[faiss.Index, IndexEntry]:
     """Plan, build and tune the index over `embeddings`; returns it and its manifest entry."""
     plan = plan_index(len(embeddings), embeddings.shape[1], requested, max_memory)
     index = build_faiss(embeddings, plan, progress)
     search = tune(index, embeddings, plan)
     ann.apply_params(index, search)
-    info = {
-        "type": plan.type,
-        "requested": requested,
-        "max_memory": max_memory,
-        "params": plan.params,
-        "search": search,
-        "bytes": plan.bytes,
-    }
-    return index, info
+    return index, IndexEntry(plan.type, requested, max_memory, plan.params, search, plan.bytes)

@@ -15,7 +15,7 @@ from pathlib import Path
 from indexer.build import build_lock
 from indexer.faiss_build import index_embeddings
 from retrieval.store.index_store import open_vectors, remove_leftovers, write_index
-from retrieval.store.manifest import IndexEntry, Manifest, read_manifest
+from retrieval.store.manifest import Manifest, read_manifest
 
 
 def reindex(directory: str | Path, index_type: str = "auto", max_memory: int | None = None, progress: bool = True) -> Manifest:
@@ -32,6 +32,6 @@ def reindex(directory: str | Path, index_type: str = "auto", max_memory: int | N
             items=None,
             embeddings=None,
             faiss_index=faiss_index,
-            index=IndexEntry(**entry),
+            index=entry,
             previous=manifest,
         )
