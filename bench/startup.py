@@ -1,7 +1,7 @@
 """Start-up: the commands that load no model, against a bare `python -c pass` measured in the same run.
 
 `tusou --help`, `tusou info DIR` (on an index of 8 images built here with test-tiny), `tusou models`,
-a path error and an argument error should each finish within 0.5 s of the bare interpreter. Each
+path errors and an argument error should each finish within 0.5 s of the bare interpreter. Each
 command runs as a user runs it: the `tusou` console script beside this Python, in a fresh process.
 The runs go round-robin over the commands, so a burst of load from elsewhere on the machine falls
 on every row alike; each row is the median of its runs.
@@ -62,6 +62,7 @@ def commands(index: Path) -> dict[str, tuple[list[str], int]]:
         "tusou info DIR": ([*tusou(), "info", str(index)], 0),
         "tusou models": ([*tusou(), "models"], 0),
         "tusou search /no/such/dir 红色 (path error)": ([*tusou(), "search", "/no/such/dir", "红色"], 2),
+        "tusou index /no/such/dir --out DIR (path error)": ([*tusou(), "index", "/no/such/dir", "--out", str(index.parent / "new")], 2),
         "tusou search DIR 红色 --min-score 5 (argument error)": ([*tusou(), "search", str(index), "红色", "--min-score", "5"], 2),
     }
 

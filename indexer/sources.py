@@ -18,7 +18,6 @@ shard members add `change_key`, the store's marker (ETag, mtime …) or their sh
 from __future__ import annotations
 
 import os
-import posixpath
 import stat
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,11 +27,10 @@ from functools import partial
 import fsspec
 from tqdm import tqdm
 
-from indexer.braces import expand_braces
+from indexer.paths import expand_paths
 from indexer.shards import list_images, member_path
-from retrieval.errors import TusouError
 from retrieval.images import IMAGE_EXTENSIONS, file_error_reason, is_image_path
-from retrieval.locations import MEMBER_SEPARATOR, Unreadable, error_reason, is_shard, is_url, read_bytes
+from retrieval.locations import MEMBER_SEPARATOR, error_reason, is_shard, is_url
 from retrieval.store.faults import kill_point
 from retrieval.store.index_store import ImageRecord
 
@@ -41,7 +39,6 @@ SCAN_THREADS = 16
 per new shard), so a list of a million URLs is looked up sixteen at a time, not one by one."""
 SCAN_WINDOW = 4096
 """Specs handed to the threads at a time, so a long list file never becomes a million pending futures."""
-LIST_PREFIX = "list:"
 SHARD_KEY = "shard "
 """Starts the change key of a shard member: the member is as new as its shard."""
 CHANGE_MARKERS = ("ETag", "etag", "md5", "Content-MD5", "mtime", "LastModified", "last_modified", "Last-Modified", "created")
@@ -80,7 +77,7 @@ def scan(
     `known` (the previous catalog) lets a shard whose stamp has not changed be taken from
     the catalog without reading it: listing a remote shard means downloading it.
     """
-    specs = _expand([os.fspath(path) for path in paths])
+    specs = expand_paths([os.fspath(path) for path in paths])
     shards_known = _known_shards(known)
     found: dict[str, SourceFile] = {}
     skipped: list[Skipped] = []
@@ -90,45 +87,6 @@ def scan(
             kill_point("scan")
             found[source.path] = source
     return dict(sorted(found.items())), skipped
-
-
-def _expand(specs: list[str]) -> list[str]:
-    """List files and brace patterns replaced by what they name.
-
-    A local path on the command line that does not exist is the user's error; one in a list
-    file is skipped with its reason like any unreadable file (lists made elsewhere go stale).
-    """
-    expanded: list[str] = []
-    for spec in specs:
-        if spec.startswith(LIST_PREFIX):
-            expanded += [name for line in _list_lines(spec[len(LIST_PREFIX) :]) for name in _expand_name(line)]
-            continue
-        names = _expand_name(spec)
-        for name in names:
-            if not is_url(name) and not os.path.lexists(name):
-                raise TusouError(f"no such file or folder: {name}")
-        expanded += names
-    return expanded
-
-
-def _expand_name(spec: str) -> list[str]:
-    return [spec] if not is_url(spec) and os.path.lexists(spec) else expand_braces(spec)
-
-
-def _list_lines(location: str) -> list[str]:
-    """The entries of a list file, relative ones made relative to the list's own folder."""
-    if not is_url(location):
-        location = os.path.abspath(location)
-    try:
-        text = read_bytes(location).decode("utf-8")
-    except Unreadable as exc:
-        raise TusouError(f"cannot read list file {location}: {exc}") from None
-    except UnicodeDecodeError:
-        raise TusouError(f"list file {location} is not UTF-8 text") from None
-    join = posixpath.join if is_url(location) else os.path.join
-    base = posixpath.dirname(location) if is_url(location) else os.path.dirname(location)
-    lines = [line.strip() for line in text.splitlines()]
-    return [line if is_url(line) or os.path.isabs(line) else join(base, line) for line in lines if line and not line.startswith("#")]
 
 
 def _known_shards(known: Iterable[ImageRecord]) -> dict[str, list[ImageRecord]]:

@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
 
-import fsspec
-
 from retrieval.images import file_error_reason
 
 URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
@@ -52,6 +50,8 @@ def open_tar(shard: str) -> Iterator[tarfile.TarFile]:
 def open_binary(location: str) -> IO[bytes]:
     """A binary file object for a local path or a URL; the caller closes it."""
     if is_url(location):
+        import fsspec  # only for URLs: importing it costs 0.2 s that a local path never needs
+
         return fsspec.open(location, "rb").open()
     return open(location, "rb")
 

@@ -115,11 +115,15 @@ def _one_line_error(argv: list[str], values: dict[str, object], message: str) ->
         (["label", "{image}", "--labels", " , ", "--model", ABSENT_WEIGHTS], "no labels"),
         (["label", "{image}", "--labels", "猫", "--templates", "一张照片", "--model", ABSENT_WEIGHTS], "{}"),
         (["serve", "{index}", "--model", ABSENT_WEIGHTS], "was built with model 'test-tiny'"),
+        (["index", "{missing}", "--out", "{new}"], "no such file or folder"),
+        (["index", "{photos}", "list:{missing}", "--out", "{new}"], "cannot read list file"),
+        (["index", "{photos}", "--out", "{new}", "--ray-address", "127.0.0.1:1"], "--ray-address is for --engine ray"),
     ],
 )
 def test_path_and_name_mistakes_are_one_line_before_model_code(index, tmp_path, argv, message):
     photos, directory = index
-    values = {"index": directory, "photos": photos, "missing": tmp_path / "missing", "image": next(photos.glob("image_0001.*"))}
+    values = {"index": directory, "photos": photos, "missing": tmp_path / "missing", "image": next(photos.glob("image_0001.*")),
+              "new": tmp_path / "new"}
     _one_line_error(argv, values, message)
 
 

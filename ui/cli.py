@@ -169,6 +169,10 @@ def _budget(args: argparse.Namespace) -> int | None:
 
 
 def cmd_index(args: argparse.Namespace) -> None:
+    from indexer.paths import expand_paths
+
+    expand_paths(args.paths)  # a PATH that is not there is one line before any model code (the scan expands them again)
+    ray = _ray_options(args)
     from indexer.build import build_index
     from indexer.plan import BuildPlan
 
@@ -185,7 +189,7 @@ def cmd_index(args: argparse.Namespace) -> None:
         index_type=args.index_type,
         max_index_memory=_budget(args),
         precision=args.precision,
-        ray=_ray_options(args),
+        ray=ray,
     )
     summary = build_index(plan)
     if args.json:
@@ -203,9 +207,9 @@ def cmd_index(args: argparse.Namespace) -> None:
 
 def _ray_options(args: argparse.Namespace):
     """The Ray engine's settings, or None for a local build (whose flags they are not)."""
-    from indexer.ray_engine import RayOptions
-
     if args.engine == "ray":
+        from indexer.ray_engine import RayOptions
+
         return RayOptions(address=args.ray_address, gpus_per_worker=args.gpus_per_worker)
     for flag, value in (("--ray-address", args.ray_address), ("--gpus-per-worker", args.gpus_per_worker)):
         if value is not None:
