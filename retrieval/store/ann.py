@@ -32,18 +32,30 @@ def _spread_work(index: faiss.Index, queries: int) -> None:
         ivf.parallel_mode = 1 if queries == 1 else 0
 
 
+def selected(index: faiss.Index, selector: faiss.IDSelector, knobs: dict) -> faiss.SearchParameters:
+    """Search parameters that keep only the rows `selector` admits, with the tuned knobs (a
+    parameters object replaces the index's own nprobe / efSearch, so they are carried over)."""
+    if faiss.try_extract_index_ivf(index) is not None:
+        return faiss.SearchParametersIVF(sel=selector, nprobe=int(knobs.get("nprobe", faiss.extract_index_ivf(index).nprobe)))
+    if hasattr(faiss.downcast_index(index), "hnsw"):
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=int(knobs.get("ef_search", faiss.downcast_index(index).hnsw.efSearch)))
+    return faiss.SearchParameters(sel=selector)
+
+
 def search(
-    index: faiss.Index, embeddings: np.ndarray, queries: np.ndarray, k: int, rerank: int = 0
+    index: faiss.Index, embeddings: np.ndarray, queries: np.ndarray, k: int, rerank: int = 0,
+    params: faiss.SearchParameters | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (scores, rows) for each query row; rows are -1 where fewer than k items exist.
 
-    `rerank` > 0 fetches k × rerank candidates and re-scores them exactly from `embeddings`.
+    `rerank` > 0 fetches k × rerank candidates and re-scores them exactly from `embeddings`;
+    `params` (`selected`) keeps only some rows.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     _spread_work(index, len(queries))
     if not rerank:
-        return index.search(queries, k)
-    _, candidates = index.search(queries, min(index.ntotal, k * rerank))
+        return index.search(queries, k, params=params)
+    _, candidates = index.search(queries, min(index.ntotal, k * rerank), params=params)
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     rows = np.full((len(queries), k), -1, dtype=np.int64)
     for q, found in enumerate(candidates):
