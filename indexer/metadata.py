@@ -9,8 +9,6 @@ field is a missing field.
 from __future__ import annotations
 
 import math
-import os
-import re
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +21,6 @@ DATETIME_ORIGINAL, OFFSET_TIME_ORIGINAL = 0x9003, 0x9011
 GPS_LATITUDE_REF, GPS_LATITUDE, GPS_LONGITUDE_REF, GPS_LONGITUDE = 1, 2, 3, 4
 FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 """Pillow's format names → the catalog's `format` (an MPO is a JPEG with extra frames)."""
-SHARD_MEMBER = re.compile(r"(?<=\.tar)#", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -62,16 +59,6 @@ def read_metadata(image: Image.Image) -> ImageMetadata:
         orientation=orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else None,
         format=FORMATS.get(image.format or "", (image.format or "").lower() or None),
     )
-
-
-def mtime_taken(mtime_ns: int) -> str:
-    """A file's modification time as the catalog's `taken`: local wall-clock time of this machine."""
-    return datetime.fromtimestamp(mtime_ns / 1e9).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def folder_of(path: str) -> str:
-    """The folder an item is in: its directory (for a tar member, the shard's directory)."""
-    return os.path.dirname(SHARD_MEMBER.split(path, 1)[0])
 
 
 def _text(value: object) -> str | None:

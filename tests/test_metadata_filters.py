@@ -8,7 +8,8 @@ import sqlite3
 import pytest
 from PIL import ExifTags, Image
 
-from indexer.metadata import folder_of, read_metadata
+from indexer.metadata import read_metadata
+from retrieval.store.records import folder_of
 from retrieval.errors import TusouError
 from retrieval.search.filters import distance_km, make_filters
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +27,7 @@ from retrieval.store.faults import kill_point
 from retrieval.store.index_types import INDEX_TYPES
 from retrieval.store.manifest import MANIFEST, ROLES, IndexEntry, Manifest, plain_name, read_manifest, rebuild_hint, write_manifest
 from retrieval.store.model_ref import BOTH, ModelRef, OtherWeights, Tower
+from retrieval.store.records import CatalogItem, ImageRecord  # noqa: F401  (where builds and tools import them from)
 
 if TYPE_CHECKING:
     from retrieval.models.model import EmbeddingModel
@@ -37,33 +38,6 @@ REBUILD = "rebuild it with `tusou index PATH --out DIR`"
 def reindex_hint(directory: Path) -> str:
     """What to do when only the FAISS file is bad: the stored embeddings rebuild it, no model needed."""
     return f"its catalog and embeddings are intact: rebuild the FAISS file from them with `tusou reindex {directory}`"
-
-
-@dataclass
-class ImageRecord:
-    """What a build learns about one image file."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    sha256: str
-    width: int
-    height: int
-    change_key: str | None = field(default=None, kw_only=True)
-    """Beside size and mtime, what changes when the image does, for images that are not plain local
-    files (a remote object's ETag, a tar member's shard's stamp). Written to the catalog only when
-    set, so a catalog of local files reads exactly as before, in this tusou and in older ones."""
-
-    @property
-    def stamp(self) -> tuple[int, int, str | None]:
-        return (self.size, self.mtime_ns, self.change_key)
-
-
-@dataclass
-class CatalogItem(ImageRecord):
-    """One indexed image; `id` stays the same for as long as the file is in the index."""
-
-    id: int
 
 
 @dataclass
