@@ -210,7 +210,7 @@ REBUILD_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
 }
 
 UPGRADE_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
-    "manifest-newer-format": (set_field("format_version", 2), "was written by a newer tusou (index format 2, this one reads up to 1)"),
+    "manifest-newer-format": (set_field("format_version", 3), "was written by a newer tusou (index format 3, this one reads up to 2)"),
 }
 
 

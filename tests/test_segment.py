@@ -7,7 +7,6 @@ import pytest
 
 from bench.vectors import ClipLikeSpace
 from indexer.faiss_build import exact_neighbours, index_embeddings, recall_at_k
-from retrieval.store import segment as segment_module
 from retrieval.store.segment import Segment
 
 N, DIM = 6000, 64
@@ -37,7 +36,8 @@ def test_deleted_rows_never_come_back(space, kind):
     segment = make(vectors, kind, deleted)
     gone = set((1000 + deleted).tolist())
     for query in queries:
-        _, ids = segment.search(query, 10)
+        _, rows = segment.search(query, 10)
+        ids = segment.ids[rows]
         assert len(ids) == 10 and not gone & set(ids.tolist())
 
 
@@ -48,28 +48,29 @@ def test_a_filter_that_is_scanned_gives_the_exact_top_k(space, kind, share):
     segment = make(vectors, kind)
     allowed = np.sort(np.random.default_rng(1).choice(N, max(1, int(N * share)), replace=False))
     for query in queries[:10]:
-        _, ids = segment.search(query, 10, allowed)
+        _, rows = segment.search(query, 10, allowed)
+        ids = segment.ids[rows]
         assert ids.tolist() == brute_force(vectors, query, allowed, 10)
-
-
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
-@pytest.mark.parametrize("share", [0.1, 0.5])
-def test_a_filter_searched_by_ann_keeps_the_tuned_recall(space, kind, share, monkeypatch):
-    """Above the scan threshold the ANN search runs restricted to the matching rows: its recall
-    within the filter is at least what the segment was tuned to without one."""
-    monkeypatch.setattr(segment_module, "EXACT_SCAN_ROWS", 100)
-    vectors, queries = space
-    segment = make(vectors, kind)
-    allowed = np.sort(np.random.default_rng(2).choice(N, int(N * share), replace=False))
-    found = np.array([segment.search(q, 10, allowed)[1] - 1000 for q in queries])
-    truth = allowed[exact_neighbours(vectors[allowed], queries.astype(np.float32), 10)]
-    assert found.shape == (len(queries), 10)
-    assert set(found.ravel().tolist()) <= set(allowed.tolist())
-    assert recall_at_k(found, truth) >= segment.entry.search["recall_at_10"] - 0.02
 
 
 def test_a_filter_with_deletions_and_fewer_matches_than_k(space):
     vectors, queries = space
     segment = make(vectors, "hnsw", deleted=np.array([5, 6]))
-    _, ids = segment.search(queries[0], 10, np.array([4, 5, 6, 7]))
-    assert sorted(ids.tolist()) == [1004, 1007]
+    _, rows = segment.search(queries[0], 10, np.array([4, 5, 6, 7]))
+    assert sorted(segment.ids[rows].tolist()) == [1004, 1007]
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+@pytest.mark.parametrize("share", [0.02, 0.1, 0.5])
+def test_a_post_filtered_ann_search_keeps_the_tuned_recall_and_skips_deletions(space, kind, share):
+    """The plan for filters too broad to fetch: the ANN search widened by 1/share, its candidates
+    post-filtered (here by a mask, in the store by one SQLite query), widened until k pass."""
+    vectors, queries = space
+    deleted = np.arange(0, N, 7)
+    segment = make(vectors, kind, deleted)
+    mask = np.random.default_rng(4).random(N) < share
+    allowed = np.flatnonzero(mask & ~np.isin(np.arange(N), deleted))
+    found = np.array([segment.search(q, 10, passes=lambda rows: mask[rows], share=share)[1] for q in queries])
+    truth = allowed[exact_neighbours(vectors[allowed], queries.astype(np.float32), 10)]
+    assert found.shape == (len(queries), 10) and set(found.ravel().tolist()) <= set(allowed.tolist())
+    assert recall_at_k(found, truth) >= segment.entry.search["recall_at_10"] - 0.02

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ import numpy as np
 
 from retrieval.errors import TusouError
 from retrieval.search.filters import Filters, distance_km
+from retrieval.store.manifest import IndexEntry, rebuild_hint
+from retrieval.store.records import CatalogItem, folder_of, mtime_taken
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -55,7 +59,7 @@ CREATE TABLE IF NOT EXISTS segments (
     files TEXT NOT NULL,
     index_entry TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value NOT NULL);
 """
 ITEM_COLUMNS = (
     "id", "path", "size", "mtime_ns", "sha256", "width", "height", "change_key", "segment", "row",
@@ -71,29 +75,80 @@ class SegmentRow:
     count: int
     deleted: int
     files: dict[str, str]
-    index_entry: dict
+    """vectors, ids, faiss, and (once a row is deleted) deleted: names relative to the index directory."""
+    index_entry: IndexEntry
+
+    @property
+    def live(self) -> int:
+        return self.count - self.deleted
+
+    def values(self) -> tuple:
+        return (self.id, self.count, self.deleted, json.dumps(self.files), json.dumps(self.index_entry.to_dict()))
+
+
+def item_values(item: CatalogItem, segment: int, row: int) -> tuple:
+    """An items-table row: the record, where its vector is, `taken` (EXIF, else the file's mtime) and its folder."""
+    taken_from = "exif" if item.taken else "mtime"
+    values = {
+        **{name: getattr(item, name) for name in ITEM_COLUMNS if hasattr(item, name)},
+        "segment": segment, "row": row, "taken": item.taken or mtime_taken(item.mtime_ns), "taken_from": taken_from,
+        "folder": folder_of(item.path),
+    }
+    return tuple(values[name] for name in ITEM_COLUMNS)
+
+
+def stored_item(row: dict) -> CatalogItem:
+    """The CatalogItem an items-table row holds (`taken` only when it is the EXIF time)."""
+    fields = {name: row[name] for name in ITEM_COLUMNS if name not in ("segment", "row", "taken_from", "folder")}
+    return CatalogItem(**{**fields, "taken": row["taken"] if row["taken_from"] == "exif" else None})
 
 
 class Catalog:
-    """A connection to `catalog.sqlite`, shared by the threads of one searcher (behind SQLite's own lock)."""
+    """`catalog.sqlite`, one connection per thread (a searcher serves several threads at once, and
+    one connection cannot hold two threads' transactions). `Catalog.in_memory()` is a private one."""
 
-    def __init__(self, path: Path, *, create: bool = False):
+    def __init__(self, path: Path, *, create: bool = False, uri: str | None = None):
         self.path = path
+        self._uri = uri
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
         if not create and not path.is_file():
             raise TusouError(f"{path.parent} is damaged: its catalog {path.name} is missing: {rebuild_hint(path.parent)}")
         try:
-            self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, as every other file does
-            self.db.create_function("distance_km", 4, distance_km, deterministic=True)
             if create:
                 self.db.executescript(SCHEMA)
             self.db.execute("SELECT count(*) FROM segments").fetchone()
         except sqlite3.DatabaseError as exc:
             raise TusouError(f"{path} is damaged ({exc}): {rebuild_hint(path.parent)}") from None
 
+    @classmethod
+    def in_memory(cls) -> Catalog:
+        """A catalog that lives as long as this object (shared by its threads through SQLite's shared cache)."""
+        catalog = cls(Path(":memory:"), create=True, uri=f"file:tusou-{uuid.uuid4().hex}?mode=memory&cache=shared")
+        return catalog
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self._uri or self.path, uri=self._uri is not None, check_same_thread=False, isolation_level=None, timeout=30)
+            if self._uri is None:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, as every other file does
+            db.create_function("distance_km", 4, distance_km, deterministic=True)
+            self._local.db = db
+            with self._guard:
+                self._connections.append(db)
+        return db
+
     def close(self) -> None:
-        self.db.close()
+        with self._guard:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
+        self._local = threading.local()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -120,11 +175,19 @@ class Catalog:
 
     def segments(self, db: sqlite3.Connection | None = None) -> list[SegmentRow]:
         rows = (db or self.db).execute("SELECT id, count, deleted, files, index_entry FROM segments ORDER BY id")
-        return [SegmentRow(id, count, deleted, json.loads(files), json.loads(entry)) for id, count, deleted, files, entry in rows]
+        return [
+            SegmentRow(id, count, deleted, json.loads(files), IndexEntry(**json.loads(entry))) for id, count, deleted, files, entry in rows
+        ]
 
-    def state(self, key: str, default: int = 0) -> int:
-        found = self.db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-        return found[0] if found else default
+    def setting(self, key: str, default: object = None, db: sqlite3.Connection | None = None) -> object:
+        found = (db or self.db).execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return json.loads(found[0]) if found else default
+
+    def all_items(self) -> Iterator[tuple[CatalogItem, int, int]]:
+        """Every item with its (segment, row), in path order: what a build compares the collection with."""
+        for values in self.db.execute(f"SELECT {', '.join(ITEM_COLUMNS)} FROM items ORDER BY path"):
+            row = dict(zip(ITEM_COLUMNS, values))
+            yield stored_item(row), row["segment"], row["row"]
 
     def items(self, ids: Iterable[int]) -> dict[int, dict]:
         """The rows of `ids` (those still in the catalog), by id."""
@@ -135,6 +198,35 @@ class Catalog:
             query = f"SELECT {', '.join(ITEM_COLUMNS)} FROM items WHERE id IN ({', '.join('?' * len(chunk))})"
             found |= {row[0]: dict(zip(ITEM_COLUMNS, row)) for row in self.db.execute(query, chunk)}
         return found
+
+    def count_matching(self, filters: Filters, limit: int) -> int:
+        """How many items pass `filters`, counted up to `limit` (so a broad filter costs no full count)."""
+        where, params = filters.where()
+        return self.db.execute(f"SELECT count(*) FROM (SELECT 1 FROM items WHERE {where} LIMIT ?)", [*params, limit]).fetchone()[0]
+
+    def share(self, filters: Filters, sample: int) -> float:
+        """The share of items passing `filters`, estimated on up to `sample` ids spread over the id range."""
+        where, params = filters.where()
+        top = self.db.execute("SELECT max(id) FROM items").fetchone()[0]
+        if top is None:
+            return 0.0
+        total, passed = self.db.execute(  # ids scattered by a multiplicative hash: no period of the data aligns with them
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?), "
+            "sample(id) AS (SELECT DISTINCT (i * 2654435761) % ? FROM n) "
+            f"SELECT count(*), coalesce(sum(CASE WHEN {where} THEN 1 ELSE 0 END), 0) FROM sample JOIN items USING (id)",
+            [min(sample, top + 1), top + 1, *params],
+        ).fetchone()
+        return passed / total if total else 0.0
+
+    def passing(self, filters: Filters, segment: int, rows: np.ndarray) -> np.ndarray:
+        """Which of a segment's `rows` hold items that pass `filters` (a post-filter of ANN candidates)."""
+        where, params = filters.where()
+        found: list[int] = []
+        for start in range(0, len(rows), 500):
+            chunk = [int(r) for r in rows[start : start + 500]]
+            query = f"SELECT row FROM items WHERE segment = ? AND row IN ({', '.join('?' * len(chunk))}) AND {where}"
+            found += [r for (r,) in self.db.execute(query, [segment, *chunk, *params])]
+        return np.isin(rows, np.array(found, dtype=np.int64))
 
     def matching_rows(self, filters: Filters) -> dict[int, np.ndarray]:
         """Segment → sorted rows of the items that pass `filters`."""
@@ -147,5 +239,22 @@ class Catalog:
         return {int(s): rows for s, rows in zip(segments, np.split(pairs[:, 1], starts[1:]))}
 
 
-def rebuild_hint(directory: Path) -> str:
-    return f"delete {directory} and rebuild it with `tusou index PATH --out {directory}`"
+def put_items(db: sqlite3.Connection, rows: Iterable[tuple]) -> None:
+    """Insert items (`item_values` rows), or replace those of the same id (a changed image keeps its id)."""
+    db.executemany(f"INSERT OR REPLACE INTO items VALUES ({', '.join('?' * len(ITEM_COLUMNS))})", rows)
+
+
+def drop_items(db: sqlite3.Connection, ids: Iterable[int]) -> None:
+    db.executemany("DELETE FROM items WHERE id = ?", ((int(i),) for i in ids))
+
+
+def put_segment(db: sqlite3.Connection, segment: SegmentRow) -> None:
+    db.execute("INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?, ?)", segment.values())
+
+
+def drop_segments(db: sqlite3.Connection, ids: Iterable[int]) -> None:
+    db.executemany("DELETE FROM segments WHERE id = ?", ((int(i),) for i in ids))
+
+
+def put_setting(db: sqlite3.Connection, key: str, value: object) -> None:
+    db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, json.dumps(value)))

@@ -18,10 +18,16 @@ from retrieval.store.atomic import atomic_write_text
 from retrieval.store.index_types import CHOICES, INDEX_TYPES, KNOBS
 from retrieval.store.model_ref import ModelRef
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""1: one generation of files named here (JSONL catalog, embeddings, FAISS), swapped by rewriting
+the manifest. 2: segments named by catalog.sqlite, which is the commit point; the manifest only
+says what the index is (retrieval.store.store)."""
+SEGMENTS = 2
 MANIFEST = "manifest.json"
 ROLES = ("catalog", "embeddings", "faiss")
-MANIFEST_FIELDS: dict[str, type] = {"model": dict, "dim": int, "count": int, "index": dict, "files": dict, "generation": int, "next_id": int}
+IDENTITY_FIELDS: dict[str, type] = {"model": dict, "dim": int}
+GENERATION_FIELDS: dict[str, type] = {"count": int, "index": dict, "files": dict, "generation": int, "next_id": int}
+"""What a format-1 manifest holds beside the identity: its one generation of files."""
 
 
 def rebuild_hint(directory: Path) -> str:
@@ -64,21 +70,27 @@ class IndexEntry:
 class Manifest:
     model: ModelRef
     dim: int
-    count: int
-    index: IndexEntry
-    files: dict[str, str]
-    generation: int
-    next_id: int
+    count: int = 0
+    index: IndexEntry | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    generation: int = 0
+    next_id: int = 0
+    """count … next_id: a format-1 index's generation; a format-2 index keeps them in its catalog."""
     metric: str = "inner_product"
     format_version: int = FORMAT_VERSION
     tool_version: str = field(default_factory=tool_version)
     created: str = ""
     updated: str = ""
 
+    @property
+    def segmented(self) -> bool:
+        return self.format_version >= SEGMENTS
+
     def to_dict(self) -> dict:
-        """The JSON object of manifest.json."""
-        entries = {"model": self.model.to_dict(), "index": self.index.to_dict()}
-        return {f.name: entries.get(f.name, getattr(self, f.name)) for f in fields(self)}
+        """The JSON object of manifest.json (a format-2 one without the generation fields)."""
+        entries = {"model": self.model.to_dict(), "index": self.index.to_dict() if self.index else None}
+        names = [f.name for f in fields(self) if not (self.segmented and f.name in GENERATION_FIELDS)]
+        return {name: entries.get(name, getattr(self, name)) for name in names}
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
@@ -100,19 +112,21 @@ def read_manifest(directory: Path) -> Manifest:
         raise TusouError(f"{path} is damaged ({exc}): {fix}") from None
     if not isinstance(raw, dict):
         raise TusouError(f"{path} is damaged (not a JSON object): {fix}")
-    _check_version(directory, raw, fix)
-    _check_fields(path, raw, fix)
-    _check_files(directory, raw["files"], fix)
-    _check_index_entry(path, raw["index"], fix)
+    version = _check_version(directory, raw, fix)
+    _check_fields(path, raw, fix, IDENTITY_FIELDS | (GENERATION_FIELDS if version < SEGMENTS else {}))
+    if version < SEGMENTS:
+        _check_files(directory, raw["files"], fix)
+        _check_index_entry(path, raw["index"], fix)
     _check_model_entry(path, raw["model"], fix)
     model = ModelRef(**{"name": None, **raw["model"]})  # a nameless one is refused by _check_model_dim
-    manifest = Manifest(**{**raw, "model": model, "index": IndexEntry(**raw["index"])})
+    index = IndexEntry(**raw["index"]) if version < SEGMENTS else None
+    manifest = Manifest(**{"format_version": 1, **raw, "model": model, "index": index})
     _check_model_dim(directory, manifest, fix)
     return manifest
 
 
-def _check_version(directory: Path, raw: dict, fix: str) -> None:
-    version = raw.get("format_version", FORMAT_VERSION)
+def _check_version(directory: Path, raw: dict, fix: str) -> int:
+    version = raw.get("format_version", 1)
     if not _is_int(version) or version < 1:
         raise TusouError(f"{directory / MANIFEST} is damaged (format_version {version!r} is not a version number): {fix}")
     if version > FORMAT_VERSION:
@@ -120,17 +134,18 @@ def _check_version(directory: Path, raw: dict, fix: str) -> None:
             f"{directory} was written by a newer tusou (index format {version}, "
             f"this one reads up to {FORMAT_VERSION}): upgrade tusou"
         )
+    return version
 
 
-def _check_fields(path: Path, raw: dict, fix: str) -> None:
-    """Every field there, none unknown, each of its type."""
-    missing = [key for key in MANIFEST_FIELDS if key not in raw]
+def _check_fields(path: Path, raw: dict, fix: str, required: dict[str, type]) -> None:
+    """Every `required` field there, none unknown, each of its type."""
+    missing = [key for key in required if key not in raw]
     if missing:
         raise TusouError(f"{path} is damaged (no {', '.join(missing)}): {fix}")
     unknown = sorted(set(raw) - {f.name for f in fields(Manifest)})
     if unknown:
         raise TusouError(f"{path} is damaged (unknown field {', '.join(unknown)}): {fix}")
-    for key, kind in MANIFEST_FIELDS.items():
+    for key, kind in required.items():
         # bool is an int to Python, not to a manifest; a wrong type would surface later as a traceback
         if not isinstance(raw[key], kind) or isinstance(raw[key], bool) or (kind is int and raw[key] < 0):
             raise TusouError(f"{path} is damaged ({key} is {raw[key]!r}): {fix}")

@@ -1,0 +1,203 @@
+"""An index directory as a store: its identity (manifest), its catalog (SQLite), its live segments.
+
+`open_store(dir)` reads the manifest and connects to the catalog; no item row is read. `view()`
+is one consistent state: the segments the catalog named in one read transaction, each opened once
+and kept while it lives (segments never change; only their deletion records are re-read). A view
+answers top-k searches over all its segments, merged, with filters planned by how many items match.
+
+An index of format 1 (one generation: JSONL catalog, embeddings, FAISS file) opens as one segment
+with a catalog in memory built from its JSONL, so it searches, filters included, as it is; the
+next build converts it on disk (indexer.convert).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.errors import TusouError
+from retrieval.search.filters import FORMAT_ALIASES, Filters
+from retrieval.store.arrays import read_array
+from retrieval.store.catalog import Catalog, SegmentRow, item_values, put_items, put_segment, put_setting
+from retrieval.store.index_store import open_index
+from retrieval.store.manifest import Manifest, read_manifest, rebuild_hint
+from retrieval.store.model_ref import BOTH, OtherWeights, Tower
+from retrieval.store.segment import Segment, open_segment
+
+CATALOG = "catalog.sqlite"
+EXACT_SCAN_ROWS = 20_000
+"""Matching items up to which a filtered search fetches their rows and scores them all exactly: at
+d=768 that is 30 MB of float16 read and one small matrix product, a few milliseconds, and recall 1
+by construction. Above it, fetching the rows from SQLite costs more than the search (160 ms for
+40k on two cores), so the ANN search runs widened and its candidates are post-filtered."""
+SHARE_SAMPLE = 4096
+"""Items sampled to estimate a broad filter's share of the index (±1.5% at 95%)."""
+OPEN_RETRIES = 5
+
+
+@dataclass
+class View:
+    """One consistent state of the index. Positions are global: a segment's rows follow the rows of
+    the segments before it (in segment id order)."""
+
+    directory: Path
+    catalog: Catalog
+    generation: int
+    segments: list[Segment]
+    bases: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bases = np.cumsum([0] + [len(s.ids) for s in self.segments])
+
+    def __len__(self) -> int:
+        """Live items."""
+        return sum(segment.live for segment in self.segments)
+
+    def _located(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        which = np.searchsorted(self.bases, positions, side="right") - 1
+        return which, positions - self.bases[which]
+
+    def vectors(self, positions: np.ndarray) -> np.ndarray:
+        """The stored float16 vectors at `positions`, in their order."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty((len(positions), self.dim), dtype=np.float16)
+        which, rows = self._located(positions)
+        for s in np.unique(which):
+            picked = which == s
+            out[picked] = self.segments[s].vectors[rows[picked]]
+        return out
+
+    def ids(self, positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
+        which, rows = self._located(positions)
+        return np.array([self.segments[s].ids[r] for s, r in zip(which, rows)], dtype=np.int64)
+
+    @property
+    def dim(self) -> int:
+        return self.segments[0].vectors.shape[1] if self.segments else 0
+
+    def search(self, queries: np.ndarray, k: int, filters: Filters | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, positions) per query row over every live segment, within `filters`;
+        positions are -1 past the last result."""
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        positions = np.full((len(queries), k), -1, dtype=np.int64)
+        plan = self._plan(filters)
+        if plan is None:
+            return scores, positions
+        for q, query in enumerate(queries):
+            found = [(s, *segment.search(query, k, **plan(segment))) for s, segment in enumerate(self.segments) if segment.live]
+            merged_scores = np.concatenate([f[1] for f in found]) if found else np.empty(0, np.float32)
+            merged = np.concatenate([self.bases[s] + rows for s, _, rows in found]) if found else np.empty(0, np.int64)
+            best = np.argsort(-merged_scores, kind="stable")[:k]
+            scores[q, : len(best)], positions[q, : len(best)] = merged_scores[best], merged[best]
+        return scores, positions
+
+    def _plan(self, filters: Filters | None):
+        """How each segment is searched: unrestricted; the matching rows scanned (few match); or the ANN
+        search widened by the filter's share and post-filtered (many match). None: nothing matches."""
+        if filters is None or not filters.active:
+            return lambda segment: {}
+        matching = self.catalog.count_matching(filters, EXACT_SCAN_ROWS + 1)
+        if matching == 0:
+            return None
+        if matching <= EXACT_SCAN_ROWS:
+            rows = self.catalog.matching_rows(filters)
+            empty = np.empty(0, np.int64)
+            return lambda segment: {"allowed": rows.get(segment.id, empty)}
+        share = max(matching / max(1, len(self)), self.catalog.share(filters, SHARE_SAMPLE))
+        return lambda segment: {"passes": lambda rows: self.catalog.passing(filters, segment.id, rows), "share": share}
+
+
+class Store:
+    """An open index directory. Thread-safe: views are made under a lock and are read-only."""
+
+    def __init__(self, directory: Path, manifest: Manifest, catalog: Catalog, legacy: Segment | None = None):
+        self.directory = directory
+        self.manifest = manifest
+        self.catalog = catalog
+        self._legacy = legacy
+        self._segments: dict[int, Segment] = {}
+        self._view: View | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def generation(self) -> int:
+        return int(self.catalog.setting("generation", 0))
+
+    def view(self) -> View:
+        """The index as its last commit left it (the same View object until the next commit)."""
+        with self._lock:
+            if self._view is None or (self._legacy is None and self._view.generation != self.generation):
+                self._view = self._legacy_view() if self._legacy else self._open_view()
+            return self._view
+
+    def _legacy_view(self) -> View:
+        return View(self.directory, self.catalog, 0, [self._legacy])
+
+    def _open_view(self) -> View:
+        for _ in range(OPEN_RETRIES):
+            with self.catalog.snapshot() as db:
+                generation = int(self.catalog.setting("generation", 0, db))
+                rows = self.catalog.segments(db)
+            try:
+                segments = [self._segment(row) for row in rows]
+            except FileNotFoundError:  # a writer removed what a newer commit no longer names: read again
+                continue
+            self._segments = {segment.id: segment for segment in segments}
+            return View(self.directory, self.catalog, generation, segments)
+        raise TusouError(f"{self.directory} is damaged: a file its catalog names is missing: {rebuild_hint(self.directory)}")
+
+    def _segment(self, row: SegmentRow) -> Segment:
+        known = self._segments.get(row.id)
+        if known is None:
+            return open_segment(self.directory, row, self.manifest.dim)
+        if len(known.deleted) == row.deleted:
+            return known
+        deleted = read_array(self.directory / row.files["deleted"], np.int64, 1, rebuild_hint(self.directory))
+        return replace(known, deleted=np.asarray(deleted))
+
+    def check_weights(self, model, towers: tuple[Tower, ...] = BOTH) -> None:
+        """Refuse a model whose `towers` are not the ones that built this index (a precision cast keeps the fingerprints)."""
+        try:
+            self.manifest.model.verify(model, towers)
+        except OtherWeights as exc:
+            raise TusouError(f"{self.directory} was built with {exc}: load the same weights or build a new index") from None
+
+    def close(self) -> None:
+        self.catalog.close()
+
+
+def open_store(directory: str | Path) -> Store:
+    """The index at `directory`, checked: its manifest, its catalog, and (on first view) its segments."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if manifest.segmented:
+        if not (directory / CATALOG).is_file():
+            raise TusouError(f"{directory} is damaged: its catalog {CATALOG} is missing: {rebuild_hint(directory)}")
+        return Store(directory, manifest, Catalog(directory / CATALOG))
+    return _open_legacy(directory)
+
+
+def _open_legacy(directory: Path) -> Store:
+    """A format-1 index as one segment, its JSONL catalog loaded into a catalog in memory."""
+    old = open_index(directory)
+    catalog = Catalog.in_memory()
+    files = {role: name for role, name in (("vectors", old.manifest.files["embeddings"]), ("faiss", old.manifest.files["faiss"]))}
+    row = SegmentRow(1, len(old.items), 0, files, old.manifest.index)
+    with catalog.transaction() as db:
+        put_items(db, (item_values(replace(item, format=_format_by_name(item.path)), 1, r) for r, item in enumerate(old.items)))
+        put_segment(db, row)
+        put_setting(db, "next_id", old.manifest.next_id)
+    ids = np.array([item.id for item in old.items], dtype=np.int64)
+    segment = Segment(1, old.embeddings, ids, old.faiss_index, old.manifest.index, np.empty(0, np.int64))
+    return Store(directory, old.manifest, catalog, legacy=segment)
+
+
+def _format_by_name(path: str) -> str | None:
+    """A format-1 catalog never read the images' headers: their names say what they are."""
+    suffix = Path(path.rpartition("#")[2] or path).suffix.lower().lstrip(".")
+    return FORMAT_ALIASES.get(suffix, suffix) or None
