@@ -51,9 +51,9 @@ def test_demo_setup_builds_once_and_answers(tmp_path):
     queries = example_queries(tmp_path)
     assert len(queries) == 6
     searcher = Searcher(index, device="cpu")
-    assert len(searcher) == 60 and searcher.index.manifest.model.name == "demo"
+    assert len(searcher) == 60 and searcher.store.manifest.model.name == "demo"
     results = searcher.search_text(queries[0], k=5)
     assert len(results) == 5
-    generation = searcher.index.manifest.generation
+    generation = searcher.store.generation
     prepare(tmp_path, count=60, device="cpu")
-    assert Searcher(index, device="cpu").index.manifest.generation == generation
+    assert Searcher(index, device="cpu").store.generation == generation

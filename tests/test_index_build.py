@@ -16,6 +16,7 @@ from retrieval import EmbeddingModel, Searcher, TusouError, load_model
 from retrieval.search.query import Query
 from retrieval.store.index_store import open_index
 from tests.imagegen import draw, write_images
+from tests.stored import stored_vectors
 from tests.test_encoders import saved_bert
 
 
@@ -41,9 +42,9 @@ def test_build_writes_a_complete_index(tmp_path, image_folder, tiny_model):
 def test_every_image_finds_itself_first(tmp_path, image_folder, tiny_model):
     build_index(BuildPlan([image_folder], tmp_path / "index", model=tiny_model, workers=2, progress=False))
     searcher = Searcher(tmp_path / "index", model=tiny_model)
-    for item in searcher.index.items:
-        results = searcher.search_image(item.path, k=3)
-        assert results[0].path == item.path and results[0].rank == 1
+    for path in stored_vectors(tmp_path / "index"):
+        results = searcher.search_image(path, k=3)
+        assert results[0].path == path and results[0].rank == 1
         assert results[0].score == pytest.approx(1.0, abs=2e-3)
         assert results[0].score >= results[1].score >= results[2].score
 

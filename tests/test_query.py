@@ -21,6 +21,7 @@ from indexer import BuildPlan, build_index
 from retrieval import Query, Searcher, TusouError
 from retrieval.datasets.synthetic import write_collection
 from retrieval.search.query import NEGATIVE_WEIGHT, unit
+from tests.stored import stored_vectors
 from ui.cli import main
 
 ORIGINAL = "shape_0011.png"
@@ -55,12 +56,13 @@ def names(results) -> list[str]:
 def brute_force(searcher: Searcher, query: Query) -> tuple[list[str], np.ndarray]:
     """Every stored image scored by the documented formula, best first (names, scores)."""
     positive, negatives = searcher.query_vectors(query)
-    stored = unit(searcher.index.embeddings)
+    vectors = stored_vectors(searcher.store.directory)
+    paths, stored = list(vectors), unit(np.stack(list(vectors.values())))
     scores = stored @ positive
     if len(negatives):
         scores = scores - NEGATIVE_WEIGHT * np.clip(stored @ negatives.T, 0, None).max(axis=1)
     order = np.argsort(-scores, kind="stable")
-    return [Path(searcher.index.items[i].path).name for i in order], scores[order]
+    return [Path(paths[i]).name for i in order], scores[order]
 
 
 @pytest.mark.parametrize(
@@ -191,7 +193,7 @@ def test_dedupe_keeps_k_distinct_results_and_folds_only_what_is_that_close(demo,
     """The results are the first k of the whole ranking that are not near-duplicates of a better
     one, however many candidates that takes."""
     searcher, _, _ = demo
-    stored = {item.path: unit(searcher.index.embeddings[row]) for row, item in enumerate(searcher.index.items)}
+    stored = {path: unit(vector) for path, vector in stored_vectors(searcher.store.directory).items()}
     found = searcher.search(Query(text="圆形", dedupe=threshold), 10)
     distinct: list[str] = []
     for path in (r.path for r in searcher.search(Query(text="圆形"), len(searcher))):
@@ -210,13 +212,14 @@ def cli(capsys, *argv) -> tuple[int, list[dict], str]:
 
 def test_cli_combined_query_with_negatives_threshold_and_dedupe(demo, capsys):
     searcher, truth, collection = demo
-    index = searcher.index.directory
+    index = searcher.store.directory
     code, rows, _ = cli(capsys, "search", index, "圆形", "--image", collection / REFERENCE, "--weight", "0.5",
                         "--not", "红色", "--not", "黄色", "--min-score", "0.3", "--dedupe", "-k", "6", "--json")
     expected = searcher.search(Query(text="圆形", image=collection / REFERENCE, negatives=("红色", "黄色"), min_score=0.3,
                                      dedupe=0.95), 6)
     assert code == 0 and [r["path"] for r in rows] == [r.path for r in expected] and len(rows) == 6
-    assert all(set(r) == {"rank", "score", "path", "duplicates", "duplicate_paths"} and r["score"] >= 0.3 for r in rows)
+    assert all(r.keys() >= {"rank", "score", "id", "path", "taken", "taken_from", "width", "height"} and r["score"] >= 0.3 for r in rows)
+    assert all((r["duplicates"], r["duplicate_paths"]) == (result.duplicates, list(result.duplicate_paths)) for r, result in zip(rows, expected))
     assert not any(shows(truth, r["path"], "红色") or shows(truth, r["path"], "黄色") for r in rows)
 
     code, rows, _ = cli(capsys, "search", index, "--image", collection / COPIES[1], "--dedupe", "0.999", "-k", "3", "--json")

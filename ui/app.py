@@ -82,7 +82,6 @@ class SearchApp:
         self.examples = examples or GENERIC_EXAMPLES
         self._lock = threading.Lock()
         """Held while encoding: a fast tokenizer used from two threads at once fails ("Already borrowed")."""
-        self.row_of_id = {item.id: row for row, item in enumerate(searcher.index.items)}
 
     def _results(self, results: list[SearchResult], dedupe: bool = False) -> tuple[Gallery, list[dict]]:
         gallery = []
@@ -153,11 +152,10 @@ class SearchApp:
         """Search by a result picked in a gallery: by its catalog row's stored vector, not by a path."""
         if not results or not (0 <= event.index < len(results)):
             return [], [], "请先搜索，再点选一个结果。"
-        row = self.row_of_id.get(int(results[event.index]["id"]))
-        if row is None:
+        vector = self.searcher.item_vector(int(results[event.index]["id"]))
+        if vector is None:
             return [], [], "这个结果已不在索引中。"
-        vector = np.asarray(self.searcher.index.embeddings[row], dtype=np.float32)[None]
-        found = self.searcher.search_vectors(vector / np.linalg.norm(vector), int(k))[0]
+        found = self.searcher.search_vectors(vector[None], int(k))[0]
         return *self._results(found), f"与 #{results[event.index]['rank']} 相似: {len(found)} 个结果"
 
     def label(self, upload: str | bytes | None, labels: str, template: str) -> tuple[dict[str, float], str]:

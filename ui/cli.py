@@ -247,22 +247,21 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
+    from retrieval.search.filters import make_filters
     from retrieval.search.query import IMAGE_WEIGHT, Query
 
     if args.weight is not None and (args.query is None or args.image is None):
         raise TusouError("--weight mixes a text query with --image: give both, or leave --weight out")
-    # checked (and an empty query refused) before torch and the model load
+    # checked (and an empty query or a bad filter refused) before torch and the model load
+    filters = make_filters(args.after, args.before, args.folders, args.types, args.camera, args.near)
     query = Query(text=args.query, image=args.image, weight=IMAGE_WEIGHT if args.weight is None else args.weight,
-                  negatives=args.negatives, min_score=args.min_score, dedupe=args.dedupe)
+                  negatives=args.negatives, min_score=args.min_score, dedupe=args.dedupe, filters=filters, sort=args.sort)
     from retrieval.search.searcher import Searcher
 
     searcher = Searcher(args.index, device=args.device, precision=args.precision)
-    for result in searcher.search(query, args.k):
+    for result in searcher.search(query, args.k, args.offset):
         if args.json:
-            row = {"rank": result.rank, "score": round(result.score, 6), "path": result.path}
-            if query.dedupe is not None:
-                row.update(duplicates=result.duplicates, duplicate_paths=list(result.duplicate_paths))
-            _print_json(row)
+            _print_json(result.to_dict(query.dedupe is not None))
         else:
             folded = f"  (+{result.duplicates} near-duplicate{'s' * (result.duplicates > 1)})" if result.duplicates else ""
             print(f"{result.rank:>3}  {result.score:.4f}  {result.path}{folded}")
@@ -438,10 +437,27 @@ def _search_options(search: argparse.ArgumentParser) -> None:
     search.add_argument("--dedupe", type=float, nargs="?", const=DEDUPE_THRESHOLD, metavar="THRESHOLD",
                         help=f"fold near-duplicate results (stored-vector cosine >= THRESHOLD, default {DEDUPE_THRESHOLD}) into one")
     search.add_argument("-k", type=_number(int, 1), default=10, help="number of results (default: 10)")
+    search.add_argument("--offset", type=_number(int, 0), default=0, help="skip this many results first (the next page)")
+    _filter_options(search)
     _add_precision(search)
     _add_device(search)
     search.add_argument("--json", action="store_true", help="one JSON object per result")
     search.set_defaults(run=cmd_search)
+
+
+def _filter_options(search: argparse.ArgumentParser) -> None:
+    """The filters and the sort order; their values are checked by make_filters and Query."""
+    from retrieval.search.query import SORTS
+
+    search.add_argument("--after", metavar="DATE", help="taken on or after DATE (2024, 2024-06, 2024-06-01 or 2024-06-01T08:30)")
+    search.add_argument("--before", metavar="DATE", help="taken before DATE")
+    search.add_argument("--in", dest="folders", action="append", default=[], metavar="PATH_PREFIX",
+                        help="only images in this folder or below it (repeatable: any of them)")
+    search.add_argument("--type", dest="types", metavar="TYPES", help="only these file types, e.g. jpg,png")
+    search.add_argument("--camera", metavar="TEXT", help="only photos whose camera make or model contains TEXT")
+    search.add_argument("--near", metavar="LAT,LON,KM", help="only photos taken within KM km of LAT,LON")
+    search.add_argument("--sort", choices=SORTS, default="score",
+                        help="score (default), or newest / oldest first among the best results")
 
 
 def _label_options(label: argparse.ArgumentParser) -> None:

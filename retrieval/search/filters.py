@@ -8,6 +8,7 @@ indexed. Dates compare as the catalog stores them: local wall-clock time as ISO 
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -117,7 +118,7 @@ def make_filters(
     filters = Filters(
         after=parse_date(after, "--after") if after else None,
         before=parse_date(before, "--before") if before else None,
-        folders=tuple(folder.rstrip("/") or "/" for folder in folders if folder),
+        folders=tuple(_folder(folder) for folder in folders if folder),
         types=parse_types(types) if types else (),
         camera=camera.strip() or None if camera else None,
         near=parse_near(near) if near else None,
@@ -125,6 +126,13 @@ def make_filters(
     if filters.after and filters.before and filters.after >= filters.before:
         raise TusouError(f"--after {after} is not before --before {before}: nothing could match")
     return filters
+
+
+def _folder(text: str) -> str:
+    """A folder as the catalog spells paths: a local one absolute (resolved from here), a URL as written."""
+    if "://" not in text:
+        text = os.path.abspath(os.path.expanduser(text))
+    return text.rstrip("/") or "/"
 
 
 def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

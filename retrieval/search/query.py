@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from retrieval.errors import TusouError
+from retrieval.search.filters import Filters
 
 MAX_QUERY_CHARS = 2000
 """A query is cut here before tokenizing: the text towers read at most 77 tokens (far fewer
@@ -33,6 +34,11 @@ DEDUPE_THRESHOLD = 0.95
 POOL_FACTOR = 4
 """Candidates fetched per result wanted when negatives or de-duplication may drop some; the
 pool grows by this factor until the top k are settled."""
+
+SORTS = ("score", "newest", "oldest")
+SORT_POOL = 200
+"""Results ordered by date are the best this many by score (those above min_score, when given):
+a date order over everything the filters admit would ignore the query."""
 
 QueryImage = str | Path | bytes | Image.Image
 
@@ -74,6 +80,9 @@ class Query:
     - `min_score`: results scoring below it are dropped.
     - `dedupe`: a cosine threshold between stored image vectors; a result at or above it to a
       better-ranked result is folded into that one (None: keep every result).
+    - `filters`: which items may be returned (retrieval.search.filters); the top k within them are
+      exact where few match, the index's tuned recall where many do.
+    - `sort`: `score`, or `newest` / `oldest` first among the best SORT_POOL results by score.
     """
 
     text: str | None = None
@@ -82,6 +91,8 @@ class Query:
     negatives: Sequence[str] = ()
     min_score: float | None = None
     dedupe: float | None = None
+    filters: Filters = field(default_factory=Filters)
+    sort: str = "score"
 
     def __post_init__(self) -> None:
         if self.text is not None:
@@ -96,6 +107,8 @@ class Query:
             )
         _check_range("weight", self.weight, 0, 1, "it is the reference image's share of the query (0 = text only, 1 = image only)")
         _check_range("min-score", self.min_score, -1, 1, "scores are cosines (minus the negative terms' push)")
+        if self.sort not in SORTS:
+            raise TusouError(f"sort {self.sort!r}: choose one of {', '.join(SORTS)}")
         if self.dedupe is not None and not (isinstance(self.dedupe, (int, float)) and 0 < self.dedupe <= 1):
             raise TusouError(f"dedupe threshold {self.dedupe!r} is outside (0, 1]: it is the cosine above which two images count as one")
 
@@ -144,11 +157,14 @@ class Hit:
     folded: list[int] = field(default_factory=list)
 
 
-def rank(query: Query, scores: np.ndarray, rows: np.ndarray, embeddings: np.ndarray, negatives: np.ndarray, k: int) -> tuple[list[Hit], bool]:
+def rank(
+    query: Query, scores: np.ndarray, rows: np.ndarray, stored: Callable[[np.ndarray], np.ndarray], negatives: np.ndarray, k: int
+) -> tuple[list[Hit], bool]:
     """The top `k` of one query's candidates, and whether they are final.
 
-    `scores`/`rows` are the FAISS search for the positive vector (best first, rows -1 past
-    the end); `negatives` the negative terms' unit text vectors, one per row.
+    `scores`/`rows` are the index search for the positive vector (best first, rows -1 past
+    the end); `stored(rows)` gives their stored vectors; `negatives` the negative terms' unit
+    text vectors, one per row.
 
     A result's score is its cosine to the positive vector minus NEGATIVE_WEIGHT × its
     highest cosine to any negative term (counted from 0: an image unlike a term is not
@@ -167,12 +183,12 @@ def rank(query: Query, scores: np.ndarray, rows: np.ndarray, embeddings: np.ndar
     """
     found = rows >= 0
     rows, positive = rows[found], np.asarray(scores[found], dtype=np.float64)
-    vectors = unit(embeddings[rows]) if query.reranks else None
+    vectors = unit(stored(rows)) if query.reranks else None
     final_scores = positive
     if len(negatives):
         final_scores = positive - NEGATIVE_WEIGHT * np.clip(vectors @ negatives.T, 0, None).max(axis=1)
     hits: list[Hit] = []
-    kept = np.empty((min(k, len(rows)) if query.dedupe is not None else 0, embeddings.shape[1]), dtype=np.float32)
+    kept = np.empty((min(k, len(rows)), vectors.shape[1]) if query.dedupe is not None else (0, 0), dtype=np.float32)
     for i in np.argsort(-final_scores, kind="stable"):
         if query.min_score is not None and final_scores[i] < query.min_score:
             break

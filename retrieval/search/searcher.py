@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +13,11 @@ from PIL import Image
 
 from retrieval.images import load_query_image
 from retrieval.models.model import EmbeddingModel
-from retrieval.store.index_store import StoredIndex, open_index
+from retrieval.errors import TusouError
+from retrieval.search.filters import Filters
+from retrieval.search.query import POOL_FACTOR, SORT_POOL, Hit, Query, QueryImage, clean_query, mix, rank, unit
 from retrieval.store.model_ref import IMAGE, TEXT, cast
-from retrieval.search.query import POOL_FACTOR, Query, QueryImage, clean_query, mix, rank
+from retrieval.store.store import Store, View, open_store
 from retrieval.search.zero_shot import LabelScore, label_images
 
 
@@ -30,10 +32,29 @@ class SearchResult:
     path: str
     duplicate_paths: tuple[str, ...] = ()
     """Near-duplicates folded into this result (only when the query de-duplicates)."""
+    taken: str | None = None
+    """When the photo was taken (local time, ISO): its EXIF time, else its file's mtime (`taken_from`)."""
+    taken_from: str | None = None
+    width: int | None = None
+    height: int | None = None
+    camera: str | None = None
 
     @property
     def duplicates(self) -> int:
         return len(self.duplicate_paths)
+
+    def to_dict(self, dedupe: bool = False) -> dict:
+        """The result as `--json` gives it: camera only when known; a de-duplicating search adds how
+        many near-duplicates were folded in, and their paths."""
+        fields = {
+            "rank": self.rank, "score": round(self.score, 6), "id": self.id, "path": self.path,
+            "taken": self.taken, "taken_from": self.taken_from, "width": self.width, "height": self.height,
+        }
+        if self.camera:
+            fields["camera"] = self.camera
+        if dedupe:
+            fields.update(duplicates=self.duplicates, duplicate_paths=list(self.duplicate_paths))
+        return fields
 
 
 class QueryCache:
@@ -73,10 +94,10 @@ class Searcher:
         precision: str = "auto",
         cache_size: int = 1024,
     ):
-        self.index: StoredIndex = open_index(index_dir)
-        ref = self.index.manifest.model
+        self.store: Store = open_store(index_dir)
+        ref = self.store.manifest.model
         loaded = model or ref.load_weights(device)
-        self.index.check_weights(loaded, TEXT)  # both towers, for an index without per-tower fingerprints
+        self.store.check_weights(loaded, TEXT)  # both towers, for an index without per-tower fingerprints
         self.model = cast(loaded, precision)
         self._image_check = threading.Lock()
         self._image_unchecked = ref.per_tower  # a cast keeps the fingerprints of the weights as loaded
@@ -87,27 +108,52 @@ class Searcher:
         if self._image_unchecked:
             with self._image_check:
                 if self._image_unchecked:
-                    self.index.check_weights(self.model, IMAGE)
+                    self.store.check_weights(self.model, IMAGE)
                     self._image_unchecked = False
         return self.model
 
     def __len__(self) -> int:
-        return len(self.index.items)
+        """Items in the index as its last commit left it."""
+        return len(self.store.view())
 
-    def _result(self, rank: int, row: int, score: float, folded: Sequence[int] = ()) -> SearchResult:
-        items = self.index.items
-        return SearchResult(rank, float(score), items[row].id, items[row].path, tuple(items[f].path for f in folded))
+    def _results(self, view: View, hits: Sequence[Hit], first_rank: int = 1) -> list[SearchResult]:
+        """Results for `hits` (positions in `view`), their catalog rows read in one query."""
+        ids = view.ids(np.array([h.row for h in hits] + [f for h in hits for f in h.folded], dtype=np.int64))
+        rows = self.store.catalog.items(ids.tolist())
+        hit_ids, folded_ids = ids[: len(hits)], iter(ids[len(hits) :])
+        results = []
+        for number, (hit, item_id) in enumerate(zip(hits, hit_ids), first_rank):
+            row = rows.get(int(item_id))
+            if row is None:  # deleted by a commit after this view was taken: its vector is still here, its row not
+                continue
+            folded = [rows[int(f)]["path"] for f in (next(folded_ids) for _ in hit.folded) if int(f) in rows]
+            results.append(SearchResult(
+                number, float(hit.score), int(item_id), row["path"], tuple(folded),
+                row["taken"], row["taken_from"], row["width"], row["height"], row["camera"],
+            ))
+        return results
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[SearchResult]]:
-        """Top-k items for each row of `vectors` (L2-normalised, the index's dim)."""
-        k = max(1, min(int(k), len(self)))
-        if len(self) == 0:
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, filters: Filters | None = None) -> list[list[SearchResult]]:
+        """Top-k items for each row of `vectors` (L2-normalised, the index's dim), within `filters`."""
+        view = self.store.view()
+        k = max(1, min(int(k), len(view)))
+        if len(view) == 0:
             return [[] for _ in range(len(vectors))]
-        scores, ids = self.index.search(vectors, k)
+        scores, positions = view.search(vectors, k, filters)
         return [
-            [self._result(rank, row, score) for rank, (score, row) in enumerate(zip(row_scores, row_ids), 1) if row >= 0]
-            for row_scores, row_ids in zip(scores, ids)
+            self._results(view, [Hit(int(p), float(s)) for s, p in zip(row_scores, row_positions) if p >= 0])
+            for row_scores, row_positions in zip(scores, positions)
         ]
+
+    def item(self, item_id: int) -> dict | None:
+        """An item's catalog row (path, stamp, size, metadata), None when it is not in the index."""
+        return self.store.catalog.items([int(item_id)]).get(int(item_id))
+
+    def item_vector(self, item_id: int) -> np.ndarray | None:
+        """An item's stored vector, unit length (None when it is not in the index)."""
+        view = self.store.view()
+        position = view.position_of(self.item(item_id))
+        return None if position is None else unit(view.vectors(np.array([position]))[0])
 
     def search_texts(self, queries: Sequence[str], k: int = 10) -> list[list[SearchResult]]:
         """Several text queries at once: one batch through the text tower, one FAISS search."""
@@ -133,20 +179,28 @@ class Searcher:
             image = model.encode_images([picture])[0] if query.uses_image else None
         return mix(text, image, query.weight), negatives
 
-    def search(self, query: Query, k: int = 10) -> list[SearchResult]:
-        """The top k for a composed query (retrieval.search.query): fetches more candidates than k
-        when negatives or de-duplication can drop some, until the top k are settled."""
+    def search(self, query: Query, k: int = 10, offset: int = 0) -> list[SearchResult]:
+        """Results `offset + 1` … `offset + k` of a composed query (retrieval.search.query): fetches more
+        candidates than wanted when negatives or de-duplication can drop some, until they are settled."""
+        if not (isinstance(offset, int) and offset >= 0):
+            raise TusouError(f"offset {offset!r}: give a whole number of results to skip, 0 or more")
         positive, negatives = self.query_vectors(query)
-        if len(self) == 0:
+        view = self.store.view()
+        total = len(view)
+        if total == 0:
             return []
-        k = max(1, min(int(k), len(self)))
-        pool = min(len(self), POOL_FACTOR * k) if query.reranks else k
+        wanted = min(total, max(1, int(k)) + offset if query.sort == "score" else SORT_POOL)
+        pool = min(total, POOL_FACTOR * wanted) if query.reranks else wanted
         while True:
-            scores, rows = self.index.search(positive[None], pool)
-            hits, final = rank(query, scores[0], rows[0], self.index.embeddings, negatives, k)
-            if final or pool == len(self):
-                return [self._result(number, hit.row, hit.score, hit.folded) for number, hit in enumerate(hits, 1)]
-            pool = min(len(self), pool * POOL_FACTOR)
+            scores, positions = view.search(positive[None], pool, query.filters)
+            hits, final = rank(query, scores[0], positions[0], view.vectors, negatives, wanted)
+            if final or pool >= total or (positions[0] < 0).any():  # settled, or every match fetched
+                break
+            pool = min(total, pool * POOL_FACTOR)
+        results = self._results(view, hits)
+        if query.sort != "score":
+            results.sort(key=lambda r: r.taken or "", reverse=query.sort == "newest")
+        return [replace(r, rank=number) for number, r in enumerate(results[offset : offset + max(1, int(k))], offset + 1)]
 
     def label(
         self, image: str | Path | Image.Image, labels: str | Sequence[str], templates: Sequence[str] | None = None

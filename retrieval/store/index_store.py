@@ -259,6 +259,7 @@ def write_index(
         next_id=max([previous.next_id if previous else 0] + [item.id + 1 for item in items or []]),
         created=previous.created if previous else now,
         updated=now,
+        format_version=1,
     )
     write_manifest(directory, manifest)
     if previous:

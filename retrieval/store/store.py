@@ -75,6 +75,15 @@ class View:
         which, rows = self._located(positions)
         return np.array([self.segments[s].ids[r] for s, r in zip(which, rows)], dtype=np.int64)
 
+    def position_of(self, item: dict | None) -> int | None:
+        """The position of a catalog row's vector in this view (None: not in it)."""
+        if item is None:
+            return None
+        for base, segment in zip(self.bases, self.segments):
+            if segment.id == item["segment"]:
+                return int(base + item["row"])
+        return None
+
     @property
     def dim(self) -> int:
         return self.segments[0].vectors.shape[1] if self.segments else 0
