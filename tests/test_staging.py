@@ -1,24 +1,28 @@
 """A build's staging: records in SQLite beside chunks of vectors, resumed after a kill, discarded
-when it is not this build's."""
+when it is not this build's; and the EXIF metadata a real build stages with every record."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import tarfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from indexer.sources import SourceFile
 from indexer.staging import Staging
 from retrieval.store.model_ref import ModelRef
 from retrieval.store.records import ImageRecord
+from tests.test_metadata_filters import jpeg_with_exif
 
 ROOT = Path(__file__).parent.parent
 MODEL = ModelRef("some-model", fingerprint="f" * 16)
@@ -138,3 +142,59 @@ def test_a_staging_of_another_model_is_not_this_builds(tmp_path):
     stage(tmp_path / "staging", [record(0)])
     other = Staging(tmp_path / "staging", ModelRef("some-model", fingerprint="e" * 16))
     assert list(other.records()) == [] and not (tmp_path / "staging").exists()
+
+
+SHANGHAI = {1: "N", 2: (31.0, 13.0, 48.0), 3: "E", 4: (121.0, 28.0, 12.0)}
+BUILD = """
+import sys
+from indexer import BuildPlan, build_index
+build_index(BuildPlan(sys.argv[1:-2], sys.argv[-2], "test-tiny", device="cpu", batch_size=2, workers=int(sys.argv[-1]),
+            checkpoint_every=2, progress=False))
+"""
+
+
+def metadata_collection(folder: Path) -> list[str]:
+    """A JPEG with full EXIF (rotated: stored 40x30, upright 30x40), a PNG without, a PNG named .jpg,
+    a JPEG whose EXIF block is broken, and a tar shard with an EXIF JPEG member; its paths to index."""
+    folder.mkdir()
+    (folder / "exif.jpg").write_bytes(jpeg_with_exif(gps=SHANGHAI))
+    Image.new("RGB", (24, 24), "blue").save(folder / "plain.png")
+    Image.new("RGB", (24, 24), "green").save(folder / "really_a_png.jpg", "PNG")
+    broken = bytearray(jpeg_with_exif(make="Broken"))
+    start = broken.index(b"Exif\x00\x00") + 6
+    broken[start + 8 : start + 40] = b"\xff" * 32
+    (folder / "broken_exif.jpg").write_bytes(bytes(broken))
+    member = jpeg_with_exif(make="Apple", model="iPhone 15", taken="2023:12:31 23:59:59", offset=None, orientation=1)
+    with tarfile.open(folder.parent / "shard.tar", "w") as tar:
+        info = tarfile.TarInfo("000000000.jpg")
+        info.size = len(member)
+        tar.addfile(info, io.BytesIO(member))
+    return [str(folder), str(folder.parent / "shard.tar")]
+
+
+def assert_staged_metadata(staging: Staging, folder: Path) -> None:
+    """What `metadata_collection`'s images say about themselves, as their staged records have it."""
+    found = {item.path: item for item in staging.records()}
+    assert len(found) == 5, sorted(found)
+    exif = found[str(folder / "exif.jpg")]
+    assert (exif.taken, exif.taken_offset, exif.camera, exif.orientation, exif.format) == (
+        "2024-06-01T12:30:00", "+08:00", "Canon EOS R5", 6, "jpeg")
+    assert (exif.latitude, exif.longitude) == (pytest.approx(31.23), pytest.approx(121.47))
+    assert (exif.width, exif.height) == (30, 40), "upright, from the same open as the metadata"
+    nothing = dict(taken=None, taken_offset=None, camera=None, latitude=None, longitude=None, orientation=None)
+    for name, kind in (("plain.png", "png"), ("really_a_png.jpg", "png")):
+        assert {key: getattr(found[str(folder / name)], key) for key in [*nothing, "format"]} == nothing | {"format": kind}
+    assert found[str(folder / "broken_exif.jpg")].format == "jpeg"
+    member = found[f"{folder.parent / 'shard.tar'}#000000000.jpg"]
+    assert (member.camera, member.taken, member.taken_offset, member.orientation) == ("Apple iPhone 15", "2023-12-31T23:59:59", None, 1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_build_stages_what_each_image_says_about_itself(tmp_path, tiny_model, workers):
+    """A real build, killed as its commit starts, leaves every image staged with its metadata."""
+    paths = metadata_collection(tmp_path / "photos")
+    out = tmp_path / "index"
+    env = dict(os.environ, TUSOU_KILL_AT="commit:1", PYTHONPATH=str(ROOT))
+    build = subprocess.run([sys.executable, "-c", BUILD, *paths, str(out), str(workers)], env=env, cwd=ROOT)
+    assert build.returncode == -signal.SIGKILL
+    assert_staged_metadata(Staging(out / "staging", ModelRef.of(tiny_model)), tmp_path / "photos")
