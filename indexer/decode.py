@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from indexer.metadata import ImageMetadata, read_metadata
 from indexer.shards import member_path, read_images
 from indexer.sources import SourceFile
 from retrieval.images import ImageError, decode
@@ -32,6 +33,8 @@ class Decoded:
     size: int = 0
     mtime_ns: int = 0
     """Of a member of a shard listed as it was read: its stamp, from the tar header."""
+    metadata: ImageMetadata = ImageMetadata()
+    """What the image says about itself (EXIF), read from the same open as its pixels."""
 
     def record(self, files: dict[str, SourceFile]) -> ImageRecord:
         """What the catalog keeps of a decoded image: its content from here, its stamp from the scan
@@ -41,7 +44,8 @@ class Decoded:
             shard = files[self.path.rpartition(MEMBER_SEPARATOR)[0]]
             source = SourceFile(self.path, self.size, self.mtime_ns, shard.change_key, shard.path)
         return ImageRecord(
-            self.path, source.size, source.mtime_ns, self.sha256, self.width, self.height, change_key=source.change_key
+            self.path, source.size, source.mtime_ns, self.sha256, self.width, self.height,
+            change_key=source.change_key, **asdict(self.metadata),
         )
 
 
@@ -104,12 +108,14 @@ def decode_unit(unit: Unit, preprocess: Callable, min_size: int) -> Iterator[tup
 
 
 def _decoded(path: str, data: bytes, preprocess: Callable, min_size: int) -> tuple[Decoded, torch.Tensor | None]:
+    """An image's record and pixels; its metadata is read once, as it is opened, before any transposition."""
+    metadata: list[ImageMetadata] = []
     try:
-        image, (width, height) = decode(data, min_size)
+        image, (width, height) = decode(data, min_size, opened=lambda opened: metadata.append(read_metadata(opened)))
         pixels = preprocess(image)
     except ImageError as exc:
         return Decoded(path, error=str(exc)), None
-    return Decoded(path, hashlib.sha256(data).hexdigest(), width, height), pixels
+    return Decoded(path, hashlib.sha256(data).hexdigest(), width, height, metadata=metadata[0]), pixels
 
 
 class DecodedImages(IterableDataset):

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from indexer.decode import Decoded, Unit, decode_unit
 from indexer.engine import Embedded, Work, stage
+from indexer.metadata import ImageMetadata
 from indexer.sources import Skipped
 from indexer.staging import Staging
 from retrieval.errors import TusouError
@@ -47,8 +48,10 @@ IMAGES_PER_TASK = 256
 """Files read by one decode task (a tar shard is always one task: it is read in one pass)."""
 CONNECT_TIMEOUT = 10
 """Seconds to wait for the cluster's head to accept a connection."""
-RECORD_COLUMNS = ("path", "sha256", "width", "height", "error", "size", "mtime_ns")
-"""Decoded's fields, in its order."""
+RECORD_COLUMNS = ("path", "sha256", "width", "height", "error", "size", "mtime_ns", "metadata")
+"""Decoded's fields, in its order, each a column of plain values: `error` "" for none, `metadata` as JSON
+text of its known fields (through Ray Data a missing value comes back as NaN, and a column missing
+in every row of a batch as a column of float NaNs)."""
 
 
 @dataclass(frozen=True)
@@ -167,9 +170,15 @@ def _check_reachable(address: str) -> None:
 
 def _embedded(batch: dict[str, np.ndarray]) -> Embedded:
     """A batch as the actors return it: the records' columns, one vector per row (zeros where unreadable)."""
-    records = [Decoded(*record) for record in zip(*(batch[key].tolist() for key in RECORD_COLUMNS))]
+    records = [_from_row(row) for row in zip(*(batch[key].tolist() for key in RECORD_COLUMNS))]
     ok = batch["error"] == ""
     return Embedded([item for item in records if not item.error], batch["vector"][ok], [item for item in records if item.error])
+
+
+def _from_row(row: tuple) -> Decoded:
+    """A Decoded from its values of RECORD_COLUMNS (metadata the last)."""
+    *fields, metadata = row
+    return Decoded(*fields, metadata=ImageMetadata(**json.loads(metadata)))
 
 
 def _actors(resources: dict, options: RayOptions, workers: int | None, device: str) -> tuple[float, int, int]:
@@ -217,8 +226,10 @@ def _columns(rows: list[tuple[Decoded, torch.Tensor | None]], shape: tuple[int, 
     for number, (_, image) in enumerate(rows):
         if image is not None:
             pixels[number] = image.numpy()
-    columns = {key: np.array([getattr(item, key) for item, _ in rows]) for key in RECORD_COLUMNS if key != "error"}
-    return columns | {"error": np.array([item.error or "" for item, _ in rows]), "pixels": pixels}
+    items = [item for item, _ in rows]
+    columns = {key: np.array([getattr(item, key) for item in items]) for key in RECORD_COLUMNS[:-1] if key != "error"}
+    metadata = [json.dumps({key: value for key, value in asdict(item.metadata).items() if value is not None}) for item in items]
+    return columns | {"error": np.array([item.error or "" for item in items]), "metadata": np.array(metadata), "pixels": pixels}
 
 
 class _Embedder:

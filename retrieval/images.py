@@ -11,6 +11,7 @@ import errno
 import io
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +74,16 @@ def open_image(source: str | Path | bytes | Image.Image, min_size: int | None = 
     return decode(source, min_size)[0]
 
 
-def decode(source: str | Path | bytes | Image.Image, min_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
-    """The RGB image and the upright size of the original (before any draft reduction)."""
+def decode(
+    source: str | Path | bytes | Image.Image,
+    min_size: int | None = None,
+    opened: Callable[[Image.Image], None] | None = None,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """The RGB image and the upright size of the original (before any draft reduction).
+
+    `opened` is shown the image as opened from `source`, before it is reduced, transposed or
+    converted: the build reads its EXIF there, from the same open file.
+    """
     if isinstance(source, Image.Image):
         return _to_rgb(source), source.size
     try:
@@ -86,6 +95,8 @@ def decode(source: str | Path | bytes | Image.Image, min_size: int | None = None
                 raise ImageError(f"too large: {width}x{height} pixels (limit {MAX_PIXELS:,})")
             if min_size and _scaled_pixels(width, height, min_size) > MAX_PIXELS:
                 raise ImageError(f"too large: {width}x{height} pixels, too long and thin to scale its short side to {min_size}")
+            if opened:
+                opened(image)
             if image.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8):
                 width, height = height, width
             if min_size and image.format == "JPEG":

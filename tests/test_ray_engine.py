@@ -23,10 +23,13 @@ import numpy as np
 import pytest
 
 from indexer import BuildPlan, build_index
+from indexer.staging import Staging
 from retrieval import Searcher
 from retrieval.store.index_store import open_index
+from retrieval.store.model_ref import ModelRef
 from tests.imagegen import draw, write_images
 from tests.test_sources import jpeg, seeds_of, shard_bytes
+from tests.test_staging import assert_staged_metadata, metadata_collection
 
 TUSOU = str(Path(sys.executable).with_name("tusou"))
 TIMEOUT = 150
@@ -207,6 +210,15 @@ def test_a_killed_driver_costs_only_its_unstaged_images(tmp_path, cluster):
     assert (summary["resumed"], summary["embedded"], summary["added"]) == (16, 24, 40), "the re-run embeds only the rest"
     local_reference(paths, tmp_path / "local")
     assert_same_index(out, tmp_path / "local")
+
+
+def test_a_ray_build_stages_what_each_image_says_about_itself(tmp_path, cluster, tiny_model):
+    """Metadata read by the decode tasks reaches the driver's staging through Ray Data's columns."""
+    cluster, _ = cluster
+    paths = metadata_collection(tmp_path / "photos")
+    code, _, stderr = run(cluster, paths, tmp_path / "ray", env=dict(os.environ, TUSOU_KILL_AT="commit:1"))
+    assert code == -signal.SIGKILL, stderr
+    assert_staged_metadata(Staging(tmp_path / "ray" / "staging", ModelRef.of(tiny_model)), tmp_path / "photos")
 
 
 HIDE_RAY = "import sys; sys.modules['ray'] = None; from ui.cli import main; sys.exit(main())"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -302,8 +302,13 @@ def _is_file_of(array: np.ndarray, path: Path) -> bool:
     return isinstance(array, np.memmap) and array.filename is not None and Path(array.filename) == path.resolve()
 
 
+FORMAT_1_KEYS = ("path", "size", "mtime_ns", "sha256", "width", "height", "change_key", "id")
+"""What a format-1 catalog line holds, so older tusou versions read the lines this one writes
+(the EXIF metadata of a record is kept by format 2's catalog.sqlite only)."""
+
+
 def _catalog_entry(item: CatalogItem) -> dict:
-    entry = asdict(item)
+    entry = {key: getattr(item, key) for key in FORMAT_1_KEYS}
     if entry["change_key"] is None:
         del entry["change_key"]
     return entry
