@@ -51,9 +51,12 @@ def merge_as_policy_says(directory: Path, catalog: Catalog, layout: Layout, prog
     """Run the merge policy's merges, planning again after each round until it asks for none (a
     merge can fill the tier above); returns the ids of the segments the merges wrote."""
     dim = read_manifest(directory).dim
-    written = []
-    while merges := plan_merges(catalog.segments()):
+    written: list[int] = []
+    while True:
         rows = {row.id: row for row in catalog.segments()}
+        merges = plan_merges(rows.values())
+        if not merges:
+            return written
         for merge in merges:
             group = [rows[number] for number in merge.segments]
             index_type = segment_type(sum(row.live for row in group), layout.requested)
@@ -61,7 +64,6 @@ def merge_as_policy_says(directory: Path, catalog: Catalog, layout: Layout, prog
                 print(f"merging {len(group)} segment{'s' * (len(group) > 1)} ({merge.reason})", file=sys.stderr)
             merged = merge_segments(directory, catalog, dim, group, Layout(index_type, layout.max_memory), progress)
             written += [merged.id] if merged else []
-    return written
 
 
 def merge_all(directory: Path, catalog: Catalog, index_type: str, max_memory: int | None, progress: bool = False) -> SegmentRow:
