@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.faiss_build import plan_index
 from indexer.merge_policy import plan_merges, segment_type
 from indexer.plan import Layout
 from indexer.segment_writer import remove_unnamed, write_segment
@@ -86,6 +87,7 @@ def merge_segments(
     merged = None
     try:
         if len(ids):
+            plan_index(len(ids), dim, layout.requested, layout.max_memory)  # a type that cannot be built is refused before any copy
             number = max(int(catalog.setting("next_segment", 0)), max(row.id for row in catalog.segments()) + 1)
             fill = lambda out: _copy(sources, out)  # noqa: E731
             merged = write_segment(directory, number, ids, dim, fill, layout.requested, layout.max_memory, progress)

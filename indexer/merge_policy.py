@@ -7,18 +7,18 @@ rewritten without them: in its tier's merge when there is one, else alone.
 
 What a row costs over its life (write amplification). A row is copied once each time its segment
 takes part in a tier merge, and each merge lifts it at least one tier, so a row that arrived in a
-build of k images is copied at most log10(N) − floor(log10 k) times in an index of N rows: at most 6
-times at 1M, 7 at 10M, whatever the order of builds. A copy writes, at d=768, 1.5 KB of float16
-vector, 3 KB of float32 row in the FAISS file (flat, hnsw and ivf's re-rank all keep one) and
-0.26 KB of hnsw links: ≈ 4.8 KB. Adding one image to a 1M index thus costs ≤ 6 × 4.8 ≈ 29 KB of
-merge writes amortised, a bound that grows by one copy per tenfold growth of the index, where a
-full rewrite costs the whole index (4.8 GB at 1M) every build. The whole index is merged only after
-about ten times its live rows have been added since its last merge. Deletions: a segment is
-rewritten once more than 20% of its rows are gone, copying at most 80% for 20%, i.e. ≤ 4 row copies
-per deleted row.
+build of k images is copied at most log10(N) − floor(log10 k) times in an index of N rows: at most
+6 times at 1M, 7 at 10M, whatever the order of builds. A copy writes, at d=768, 1.5 KB of float16
+vector and its FAISS row: 3 KB in flat, 3.3 KB in hnsw (float32 and links), 0.8 KB in ivf; merging
+100k rows into hnsw wrote 5.0 KB a row in all (bench.store). Adding one image to a 1M hnsw index
+thus costs ≤ 6 × 5 = 30 KB of merge writes amortised, one copy more per tenfold growth, where a
+full rewrite costs the whole index (5 GB at 1M) every build. The biggest segment is merged again
+only when its tier fills, i.e. after at least as many rows as it holds were added since. Deletions:
+a segment is rewritten once more than 20% of its rows are gone, copying at most 80% for 20%: ≤ 4
+row copies per deleted row.
 
 The price of that bound is the number of segments a query visits: at most SEGMENTS_PER_TIER per
-tier, ≤ 70 at 10M; most of them are small and scanned exactly (segment_type).
+tier, 10 × (floor(log10 N) + 1) in all (80 at 10M); the small ones are scanned exactly (segment_type).
 """
 
 from __future__ import annotations

@@ -197,9 +197,12 @@ def test_cli_reindex_says_what_it_merged(tmp_path, space, capsys):
     assert main(["reindex", str(tmp_path / "ix"), "--json"]) == 0
     entry = json.loads(capsys.readouterr().out)
     assert (entry["type"], entry["requested"]) == ("hnsw", "hnsw") and entry["search"]["recall_at_10"] >= 0.9
+    files = sorted((tmp_path / "ix" / "segments").iterdir())
     assert main(["reindex", str(tmp_path / "ix"), "--index-type", "ivfpq", "--max-index-memory", "1K"]) == 2
-    assert "over the 1.0 KB budget" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "over the 1.0 KB budget" in error and error.count("\n") == 1
     assert [row.index_entry.type for row in Catalog(tmp_path / "ix" / CATALOG).segments()] == ["hnsw"]
+    assert sorted((tmp_path / "ix" / "segments").iterdir()) == files
 
 
 def test_a_view_opened_before_a_merge_keeps_answering_after_it(tmp_path, space):
