@@ -1,13 +1,14 @@
-"""The segment store at scale: opening, filtered search, and (with the build's commit) adds and deletes.
+"""The segment store at scale: opening, filtered search, merges, and recall across segments.
 
-Synthetic CLIP-like vectors (bench/vectors.py) go through the store's own API: segment files by
-indexer.segment_writer, item rows into catalog.sqlite, searches through retrieval.store.store. The
-items carry synthetic metadata chosen so each filter's selectivity is known exactly: folder
-`/photos/NNN` (1,000 folders: one is 0.1%), `taken` spread evenly over ten years (one year is 10%),
-and every item taken after 1900 (100%). Baselines are measured in the same run: today's format-1
-open (the JSONL catalog parsed whole) and a brute-force scan of the matching items.
+Synthetic CLIP-like 768-d vectors (bench/vectors.py) go through the store's own API: segment files
+by indexer.segment_writer, item rows into catalog.sqlite, merges by indexer.merge, searches through
+retrieval.store.store's View, as `tusou index` and `tusou search` do. The items carry synthetic
+metadata chosen so each filter's selectivity is known exactly: folder `/photos/NNN` (1,000 folders:
+one is 0.1%), `taken` spread evenly over ten years independently of everything else (one year is
+10%), and every item taken after 1900 (100%). Baselines are measured in the same run: today's
+format-1 open (the JSONL catalog parsed whole) and a brute-force scan of the matching items.
 
-    python -m bench.store [--count 1000000] [--types ivf,hnsw]
+    python -m bench.store [--count 1000000] [--types ivf,hnsw] [--recall-count 200000]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +29,12 @@ import numpy as np
 
 from bench.report import machine, table, timed
 from bench.vectors import ClipLikeSpace
+from indexer.faiss_build import exact_neighbours, recall_at_k
+from indexer.merge import merge_all
 from indexer.segment_writer import write_segment
 from retrieval.search.filters import Filters, make_filters
-from retrieval.store.catalog import Catalog, item_values, put_items, put_segment, put_setting
+from retrieval.sizes import format_size
+from retrieval.store.catalog import Catalog, SegmentRow, bump_generation, item_values, put_items, put_segment, put_setting
 from retrieval.store.manifest import Manifest, write_manifest
 from retrieval.store.model_ref import ModelRef
 from retrieval.store.records import CatalogItem
@@ -37,15 +42,91 @@ from retrieval.store.store import CATALOG, open_store
 
 DIM = 768
 MODEL = ModelRef("taiyi-clip-l14", "synthetic")
+"""A manifest names a model (of the vectors' dim); none is loaded."""
 FOLDERS = 1000
 YEARS = 10
-ROWS_PER_INSERT = 50_000
 QUERIES = 50
 SELECTIVITIES = {
     "0.1% (one folder)": dict(folders=["/photos/007"]),
     "10% (one year)": dict(after="2021", before="2022"),
     "100% (after 1900)": dict(after="1900"),
 }
+
+
+def synthetic_store(directory: Path, space: ClipLikeSpace, segments: list[tuple[int, str]]) -> Catalog:
+    """A store of `segments` ((rows, index type) each): segment s holds stream s of `space`, written a
+    chunk at a time (never all in memory); items are numbered in segment order."""
+    directory.mkdir(parents=True)
+    write_manifest(directory, Manifest(MODEL, space.dim))
+    catalog = Catalog(directory / CATALOG, create=True)
+    start, rows = 0, []
+    for number, (size, kind) in enumerate(segments, 1):
+        fill = lambda out, size=size, number=number: _fill(out, space.chunks(size, stream=number))  # noqa: E731
+        rows.append(write_segment(directory, number, np.arange(start, start + size), space.dim, fill, kind, None))
+        start += size
+    with catalog.transaction() as db:
+        put_items(db, _items(rows))
+        for row in rows:
+            put_segment(db, row)
+        put_setting(db, "next_segment", len(rows) + 1)
+        bump_generation(db)
+    return catalog
+
+
+def _fill(out: np.ndarray, chunks: Iterator[np.ndarray]) -> None:
+    start = 0
+    for chunk in chunks:
+        out[start : start + len(chunk)] = chunk
+        start += len(chunk)
+
+
+def _items(rows: list[SegmentRow]) -> Iterator[tuple]:
+    order = np.random.default_rng(7).permutation(sum(row.count for row in rows))
+    item = 0
+    for row in rows:
+        for r in range(row.count):
+            yield item_values(synthetic_item(item, order), row.id, r)
+            item += 1
+
+
+def _top_ids(directory: Path, queries: np.ndarray) -> np.ndarray:
+    view = open_store(directory).view()
+    return np.array([view.ids(found) for found in view.search(queries, 10)[1]])
+
+
+def merge_cost(folder: Path, segments: int = 10, rows: int = 10_000, index_type: str = "hnsw", space: ClipLikeSpace | None = None) -> dict:
+    """Seconds and bytes written (the new segment's files and the transaction's WAL frames) to merge
+    `segments` flat segments of `rows` each into one of `index_type`, trained and tuned as every merge is."""
+    directory = folder / "merge"
+    catalog = synthetic_store(directory, space or ClipLikeSpace(), [(rows, "flat")] * segments)
+    before = {p.name for p in (directory / "segments").iterdir()}
+    catalog.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    seconds, merged = timed(lambda: merge_all(directory, catalog, index_type, None))
+    written = [p for p in [*(directory / "segments").iterdir(), directory / f"{CATALOG}-wal"] if p.name not in before]
+    return {"rows": segments * rows, "segments": segments, "type": merged.index_entry.type, "seconds": seconds,
+            "bytes": sum(p.stat().st_size for p in written), "tuned": merged.index_entry.search.get("recall_at_10", 1.0)}
+
+
+def merged_recall(
+    folder: Path, count: int = 200_000, small_share: float = 0.1, small_rows: int = 1_000, index_type: str = "hnsw",
+    queries: int = 200, space: ClipLikeSpace | None = None,
+) -> dict:
+    """recall@10 against an exact scan: of one big segment of `index_type` plus `small_share` of the
+    items in flat segments of `small_rows` each (as builds of a few new images leave them), and of the
+    same items merged into one segment of `index_type`; with the tuned recall of each big segment."""
+    space, directory = space or ClipLikeSpace(), folder / "recall"
+    small = int(round(count * small_share / small_rows))
+    big = count - small * small_rows
+    catalog = synthetic_store(directory, space, [(big, index_type)] + [(small_rows, "flat")] * small)
+    asked = space.array(queries, queries=True, stream=10**6)
+    segmented = _top_ids(directory, asked)
+    tuned_big = catalog.segments()[0].index_entry.search.get("recall_at_10", 1.0)
+    merged = merge_all(directory, catalog, index_type, None)
+    ids = np.load(directory / merged.files["ids"])
+    truth = ids[exact_neighbours(np.load(directory / merged.files["vectors"], mmap_mode="r"), asked, 10)]
+    return {"count": count, "big": big, "small_segments": small, "small_rows": small_rows, "type": index_type, "queries": queries,
+            "segmented": recall_at_k(segmented, truth), "tuned_big": tuned_big,
+            "merged": recall_at_k(_top_ids(directory, asked), truth), "tuned_merged": merged.index_entry.search.get("recall_at_10", 1.0)}
 
 
 def synthetic_item(i: int, order: np.ndarray) -> CatalogItem:
@@ -55,30 +136,6 @@ def synthetic_item(i: int, order: np.ndarray) -> CatalogItem:
     year, rest = 2016 + day // 365, day % 365
     taken = f"{year}-{1 + rest // 31 % 12:02d}-{1 + rest % 28:02d}T12:00:00"
     return CatalogItem(f"/photos/{i % FOLDERS:03d}/{i:08d}.jpg", 1, 0, "", 1, 1, id=i, taken=taken, format="jpeg")
-
-
-def make_store(directory: Path, count: int, index_type: str, space: ClipLikeSpace) -> None:
-    """One segment of `count` vectors of `index_type` with its catalog, as a build would write it."""
-    directory.mkdir(parents=True)
-    write_manifest(directory, Manifest(MODEL, DIM))
-    catalog = Catalog(directory / CATALOG, create=True)
-    chunks = space.chunks(count)
-
-    def fill(out: np.ndarray) -> None:
-        start = 0
-        for chunk in chunks:
-            out[start : start + len(chunk)] = chunk
-            start += len(chunk)
-
-    row = write_segment(directory, 1, np.arange(count), DIM, fill, index_type, None, progress=True)
-    order = np.random.default_rng(7).permutation(count)
-    with catalog.transaction() as db:
-        for start in range(0, count, ROWS_PER_INSERT):
-            put_items(db, (item_values(synthetic_item(i, order), 1, i) for i in range(start, min(count, start + ROWS_PER_INSERT))))
-        put_segment(db, row)
-        for key, value in (("next_id", count), ("next_segment", 2), ("generation", 1)):
-            put_setting(db, key, value)
-    catalog.close()
 
 
 def write_format1(directory: Path, store_dir: Path, count: int) -> None:
@@ -97,23 +154,37 @@ def write_format1(directory: Path, store_dir: Path, count: int) -> None:
     write_manifest(directory, manifest)
 
 
-def open_and_query(directory: str) -> None:
-    """(Run in a fresh process.) Seconds to open the index and answer one query; RSS it added beyond its FAISS index."""
-    import faiss  # noqa: F401  (imported before the baseline RSS: its libraries are not the index's)
+def open_and_query(directory: str, how: str) -> None:
+    """(Run in a fresh process.) Seconds to open the index and answer one query, and the memory that
+    added beyond the FAISS index's own size. `how`: `store` (this tusou) or `format1` (the code that
+    read format 1 before the store: the JSONL catalog parsed into objects, then the FAISS search)."""
+    import faiss  # noqa: F401  (its libraries are not the index's memory)
 
-    query = ClipLikeSpace(dim=DIM).array(1, queries=True, stream=9)
+    from retrieval.store.index_store import open_index
+
+    query = np.random.default_rng(9).standard_normal((1, DIM)).astype(np.float32)
     before = _rss()
-    seconds, _ = timed(lambda: open_store(directory).view().search(query, 10))
+    if how == "store":
+        seconds, _ = timed(lambda: open_store(directory).view().search(query, 10))
+    else:
+        seconds, _ = timed(lambda: open_index(directory).search(query, 10))
     faiss_bytes = sum(p.stat().st_size for p in Path(directory).rglob("*.faiss"))
-    print(json.dumps({"seconds": seconds, "rss_beyond_faiss": _rss() - before - faiss_bytes}))
+    print(json.dumps({"seconds": seconds, "rss_beyond_faiss": max(0, _rss() - before - faiss_bytes), "peak": _peak() - before}))
 
 
 def _rss() -> int:
+    """Resident memory now (the page cache of memory-mapped files counts only where touched)."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure_open(directory: Path) -> dict:
-    out = subprocess.run([sys.executable, "-m", "bench.store", "--open", str(directory)], capture_output=True, text=True, check=True)
+def measure_open(directory: Path, how: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "bench.store", "--open", str(directory), "--how", how],
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -158,38 +229,68 @@ def _brute_force(vectors: np.ndarray, rows: np.ndarray, query: np.ndarray, k: in
     return rows[np.argsort(-scores)[:k]]
 
 
+def report_open_and_filters(folder: Path, count: int, index_type: str, space: ClipLikeSpace) -> None:
+    store_dir, old_dir = folder / f"store-{index_type}", folder / f"format1-{index_type}"
+    synthetic_store(store_dir, space, [(count, index_type)]).close()
+    write_format1(old_dir, store_dir, count)
+    opened, baseline, legacy = measure_open(store_dir, "store"), measure_open(old_dir, "format1"), measure_open(old_dir, "store")
+    mb = lambda row: f"{row['rss_beyond_faiss'] / 2**20:.0f} MB"  # noqa: E731
+    print(table(
+        f"Open an index of {count:,} and answer the first query ({index_type})",
+        ["index, opened by", "seconds", "memory beyond the FAISS index", "speed-up"],
+        [["format 1, by the format-1 reader (baseline)", baseline["seconds"], mb(baseline), 1.0],
+         ["format 1, by this tusou (before its next build converts it)", legacy["seconds"], mb(legacy), baseline["seconds"] / legacy["seconds"]],
+         ["format 2 (segments + SQLite)", opened["seconds"], mb(opened), baseline["seconds"] / opened["seconds"]]],
+        [f"Each in a fresh process; memory = resident set added by opening and the first query, less the FAISS file's size. Machine: {machine()}."],
+    ))
+    shutil.rmtree(old_dir, ignore_errors=True)
+    queries = space.array(QUERIES, queries=True, stream=3)
+    unfiltered, rows = measure_filters(store_dir, queries)
+    print(table(
+        f"Filtered top-10 over {count:,} ({index_type}, unfiltered recall@10 {unfiltered:.3f})",
+        ["filter", "matching", "p50 ms", "recall@10 in filter", "brute-force scan p50 ms", "speed-up"],
+        [[r.name, r.matching, r.p50_ms, f"{r.recall:.3f}", r.brute_ms, r.brute_ms / r.p50_ms] for r in rows],
+        [f"{QUERIES} CLIP-like text queries; recall against a brute-force scan of the matching items. Machine: {machine()}."],
+    ))
+    shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def report_merges(folder: Path, args: argparse.Namespace) -> None:
+    cost = merge_cost(folder, args.merge_segments, args.merge_rows, args.merge_type)
+    recall = merged_recall(folder, args.recall_count, index_type=args.merge_type)
+    merged = [cost["type"], cost["rows"], cost["seconds"], format_size(cost["bytes"]), f"{cost['tuned']:.3f}"]
+    print(table(f"Merging {cost['segments']} flat segments of {args.merge_rows:,} vectors into one",
+                ["type", "rows", "seconds", "bytes written", "tuned recall@10"], [merged],
+                ["Bytes written: the new segment's files and the transaction's WAL frames."]))
+    segmented = f"1 {recall['type']} of {recall['big']:,} + {recall['small_segments']} flat of {recall['small_rows']:,}"
+    rows = [[segmented, f"{recall['segmented']:.3f}", f"{recall['tuned_big']:.3f}"],
+            [f"1 {recall['type']} of {recall['count']:,} (merged)", f"{recall['merged']:.3f}", f"{recall['tuned_merged']:.3f}"]]
+    print(table(f"recall@10 at {recall['count']:,} vectors: one big segment + 10% in small ones, against the merged index",
+                ["store", "recall@10", "tuned recall@10 of its big segment"], rows,
+                [f"{recall['queries']} text-like queries; recall against an exact scan of all vectors. Machine: {machine()}."]))
+
+
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=1_000_000)
-    parser.add_argument("--types", default="ivf,hnsw")
+    parser.add_argument("--count", type=int, default=1_000_000, help="vectors of the open and filter measurements")
+    parser.add_argument("--types", default="ivf,hnsw", help="index types of the open and filter measurements")
+    parser.add_argument("--recall-count", type=int, default=200_000, help="vectors of the segments-vs-merged recall measurement")
+    parser.add_argument("--merge-segments", type=int, default=10)
+    parser.add_argument("--merge-rows", type=int, default=10_000, help="rows of each merged segment")
+    parser.add_argument("--merge-type", default="hnsw")
+    parser.add_argument("--dir", type=Path, help="where to write the stores (default: a temporary folder)")
     parser.add_argument("--open", help=argparse.SUPPRESS)
+    parser.add_argument("--how", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.open:
-        return open_and_query(args.open)
+        return open_and_query(args.open, args.how)
     space = ClipLikeSpace(dim=DIM)
-    queries = space.array(QUERIES, queries=True, stream=3)
-    with tempfile.TemporaryDirectory(dir=os.environ.get("TUSOU_BENCH_DIR")) as folder:
+    with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         for index_type in args.types.split(","):
-            store_dir = Path(folder) / f"store-{index_type}"
-            make_store(store_dir, args.count, index_type, space)
-            old_dir = Path(folder) / f"format1-{index_type}"
-            write_format1(old_dir, store_dir, args.count)
-            opened, baseline = measure_open(store_dir), measure_open(old_dir)
-            print(table(
-                f"Open an index of {args.count:,} and answer the first query ({index_type})",
-                ["format", "seconds", "RSS beyond the FAISS index", "vs format 1"],
-                [["format 1 (JSONL catalog, baseline)", baseline["seconds"], f"{baseline['rss_beyond_faiss'] / 2**20:.0f} MB", 1.0],
-                 ["format 2 (segments + SQLite)", opened["seconds"], f"{opened['rss_beyond_faiss'] / 2**20:.0f} MB",
-                  baseline["seconds"] / opened["seconds"]]],
-            ))
-            unfiltered, rows = measure_filters(store_dir, queries)
-            print(table(
-                f"Filtered top-10 over {args.count:,} ({index_type}, unfiltered recall@10 {unfiltered:.3f})",
-                ["filter", "matching", "p50 ms", "recall@10 in filter", "brute-force scan p50 ms", "speed-up"],
-                [[r.name, r.matching, r.p50_ms, f"{r.recall:.3f}", r.brute_ms, r.brute_ms / r.p50_ms] for r in rows],
-                [f"{QUERIES} CLIP-like text queries; recall against a brute-force scan of the matching items. Machine: {machine()}."],
-            ))
-            shutil.rmtree(old_dir, ignore_errors=True)
+            report_open_and_filters(Path(folder), args.count, index_type, space)
+        report_merges(Path(folder), args)
 
 
 if __name__ == "__main__":

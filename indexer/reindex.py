@@ -1,37 +1,61 @@
-"""Rebuilding an index's FAISS file as another type, from its stored embeddings.
+"""`tusou reindex`: every segment merged into one of another FAISS type, from the stored vectors.
 
-No image is read and no model is loaded: the float16 embeddings are the source, so a
-reindex of a million images takes the FAISS build's time only. The catalog and embeddings
-files stay as they are; a new FAISS file and manifest make the next generation.
+No image is read and no model is loaded: the float16 vectors are the source, so a reindex of a
+million images takes the FAISS build's time only. The merged segment is trained and tuned again,
+and its type becomes the index's layout, which later merges follow.
 
-It is also the repair of a damaged or missing FAISS file: only the manifest, catalog and
-embeddings are checked (a fault in those refuses, writing nothing), never the old FAISS file.
+It is also the repair of a damaged or missing FAISS file: only the catalog, vectors, ids and
+deletion records are read (a fault in those refuses, writing nothing), never the old FAISS files.
+An index of format 1 is converted first, without re-embedding.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from indexer.build import build_lock
-from indexer.faiss_build import index_embeddings
-from retrieval.store.index_store import open_vectors, remove_leftovers, write_index
-from retrieval.store.manifest import Manifest, read_manifest
+from indexer.merge import merge_all, stored_layout
+from indexer.segment_writer import remove_unnamed
+from retrieval.store.catalog import Catalog
+from retrieval.store.manifest import IndexEntry, read_manifest
+from retrieval.store.store import CATALOG
 
 
-def reindex(directory: str | Path, index_type: str = "auto", max_memory: int | None = None, progress: bool = True) -> Manifest:
+@dataclass(frozen=True)
+class Reindexed:
+    count: int
+    """Live items, all in the one segment now."""
+    merged: int
+    """Segments merged into it."""
+    entry: IndexEntry
+    converted: bool
+    """Whether the index was of format 1 and converted first."""
+
+
+def reindex(directory: str | Path, index_type: str | None = None, max_memory: int | None = None, progress: bool = True) -> Reindexed:
+    """Merge all of `directory` into one segment of `index_type` within `max_memory` (None: as the
+    index's layout says)."""
     directory = Path(directory)
     read_manifest(directory)  # a clear error before taking the lock in a folder that is no index
     with build_lock(directory):
-        remove_leftovers(directory)
-        manifest = read_manifest(directory)
-        _, embeddings = open_vectors(directory, manifest)  # catalog and embeddings agree: safe to keep them
-        faiss_index, entry = index_embeddings(embeddings, index_type, max_memory, progress)
-        return write_index(
-            directory,
-            model=manifest.model,
-            items=None,
-            embeddings=None,
-            faiss_index=faiss_index,
-            index=entry,
-            previous=manifest,
-        )
+        converted = _converted(directory, progress)
+        catalog = Catalog(directory / CATALOG)
+        try:
+            rows = catalog.segments()
+            remove_unnamed(directory, rows)
+            layout = stored_layout(catalog)
+            merged = merge_all(directory, catalog, index_type or layout.requested, max_memory or layout.max_memory, progress)
+        finally:
+            catalog.close()
+    return Reindexed(merged.count, len(rows), merged.index_entry, converted)
+
+
+def _converted(directory: Path, progress: bool) -> bool:
+    """Convert a format-1 index to format 2 under the caller's lock (convert takes none: closing a
+    second handle on .lock would drop this process's lock); whether it was one."""
+    if read_manifest(directory).segmented:
+        return False
+    from indexer.convert import convert  # only a format-1 index needs it
+
+    return convert(directory, progress)

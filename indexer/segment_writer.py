@@ -7,7 +7,7 @@ point leaves the index as its last commit left it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +63,17 @@ def write_deletions(directory: Path, segment: SegmentRow, rows: np.ndarray, gene
     fsync_dir(directory / SEGMENTS_DIR)
     kill_point("deletion")
     return SegmentRow(segment.id, segment.count, len(deleted), {**segment.files, "deleted": name}, segment.index_entry)
+
+
+def remove_unnamed(directory: Path, segments: Iterable[SegmentRow]) -> list[str]:
+    """Delete every file in segments/ that none of `segments` (the catalog's rows, as committed) names:
+    a killed writer's files, temporary files, merged-away segments, superseded deletion records.
+    Only under the build lock. Returns the names removed."""
+    folder = directory / SEGMENTS_DIR
+    if not folder.is_dir():
+        return []
+    named = {Path(name).name for segment in segments for name in segment.files.values()}
+    removed = sorted(path.name for path in folder.iterdir() if path.name not in named and path.is_file())
+    for name in removed:
+        (folder / name).unlink(missing_ok=True)
+    return removed

@@ -219,13 +219,16 @@ def _ray_options(args: argparse.Namespace):
 
 def cmd_reindex(args: argparse.Namespace) -> None:
     from indexer.reindex import reindex
-    from retrieval.store.index_info import describe
+    from retrieval.store.index_info import describe_entry
 
-    manifest = reindex(args.index, args.index_type, _budget(args), progress=not args.json)
+    done = reindex(args.index, args.index_type, _budget(args), progress=not args.json)
     if args.json:
-        _print_json(manifest.index.to_dict())
-    else:
-        print(f"{args.index}: {manifest.count} images, {describe(manifest)}")
+        _print_json(done.entry.to_dict())
+        return
+    if done.converted:
+        print(f"{args.index}: converted to index format 2 (segments and an SQLite catalog), nothing embedded again")
+    merged = f"{done.merged} segment{'s' * (done.merged != 1)} merged into one"
+    print(f"{args.index}: {done.count} images, {merged}, {describe_entry(done.entry)}")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -412,8 +415,8 @@ def _index_options(index: argparse.ArgumentParser) -> None:
 
 def _reindex_options(rebuild: argparse.ArgumentParser) -> None:
     rebuild.add_argument("index", metavar="DIR", type=_index_dir)
-    _add_index_type(rebuild, default="auto")
-    rebuild.add_argument("--json", action="store_true", help="print the new index entry of the manifest")
+    _add_index_type(rebuild, default=None)
+    rebuild.add_argument("--json", action="store_true", help="print the merged segment's index entry")
     rebuild.set_defaults(run=cmd_reindex)
 
 

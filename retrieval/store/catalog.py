@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -259,3 +260,13 @@ def drop_segments(db: sqlite3.Connection, ids: Iterable[int]) -> None:
 
 def put_setting(db: sqlite3.Connection, key: str, value: object) -> None:
     db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, json.dumps(value)))
+
+
+def bump_generation(db: sqlite3.Connection) -> int:
+    """The last step of every transaction that changes the index: generation + 1 (what tells a
+    reader's Store that its view is old) and `updated`; returns the new generation."""
+    found = db.execute("SELECT value FROM settings WHERE key = 'generation'").fetchone()
+    generation = (json.loads(found[0]) if found else 0) + 1
+    put_setting(db, "generation", generation)
+    put_setting(db, "updated", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return generation

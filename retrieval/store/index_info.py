@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from retrieval.store.index_store import Manifest, open_index
+from retrieval.store.manifest import IndexEntry
 
 
 def describe(manifest: Manifest) -> str:
     """One line: type, its tuned search setting and the recall measured against exact search."""
-    index = manifest.index
+    return describe_entry(manifest.index)
+
+
+def describe_entry(index: IndexEntry) -> str:
+    """describe() of one FAISS index entry (a segment's)."""
     search = index.search
     knobs = ", ".join(f"{key} {value}" for key, value in {**index.params, **search}.items() if key not in ("recall_at_10", "tuning_queries"))
     recall = "exact" if index.type == "flat" else f"recall@10 {search.get('recall_at_10', float('nan')):.3f} vs exact"

@@ -115,6 +115,14 @@ Passes = Callable[[np.ndarray], np.ndarray]
 def open_segment(directory: Path, row: SegmentRow, dim: int) -> Segment:
     """A segment's files as its catalog row names them, each checked; damage is one line naming the
     file (a bad FAISS file alone is restored by a reindex from the intact vectors)."""
+    vectors, ids, deleted = segment_rows(directory, row, dim)
+    index = read_faiss(directory / row.files["faiss"], row.index_entry.type, dim, row.count, reindex_hint(directory))
+    return Segment(row.id, vectors, ids, tuned(index, row.index_entry.search), row.index_entry, deleted)
+
+
+def segment_rows(directory: Path, row: SegmentRow, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A segment's vectors (mapped), ids and deleted rows, checked against its catalog row; its FAISS
+    file is not read (a merge or a reindex builds a new one from these)."""
     rebuild = rebuild_hint(directory)
     vectors = read_array(directory / row.files["vectors"], np.float16, 2, rebuild, dim)
     ids = read_array(directory / row.files["ids"], np.int64, 1, rebuild)
@@ -125,5 +133,4 @@ def open_segment(directory: Path, row: SegmentRow, dim: int) -> Segment:
     deleted = read_array(directory / row.files["deleted"], np.int64, 1, rebuild) if "deleted" in row.files else np.empty(0, np.int64)
     if len(deleted) != row.deleted:
         raise TusouError(f"{directory / row.files['deleted']} is damaged (it holds {len(deleted)} rows, the catalog says {row.deleted}): {rebuild}")
-    index = read_faiss(directory / row.files["faiss"], row.index_entry.type, dim, row.count, reindex_hint(directory))
-    return Segment(row.id, vectors, ids, tuned(index, row.index_entry.search), row.index_entry, np.asarray(deleted))
+    return vectors, ids, np.asarray(deleted)
