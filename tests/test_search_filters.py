@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from indexer import BuildPlan, build_index
-from retrieval.search.filters import FORMAT_ALIASES, make_filters
+from retrieval.search.filters import make_filters
 from retrieval.search.query import Query
 from retrieval.search.searcher import Searcher
-from tests.imagegen import write_images
+from tests.imagegen import format_of, write_images
 from tests.stored import stored_vectors
 from ui.cli import main
 
@@ -56,11 +56,6 @@ def search(capsys, index: Path, *argv: object) -> list[dict]:
     return [json.loads(line) for line in out.splitlines()]
 
 
-def kind(path: str) -> str:
-    suffix = Path(path).suffix.lower().lstrip(".")
-    return FORMAT_ALIASES.get(suffix, suffix)
-
-
 Admits = Callable[[str, str], bool]
 """Whether an image (path, taken) passes a filter, decided from the files."""
 CASES: dict[str, tuple[list[str], dict, Admits]] = {
@@ -70,12 +65,12 @@ CASES: dict[str, tuple[list[str], dict, Admits]] = {
     "two-folders": (["--in", "{folder}/nested", "--in", "{folder}/image_0001.png"],
                     {"folders": ["{folder}/nested", "{folder}/image_0001.png"]},
                     lambda path, taken: "/nested/" in path or path.endswith("/image_0001.png")),
-    "types": (["--type", "jpg,GIF"], {"types": "jpg,GIF"}, lambda path, taken: kind(path) in ("jpeg", "gif")),
+    "types": (["--type", "jpg,GIF"], {"types": "jpg,GIF"}, lambda path, taken: format_of(path) in ("jpeg", "gif")),
     "dates": (["--after", "2023-04", "--before", "2023-08-15"], {"after": "2023-04", "before": "2023-08-15"},
               lambda path, taken: "2023-04-01" <= taken < "2023-08-15"),
     "all-at-once": (["--in", "{folder}", "--type", "png,webp,bmp", "--after", "2023-03-10"],
                     {"folders": ["{folder}"], "types": "png,webp,bmp", "after": "2023-03-10"},
-                    lambda path, taken: kind(path) in ("png", "webp", "bmp") and taken >= "2023-03-10"),
+                    lambda path, taken: format_of(path) in ("png", "webp", "bmp") and taken >= "2023-03-10"),
     "no-camera": (["--camera", "Canon"], {"camera": "Canon"}, lambda path, taken: False),
     "no-place": (["--near", "31.23,121.47,50"], {"near": "31.23,121.47,50"}, lambda path, taken: False),
 }

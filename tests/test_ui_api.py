@@ -21,7 +21,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from tests.imagegen import png_bomb
+from tests.imagegen import format_of, png_bomb
 from tests.stored import stored_vectors
 
 RESULT_KEYS = {"rank", "score", "id", "file", "taken", "taken_from", "width", "height"}
@@ -183,11 +183,6 @@ def taken(path: str) -> str:
     return datetime.fromtimestamp(os.stat(path).st_mtime).isoformat(timespec="seconds")
 
 
-def kind(path: str) -> str:
-    suffix = Path(path).suffix.lower().lstrip(".")
-    return {"jpg": "jpeg"}.get(suffix, suffix)
-
-
 @pytest.fixture(scope="module")
 def indexed(served) -> list[str]:
     """Every path in the index."""
@@ -198,10 +193,10 @@ FILTERED = {
     "folder": (dict(folders="{collection}/nested"), lambda path: "/nested/" in path),
     "folders": (dict(folders="{collection}/nested，\n{collection}/image_0001.png"),
                 lambda path: "/nested/" in path or path.endswith("/image_0001.png")),
-    "types": (dict(types="gif, PNG"), lambda path: kind(path) in ("gif", "png")),
+    "types": (dict(types="gif, PNG"), lambda path: format_of(path) in ("gif", "png")),
     "dates": (dict(after="2023-03", before="2023-09-15"), lambda path: "2023-03-01" <= taken(path) < "2023-09-15"),
     "together": (dict(folders="{collection}", types="jpg,webp", after="2023-05-20"),
-                 lambda path: kind(path) in ("jpeg", "webp") and taken(path) >= "2023-05-20"),
+                 lambda path: format_of(path) in ("jpeg", "webp") and taken(path) >= "2023-05-20"),
 }
 
 
@@ -221,7 +216,7 @@ def test_a_filter_returns_exactly_the_images_it_admits(served, indexed, case):
 def test_newest_first_pages_through_what_a_filter_admits(served, indexed):
     server, _, _ = served
     client = Client(server.url, verbose=False)
-    admitted = sorted((path for path in indexed if kind(path) in ("jpeg", "webp", "gif")), key=taken, reverse=True)
+    admitted = sorted((path for path in indexed if format_of(path) in ("jpeg", "webp", "gif")), key=taken, reverse=True)
     _, whole, status = search(client, "红色", 9, types="jpg,webp,gif", sort="newest")
     assert [r["file"] for r in whole] == admitted[:9] and "最新在前" in status
     pages = [search(client, "红色", 3, types="jpg,webp,gif", sort="newest", offset=offset) for offset in (0, 3, 6)]
@@ -248,7 +243,7 @@ def test_search_image_takes_the_filters_sort_and_pages(served, indexed):
     _, found, status = client.predict(handle_file(str(query)), 50, folders=str(collection / "nested"), api_name="/search_image")
     assert {r["file"] for r in found} == {path for path in indexed if "/nested/" in path} and status.startswith("以图搜图（在 ")
     _, found, _ = client.predict(handle_file(str(query)), 2, types="jpg", sort="newest", offset=1, api_name="/search_image")
-    jpegs = sorted((path for path in indexed if kind(path) == "jpeg"), key=taken, reverse=True)
+    jpegs = sorted((path for path in indexed if format_of(path) == "jpeg"), key=taken, reverse=True)
     assert [(r["rank"], r["file"]) for r in found] == [(2, jpegs[1]), (3, jpegs[2])]
 
 
