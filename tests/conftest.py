@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import datetime, timedelta
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -47,19 +48,27 @@ def fresh_folder(tmp_path) -> Path:
     return folder
 
 
+def served_taken(number: int) -> str:
+    """When image `number` of the `served` collection was taken (its mtime, local time)."""
+    return (datetime(2023, 1, 1, 12) + timedelta(days=11 * number % 30 * 12)).isoformat()
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A real `tusou serve` (no --host) over 30 images indexed with test-tiny, for one test module.
 
     Yields (server, collection, root): the index is root/index, the server's Gradio temp dir
     root/gradio-tmp, and collection/link_out.png is a symlink to root/secret.png, outside it.
+    Image n's mtime (so its `taken`) is `served_taken(n)`: a different day each, unlike name order.
     """
     from indexer import BuildPlan, build_index
     from tests.uiserver import UIServer
 
     root = tmp_path_factory.mktemp("ui")
     collection = root / "collection"
-    write_images(collection, 30)
+    for number, path in enumerate(write_images(collection, 30)):
+        moment = datetime.fromisoformat(served_taken(number)).timestamp()
+        os.utime(path, (moment, moment))
     secret = root / "secret.png"
     write_images(root / "outside", 1)[0].rename(secret)
     os.symlink(secret, collection / "link_out.png")

@@ -10,6 +10,12 @@ from PIL import Image, ImageDraw
 FORMATS = ("jpg", "png", "webp", "bmp", "gif", "JPEG")
 
 
+def format_of(path: str | Path) -> str:
+    """The format an image of `write_images` is, by its name, spelled as the catalog spells formats."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    return {"jpg": "jpeg"}.get(suffix, suffix)
+
+
 def draw(seed: int, size: tuple[int, int] | None = None) -> Image.Image:
     rng = random.Random(seed)
     width, height = size or (rng.randint(48, 160), rng.randint(48, 160))

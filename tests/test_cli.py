@@ -62,7 +62,8 @@ def test_search_by_text_and_by_image_json(built_index, capsys):
     code, stdout, _ = run(capsys, "search", out, "红色的圆形", "-k", "5", "--json")
     results = json_lines(stdout)
     assert code == 0 and [r["rank"] for r in results] == [1, 2, 3, 4, 5]
-    assert all(set(r) == {"rank", "score", "path"} and Path(r["path"]).is_relative_to(folder) for r in results)
+    assert all(set(r) == {"rank", "score", "id", "path", "taken", "taken_from", "width", "height"} and Path(r["path"]).is_relative_to(folder)
+               for r in results)  # camera only when known
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
 
     query = next(folder.glob("image_0005.*"))

@@ -168,6 +168,29 @@ def test_out_of_range_numbers_are_one_line_before_any_model(index, tmp_path, arg
     _one_line_error(argv, values, message)
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--after", "2024-13"], "--after '2024-13': give a date such as 2024, 2024-06, 2024-06-01"),
+        (["--before", "yesterday"], "--before 'yesterday': give a date"),
+        (["--after", ""], "--after '': give a date"),
+        (["--after", "2024-06-01T08:00+08:00"], "give local time without an offset"),
+        (["--after", "2024-07", "--before", "2024-06"], "is not before --before 2024-06: nothing could match"),
+        (["--near", "91,0,1"], "--near '91,0,1': latitude must be within -90..90"),
+        (["--near", "1,2,-3"], "--near '1,2,-3': the distance must be a positive number of kilometres"),
+        (["--near", "1,2"], "--near '1,2': give LAT,LON,KM"),
+        (["--offset", "-1"], "argument --offset: -1 is out of range: give an integer of at least 0"),
+        (["--type", ""], "--type '': give file types such as jpg,png"),
+        (["--type", " , "], "--type ' , ': give file types"),
+        (["--camera", " "], "--camera ' ': give some text"),
+        (["--in", ""], "--in '': give a folder"),
+        (["--sort", "bogus"], "argument --sort: invalid choice: 'bogus'"),
+    ],
+)
+def test_bad_filter_values_are_one_line_before_any_model(index, flags, message):
+    _one_line_error([*SEARCH, *flags], {"index": index[1]}, message)
+
+
 QUERY_CHECKED = {("search", "--weight"), ("search", "--min-score"), ("search", "--dedupe")}
 """Numeric options whose ranges retrieval.search.query.Query checks (one rule, not two)."""
 

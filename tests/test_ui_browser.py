@@ -6,12 +6,15 @@ Screenshots land in test-artifacts/ for a person to look at.
 from __future__ import annotations
 
 import json
+import os
 import re
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from retrieval.datasets.synthetic import write_collection
 from tests.uiserver import UIServer
 from ui.demo import example_queries, prepare
 
@@ -21,12 +24,32 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+COUNT = 48
+ALBUM = range(24, 48)
+"""The demo images moved into collection/album (the others stay at the top)."""
+
+
+def day_taken(number: int) -> str:
+    """Image `number`'s mtime, so its `taken`: a different day each, in an order unlike the names'."""
+    return (date(2024, 1, 1) + timedelta(days=29 * number % COUNT)).isoformat()
+
+
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory):
+    """The demo collection of 48 images, half of them in an album folder, each with its own mtime."""
     root = tmp_path_factory.mktemp("browser-demo")
-    index = prepare(root, count=48, device="cpu")
+    collection = root / "collection"
+    write_collection(collection, COUNT)
+    (collection / "album").mkdir()
+    for number in range(COUNT):
+        path = collection / f"shape_{number:04d}.png"
+        if number in ALBUM:
+            path = path.rename(collection / "album" / path.name)
+        moment = datetime.fromisoformat(day_taken(number) + "T12:00:00").timestamp()
+        os.utime(path, (moment, moment))
+    index = prepare(root, count=COUNT, device="cpu")
     server = UIServer(index, "--examples", "|".join(example_queries(root)))
-    yield server, root / "collection"
+    yield server, collection
     server.stop()
 
 
@@ -102,10 +125,16 @@ def test_zero_shot_labels_show_bars(page: Page, demo_server):
     settle(page, "zero-shot.png")
 
 
-def gallery_results(page: Page) -> list[tuple[float, str]]:
-    """(score, file name) of each result in the text gallery, best first, from the captions."""
+def gallery_captions(page: Page) -> list[tuple[int, float, str, str]]:
+    """(rank, score, day taken, file name) of each result in the text gallery, in order, from the captions."""
     text = page.locator("#text-gallery").inner_text()
-    return [(float(score), name) for score, name in re.findall(r"#\d+\s+(-?\d\.\d+)\s+(\S+\.png)", text)]
+    found = re.findall(r"#(\d+)\s+(-?\d\.\d+)\s+(\d{4}-\d\d-\d\d)\s+(\S+\.png)", text)
+    return [(int(rank), float(score), day, name) for rank, score, day, name in found]
+
+
+def gallery_results(page: Page) -> list[tuple[float, str]]:
+    """(score, file name) of each result in the text gallery, best first."""
+    return [(score, name) for _, score, _, name in gallery_captions(page)]
 
 
 def search_until(page: Page, fills: dict[str, str], submit: str, status: str) -> None:
@@ -146,3 +175,44 @@ def test_negative_term_and_min_score_from_the_more_options_panel(page: Page, dem
     assert all(score >= 0.5 for score, _ in pushed), pushed
     page.fill("#negatives textarea", "")
     page.fill("#min-score input[type=range]", "-1")
+
+
+def album_by_date() -> list[tuple[str, str]]:
+    """(day taken, name) of the album's images, newest first."""
+    return sorted(((day_taken(number), f"shape_{number:04d}.png") for number in ALBUM), reverse=True)
+
+
+def shown(page: Page, first_name: str) -> list[tuple[int, str, str]]:
+    """(rank, day, name) of the gallery once it shows `first_name` first."""
+    expect(page.locator("#text-gallery")).to_contain_text(first_name, timeout=30_000)
+    return [(rank, day, name) for rank, _, day, name in gallery_captions(page)]
+
+
+def test_a_folder_filter_sorted_newest_first_pages_through_the_folder(page: Page, demo_server):
+    _, collection = demo_server
+    expected = album_by_date()
+    page.get_by_role("tab", name="文搜图").click()
+    page.locator("#text-sort").get_by_text("最新", exact=True).click()
+    search_until(page, {"#query textarea": "圆形", "#text-folders textarea": str(collection / "album")}, "#query textarea",
+                 "最新在前）: 12 个结果，第 1–12 个")
+    first = shown(page, expected[0][1])
+    assert first == [(rank, day, name) for rank, (day, name) in enumerate(expected[:12], 1)]
+    settle(page, "text-search-filtered.png")
+
+    page.click("#text-next")
+    expect(page.locator("#text-status")).to_contain_text("12 个结果，第 13–24 个", timeout=30_000)
+    assert shown(page, expected[12][1]) == [(rank, day, name) for rank, (day, name) in enumerate(expected[12:], 13)]
+    page.click("#text-previous")
+    expect(page.locator("#text-status")).to_contain_text("第 1–12 个", timeout=30_000)
+    assert shown(page, expected[0][1]) == first
+
+    page.fill("#text-folders textarea", "")
+    page.locator("#text-sort").get_by_text("按相关度", exact=True).click()
+
+
+def test_a_bad_date_is_one_line_and_no_results(page: Page):
+    page.fill("#query textarea", "圆形")
+    search_until(page, {"#text-after textarea": "2024-13"}, "#text-after textarea", "--after '2024-13': give a date such as")
+    assert "\n" not in page.locator("#text-status").inner_text().strip()
+    expect(page.locator("#text-gallery img")).to_have_count(0)
+    page.fill("#text-after textarea", "")

@@ -60,7 +60,10 @@ def searcher(served) -> Searcher:
 
 def call_raw(server, api: str, data: list) -> tuple[str, object]:
     """One call through the HTTP API itself, for what gradio_client cannot send: ("complete",
-    outputs) or ("error", message). json.dumps escapes an unpaired surrogate as \\udXXX."""
+    outputs) or ("error", message). json.dumps escapes an unpaired surrogate as \\udXXX. The
+    parameters after `data` get the defaults the server publishes, as gradio_client fills them."""
+    parameters = json.load(urllib.request.urlopen(server.url + "gradio_api/info", timeout=10))["named_endpoints"][f"/{api}"]["parameters"]
+    data = [*data, *(parameter["parameter_default"] for parameter in parameters[len(data):])]
     base = server.url + "gradio_api/call/" + api
     request = urllib.request.Request(base, json.dumps({"data": data}).encode(), {"Content-Type": "application/json"})
     event_id = json.load(urllib.request.urlopen(request, timeout=60))["event_id"]
@@ -243,7 +246,7 @@ def well_formed(outputs: tuple, k: int, status_says: str) -> bool:
     return (
         len(gallery) == len(results) == k
         and [r["rank"] for r in results] == list(range(1, k + 1))
-        and all(set(r) == {"rank", "score", "id", "file"} for r in results)
+        and all(set(r) == {"rank", "score", "id", "file", "taken", "taken_from", "width", "height"} for r in results)
         and status_says in status
     )
 

@@ -3,55 +3,38 @@
 Safe by default: it binds 127.0.0.1, and it never serves a file by a path that came in a
 request. Result images are read from the index's own catalog paths (files, URLs or tar shard
 members: retrieval.locations) and sent as thumbnails; "search by this result" uses the stored
-vector of the catalog row picked.
+vector of the catalog row picked. Both search tabs filter by date, folder, type, camera and place,
+sort by score or date, and page (ui.controls); their status lines say so (ui.status).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import html
-import re
 import threading
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 from gradio.data_classes import ImageData
 from PIL import Image
 
 from retrieval.errors import TusouError
 from retrieval.images import ImageError, load_query_image, open_image
-from retrieval.store.index_info import describe
 from retrieval.locations import Unreadable, read_item
 from retrieval.search.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT, Query, clean_query, strip_controls
 from retrieval.search.searcher import Searcher, SearchResult
 from retrieval.search.zero_shot import DEFAULT_TEMPLATES, check_templates, parse_labels, split_list
+from ui.controls import connect_search, filter_panel, pager, read_filters
+from ui.status import caption, describe_image_query, describe_query, index_line, narrowing
 
 THUMBNAIL = 256
 MAX_UPLOAD = "20mb"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_LABELS = 200
 """More labels than this are refused: each is embedded with every template while the model is held."""
-SHOWN_QUERY_CHARS = 40
-MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~$])")
 GENERIC_EXAMPLES = ["海边的日落", "一只在草地上奔跑的小狗", "城市的夜景", "红色的花"]
 Gallery = list[tuple[Image.Image, str]]
-
-
-def shown_query(text: str) -> str:
-    """A query as the Markdown status line shows it: short, and as literal text, not markup."""
-    short = text if len(text) <= SHOWN_QUERY_CHARS else text[:SHOWN_QUERY_CHARS] + "…"
-    return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(short, quote=False))
-
-
-def describe_query(query: Query, found: int, folded: int) -> str:
-    """The status line of a text-tab search: what was asked, how many results, how many folded."""
-    asked = " + ".join(([f"“{shown_query(query.text)}”"] if query.text else []) + (["参考图片"] if query.image is not None else []))
-    excluded = f"，排除 {'、'.join(shown_query(term) for term in query.negatives)}" if query.negatives else ""
-    threshold = f"，分数 ≥ {query.min_score:g}" if query.min_score is not None else ""
-    merged = f"（合并了 {folded} 张近似重复）" if folded else ""
-    return f"{asked}{excluded}{threshold}: {found} 个结果{merged}"
+Answer = tuple[Gallery, list[dict], str]
 
 
 def image_message(exc: TusouError) -> str:
@@ -60,18 +43,11 @@ def image_message(exc: TusouError) -> str:
 
 
 def api_result(result: SearchResult, dedupe: bool = False) -> dict:
-    """A result as the API returns it. The key is `file`, not `path`: gradio_client takes any
-    dict with a `path` for a file to download, and this server (rightly) refuses such requests.
-    A de-duplicated search adds how many near-duplicates were folded in, and their files."""
-    row = {"rank": result.rank, "score": round(result.score, 6), "id": result.id, "file": result.path}
-    if dedupe:
-        row.update(duplicates=result.duplicates, duplicate_files=list(result.duplicate_paths))
-    return row
-
-
-def caption(result: SearchResult) -> str:
-    folded = f"  +{result.duplicates} 张近似" if result.duplicates else ""
-    return f"#{result.rank}  {result.score:.3f}  {Path(result.path).name}{folded}"
+    """A result as the API returns it: `--json`'s fields, with `file` for `path` (and `duplicate_files`
+    for `duplicate_paths`): gradio_client takes any dict with a `path` for a file to download, and
+    this server (rightly) refuses such requests."""
+    renamed = {"path": "file", "duplicate_paths": "duplicate_files"}
+    return {renamed.get(key, key): value for key, value in result.to_dict(dedupe).items()}
 
 
 class SearchApp:
@@ -116,10 +92,22 @@ class SearchApp:
         min_score: float = -1,
         dedupe: bool = False,
         threshold: float = DEDUPE_THRESHOLD,
-    ) -> tuple[Gallery, list[dict], str]:
+        after: str = "",
+        before: str = "",
+        folders: str = "",
+        types: str = "",
+        camera: str = "",
+        near: str = "",
+        sort: str = "score",
+        offset: int = 0,
+    ) -> Answer:
         """A text query, optionally mixed with a reference image, with negative terms (comma-separated),
         a minimum score (-1: none) and near-duplicate folding; a reference image alone also searches.
+        Filtered by date (after inclusive, before exclusive: 2024, 2024-06, 2024-06-01), folders (path
+        prefixes, comma- or newline-separated), types (jpg,png), camera and place (LAT,LON,KM); sorted
+        by score, or newest/oldest first among the best by score; results offset+1 … offset+k.
         Every control has a default, so gradio_client callers may send only (query, k)."""
+        offset = int(offset or 0)
         try:
             text = clean_query(query)
         except TusouError:
@@ -131,32 +119,48 @@ class SearchApp:
             return [], [], picture
         try:
             request = Query(text=text, image=picture, weight=float(weight), negatives=split_list(strip_controls(negatives or "")),
-                            min_score=None if min_score <= -1 else float(min_score), dedupe=float(threshold) if dedupe else None)
+                            min_score=None if min_score <= -1 else float(min_score), dedupe=float(threshold) if dedupe else None,
+                            filters=read_filters(after, before, folders, types, camera, near), sort=sort)
+            results = self._search(request, k, offset)
         except TusouError as exc:
             return [], [], str(exc)
-        with self._lock:
-            results = self.searcher.search(request, int(k))
-        return *self._results(results, dedupe), describe_query(request, len(results), sum(r.duplicates for r in results))
+        return *self._results(results, dedupe), describe_query(request, len(results), sum(r.duplicates for r in results), offset)
 
-    def search_image(self, upload: str | bytes | None, k: int) -> tuple[Gallery, list[dict], str]:
+    def search_image(self, upload: str | bytes | None, k: int, after: str = "", before: str = "", folders: str = "",
+                     types: str = "", camera: str = "", near: str = "", sort: str = "score", offset: int = 0) -> Answer:
+        """Search by an uploaded image, with the text tab's filters, sort order and pages."""
+        offset = int(offset or 0)
         if not upload:
             return [], [], "请上传一张图片 (upload an image)."
         picture = self._picture(upload)
         if isinstance(picture, str):
             return [], [], picture
-        with self._lock:
-            results = self.searcher.search_image(picture, int(k))
-        return *self._results(results), f"以图搜图: {len(results)} 个结果"
+        try:
+            request = Query(image=picture, filters=read_filters(after, before, folders, types, camera, near), sort=sort)
+            results = self._search(request, k, offset)
+        except TusouError as exc:
+            return [], [], str(exc)
+        return *self._results(results), describe_image_query(request, len(results), offset)
 
-    def search_result(self, results: list[dict], k: int, event: gr.SelectData) -> tuple[Gallery, list[dict], str]:
-        """Search by a result picked in a gallery: by its catalog row's stored vector, not by a path."""
+    def _search(self, request: Query, k: int, offset: int) -> list[SearchResult]:
+        with self._lock:
+            return self.searcher.search(request, int(k), offset)
+
+    def search_result(self, results: list[dict], k: int, after: str, before: str, folders: str, types: str, camera: str, near: str,
+                      event: gr.SelectData) -> Answer:
+        """Search by a result picked in a gallery: by its catalog row's stored vector, not by a path,
+        within the tab's filters."""
         if not results or not (0 <= event.index < len(results)):
             return [], [], "请先搜索，再点选一个结果。"
+        try:
+            filters = read_filters(after, before, folders, types, camera, near)
+        except TusouError as exc:
+            return [], [], str(exc)
         vector = self.searcher.item_vector(int(results[event.index]["id"]))
         if vector is None:
             return [], [], "这个结果已不在索引中。"
-        found = self.searcher.search_vectors(vector[None], int(k))[0]
-        return *self._results(found), f"与 #{results[event.index]['rank']} 相似: {len(found)} 个结果"
+        found = self.searcher.search_vectors(vector[None], int(k), filters)[0]
+        return *self._results(found), f"与 #{results[event.index]['rank']} 相似{narrowing(filters)}: {len(found)} 个结果"
 
     def label(self, upload: str | bytes | None, labels: str, template: str) -> tuple[dict[str, float], str]:
         if not upload:
@@ -181,64 +185,70 @@ class SearchApp:
         return {score.label: score.probability for score in scores}, f"{len(scores)} 个标签"
 
     def info_markdown(self) -> str:
-        manifest = self.searcher.index.manifest
-        precision = str(self.searcher.model.dtype).removeprefix("torch.")
-        return (
-            f"**模型** `{manifest.model.name}` · **图片数** {manifest.count} · "
-            f"**索引** `{describe(manifest)}` · **查询精度** `{precision}` · **建立时间** {manifest.updated}"
-        )
+        return index_line(self.searcher)
 
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="tusou 图搜") as app:
             gr.Markdown("# tusou 图搜\n用中文或图片搜索图片。")
             gr.Markdown(self.info_markdown(), elem_id="index-info")
             with gr.Tab("文搜图", id="text"):
-                with gr.Row():
-                    query = gr.Textbox(label="查询", placeholder="例如：海边的日落", scale=4, elem_id="query")
-                    k_text = _k_slider()
-                with gr.Accordion("更多条件：参考图片、排除、最低分数、合并近似重复", open=False, elem_id="query-options"):
-                    with gr.Row():
-                        reference = _upload("参考图片（可选，与文字混合）", "reference-upload")
-                        with gr.Column():
-                            weight = gr.Slider(0, 1, value=IMAGE_WEIGHT, step=0.05, label="参考图片权重（0 = 只看文字，1 = 只看图片）",
-                                               elem_id="weight")
-                            negatives = gr.Textbox("", label="排除（逗号分隔，像这些的图片排在后面）", placeholder="例如：红色,三角形",
-                                                   elem_id="negatives")
-                            min_score = gr.Slider(-1, 1, value=-1, step=0.01, label="最低分数（-1 = 不限）", elem_id="min-score")
-                            with gr.Row():
-                                dedupe = gr.Checkbox(False, label="合并近似重复", elem_id="dedupe")
-                                threshold = gr.Slider(0.5, 1, value=DEDUPE_THRESHOLD, step=0.01, label="近似阈值（余弦）",
-                                                      elem_id="dedupe-threshold")
-                go = gr.Button("搜索", variant="primary", elem_id="search-text")
-                gr.Examples(self.examples, inputs=[query], label="示例查询")
-                text_status, text_gallery, text_results = _results_panel("text", "结果（点选一张以它再搜）")
+                self._text_tab()
             with gr.Tab("图搜图", id="image"):
-                with gr.Row():
-                    upload = _upload("上传图片", "image-upload")
-                    k_image = _k_slider()
-                go_image = gr.Button("以图搜图", variant="primary", elem_id="search-image")
-                image_status, image_gallery, image_results = _results_panel("image", "结果（点选一张以它再搜）")
+                self._image_tab()
             with gr.Tab("零样本标注", id="label"):
-                with gr.Row():
-                    label_upload = _upload("图片", "label-upload")
-                    with gr.Column():
-                        labels = gr.Textbox(label="标签（逗号分隔）", value="猫,狗,老虎", elem_id="labels")
-                        template = gr.Textbox(label="模板（可选，含 {}）", placeholder=DEFAULT_TEMPLATES[0], elem_id="template")
-                        go_label = gr.Button("标注", variant="primary", elem_id="run-label")
-                label_status = gr.Markdown(elem_id="label-status")
-                label_out = gr.Label(label="概率", num_top_classes=10, elem_id="label-out")
-
-            text_outputs = [text_gallery, text_results, text_status]
-            image_outputs = [image_gallery, image_results, image_status]
-            text_inputs = [query, k_text, reference, weight, negatives, min_score, dedupe, threshold]
-            go.click(self.search_text, text_inputs, text_outputs, api_name="search_text")
-            for box in (query, negatives):  # Enter in either box searches
-                box.submit(self.search_text, text_inputs, text_outputs, api_visibility="private")
-            go_image.click(self.search_image, [upload, k_image], image_outputs, api_name="search_image")
-            text_gallery.select(self.search_result, [text_results, k_text], text_outputs, api_visibility="private")
-            image_gallery.select(self.search_result, [image_results, k_image], image_outputs, api_visibility="private")
-            go_label.click(self.label, [label_upload, labels, template], [label_out, label_status], api_name="label")
+                self._label_tab()
         return app
+
+    def _text_tab(self) -> None:
+        with gr.Row():
+            query = gr.Textbox(label="查询", placeholder="例如：海边的日落", scale=4, elem_id="query")
+            k = _k_slider()
+        with gr.Accordion("更多条件：参考图片、排除、最低分数、合并近似重复", open=False, elem_id="query-options"):
+            with gr.Row():
+                reference = _upload("参考图片（可选，与文字混合）", "reference-upload")
+                with gr.Column():
+                    weight = gr.Slider(0, 1, value=IMAGE_WEIGHT, step=0.05, label="参考图片权重（0 = 只看文字，1 = 只看图片）",
+                                       elem_id="weight")
+                    negatives = gr.Textbox("", label="排除（逗号分隔，像这些的图片排在后面）", placeholder="例如：红色,三角形",
+                                           elem_id="negatives")
+                    min_score = gr.Slider(-1, 1, value=-1, step=0.01, label="最低分数（-1 = 不限）", elem_id="min-score")
+                    with gr.Row():
+                        dedupe = gr.Checkbox(False, label="合并近似重复", elem_id="dedupe")
+                        threshold = gr.Slider(0.5, 1, value=DEDUPE_THRESHOLD, step=0.01, label="近似阈值（余弦）",
+                                              elem_id="dedupe-threshold")
+        narrow = filter_panel("text")
+        go = gr.Button("搜索", variant="primary", elem_id="search-text")
+        gr.Examples(self.examples, inputs=[query], label="示例查询")
+        status, gallery, shown = _results_panel("text", "结果（点选一张以它再搜）")
+        pages = pager("text")
+        inputs = [query, k, reference, weight, negatives, min_score, dedupe, threshold, *narrow.filters, narrow.sort, pages.offset]
+        outputs = [gallery, shown, status]
+        connect_search(self.search_text, inputs, outputs, go, (query, negatives, *narrow.filters), pages, k, shown, "search_text")
+        gallery.select(self.search_result, [shown, k, *narrow.filters], outputs, api_visibility="private")
+
+    def _image_tab(self) -> None:
+        with gr.Row():
+            upload = _upload("上传图片", "image-upload")
+            k = _k_slider()
+        narrow = filter_panel("image")
+        go = gr.Button("以图搜图", variant="primary", elem_id="search-image")
+        status, gallery, shown = _results_panel("image", "结果（点选一张以它再搜）")
+        pages = pager("image")
+        outputs = [gallery, shown, status]
+        connect_search(self.search_image, [upload, k, *narrow.filters, narrow.sort, pages.offset], outputs, go, tuple(narrow.filters),
+                       pages, k, shown, "search_image")
+        gallery.select(self.search_result, [shown, k, *narrow.filters], outputs, api_visibility="private")
+
+    def _label_tab(self) -> None:
+        with gr.Row():
+            upload = _upload("图片", "label-upload")
+            with gr.Column():
+                labels = gr.Textbox(label="标签（逗号分隔）", value="猫,狗,老虎", elem_id="labels")
+                template = gr.Textbox(label="模板（可选，含 {}）", placeholder=DEFAULT_TEMPLATES[0], elem_id="template")
+                go = gr.Button("标注", variant="primary", elem_id="run-label")
+        status = gr.Markdown(elem_id="label-status")
+        out = gr.Label(label="概率", num_top_classes=10, elem_id="label-out")
+        go.click(self.label, [upload, labels, template], [out, status], api_name="label")
 
 
 def _k_slider() -> gr.Slider:

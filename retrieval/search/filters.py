@@ -114,22 +114,31 @@ def make_filters(
     camera: str | None = None,
     near: str | None = None,
 ) -> Filters:
-    """Filters from the words a user typed (CLI flags, UI fields, API parameters), checked."""
+    """Filters from the words a user typed (CLI flags, UI fields, API parameters), checked. None is
+    "not given"; a value given empty (`--type ''`) is a mistake like any other bad value."""
     filters = Filters(
-        after=parse_date(after, "--after") if after else None,
-        before=parse_date(before, "--before") if before else None,
-        folders=tuple(_folder(folder) for folder in folders if folder),
-        types=parse_types(types) if types else (),
-        camera=camera.strip() or None if camera else None,
-        near=parse_near(near) if near else None,
+        after=parse_date(after, "--after") if after is not None else None,
+        before=parse_date(before, "--before") if before is not None else None,
+        folders=tuple(_folder(folder) for folder in folders),
+        types=parse_types(types) if types is not None else (),
+        camera=_camera(camera) if camera is not None else None,
+        near=parse_near(near) if near is not None else None,
     )
     if filters.after and filters.before and filters.after >= filters.before:
         raise TusouError(f"--after {after} is not before --before {before}: nothing could match")
     return filters
 
 
+def _camera(text: str) -> str:
+    if not text.strip():
+        raise TusouError(f"--camera {text!r}: give some text of the camera's make or model, e.g. Canon")
+    return text.strip()
+
+
 def _folder(text: str) -> str:
     """A folder as the catalog spells paths: a local one absolute (resolved from here), a URL as written."""
+    if not text.strip():
+        raise TusouError(f"--in {text!r}: give a folder, e.g. photos/2024")
     if "://" not in text:
         text = os.path.abspath(os.path.expanduser(text))
     return text.rstrip("/") or "/"
