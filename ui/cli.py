@@ -267,7 +267,8 @@ def cmd_search(args: argparse.Namespace) -> None:
             _print_json(result.to_dict(query.dedupe is not None))
         else:
             folded = f"  (+{result.duplicates} near-duplicate{'s' * (result.duplicates > 1)})" if result.duplicates else ""
-            print(f"{result.rank:>3}  {result.score:.4f}  {result.path}{folded}")
+            taken = f"{(result.taken or '')[:10]:<10}  " if query.sort != "score" else ""  # the order's reason, shown
+            print(f"{result.rank:>3}  {result.score:.4f}  {taken}{result.path}{folded}")
 
 
 def cmd_label(args: argparse.Namespace) -> None:
