@@ -187,7 +187,7 @@ class SearchApp:
         precision = str(self.searcher.model.dtype).removeprefix("torch.")
         return (
             f"**模型** `{manifest.model.name}` · **图片数** {manifest.count} · "
-            f"**索引** `{describe(manifest)}` · **查询精度** `{precision}` · **建立时间** {manifest.updated}"
+            f"**索引** `{describe(manifest.index)}` · **查询精度** `{precision}` · **建立时间** {manifest.updated}"
         )
 
     def build(self) -> gr.Blocks:

@@ -22,7 +22,7 @@ import numpy as np
 
 from retrieval.errors import TusouError
 from retrieval.search.filters import Filters, distance_km
-from retrieval.store.manifest import IndexEntry, rebuild_hint
+from retrieval.store.manifest import IndexEntry, check_index_entry, plain_name, rebuild_hint
 from retrieval.store.records import CatalogItem, folder_of, mtime_taken
 
 SCHEMA = """
@@ -61,6 +61,8 @@ CREATE TABLE IF NOT EXISTS segments (
 );
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value NOT NULL);
 """
+SEGMENTS_DIR = "segments"
+"""Where every segment file lives, inside the index directory."""
 ITEM_COLUMNS = (
     "id", "path", "size", "mtime_ns", "sha256", "width", "height", "change_key", "segment", "row",
     "taken", "taken_from", "taken_offset", "camera", "latitude", "longitude", "orientation", "format", "folder",
@@ -175,9 +177,27 @@ class Catalog:
 
     def segments(self, db: sqlite3.Connection | None = None) -> list[SegmentRow]:
         rows = (db or self.db).execute("SELECT id, count, deleted, files, index_entry FROM segments ORDER BY id")
-        return [
-            SegmentRow(id, count, deleted, json.loads(files), IndexEntry(**json.loads(entry))) for id, count, deleted, files, entry in rows
-        ]
+        return [self._segment_row(*row) for row in rows]
+
+    def _segment_row(self, id: int, count: int, deleted: int, files: str, entry: str) -> SegmentRow:
+        """A segments-table row, checked as a manifest's entry is: files inside segments/, an index
+        entry the search code understands; damage is one line naming the catalog."""
+        fix = rebuild_hint(self.path.parent)
+        try:
+            files, entry = json.loads(files), json.loads(entry)
+        except (TypeError, json.JSONDecodeError):
+            raise TusouError(f"{self.path} is damaged (segment {id}: its files or index entry are not JSON): {fix}") from None
+        if not isinstance(files, dict) or not {"vectors", "ids", "faiss"} <= set(files):
+            raise TusouError(f"{self.path} is damaged (segment {id} does not name its vectors, ids and FAISS files): {fix}")
+        for role, name in files.items():
+            folder, _, base = name.partition("/") if isinstance(name, str) else ("", "", None)
+            if folder != SEGMENTS_DIR or not plain_name(base):
+                raise TusouError(
+                    f"{self.path} is damaged: segment {id}'s {role} file {name!r} is not a file inside {self.path.parent / SEGMENTS_DIR} "
+                    f"(refused, not opened): {fix}"
+                )
+        check_index_entry(self.path, entry, fix)
+        return SegmentRow(id, count, deleted, files, IndexEntry(**entry))
 
     def setting(self, key: str, default: object = None, db: sqlite3.Connection | None = None) -> object:
         found = (db or self.db).execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
