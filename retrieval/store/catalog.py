@@ -139,6 +139,7 @@ class Catalog:
             if self._uri is None:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, as every other file does
+            db.execute("PRAGMA temp_store=MEMORY")  # statement journals (one per INSERT OR REPLACE) off the disk: 16 MB for 2,000 items
             db.create_function("distance_km", 4, distance_km, deterministic=True)
             self._local.db = db
             with self._guard:
