@@ -12,7 +12,7 @@ import numpy as np
 
 from retrieval.store.model_ref import ModelRef
 from retrieval.store.records import CatalogItem
-from tests.stored import stored
+from tests.stored import read_back
 
 FORMAT_1_FIELDS = ("path", "size", "mtime_ns", "sha256", "width", "height", "change_key", "id")
 """What a format-1 catalog line held (no metadata); change_key only when there was one."""
@@ -39,5 +39,5 @@ def write_legacy_index(directory: Path, model: ModelRef, items: list[CatalogItem
 
 def downgrade(source: Path, directory: Path) -> None:
     """The format-1 index an old tusou would have written for what the index at `source` holds."""
-    index = stored(source)
+    index = read_back(source)
     write_legacy_index(directory, index.manifest.model, index.items, index.embeddings)

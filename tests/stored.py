@@ -30,7 +30,7 @@ class Stored:
         return {row.index_entry.type for row in self.segments}
 
 
-def stored(directory: str | Path) -> Stored:
+def read_back(directory: str | Path) -> Stored:
     store = open_store(directory)
     try:
         view = store.view()

@@ -26,7 +26,7 @@ from indexer import BuildPlan, build_index
 from retrieval.store.store import open_store
 from tests.imagegen import draw, write_images
 from tests.legacy_index import downgrade
-from tests.stored import stored
+from tests.stored import read_back
 
 BUILD = """
 import sys
@@ -77,7 +77,7 @@ def _change_to_b(folder: Path) -> None:
 
 
 def _state(index_dir: Path, folder: Path) -> dict[str, tuple[int, str, np.ndarray]]:
-    index = stored(index_dir)
+    index = read_back(index_dir)
     paths = [item.path for item in index.items]
     assert len(paths) == len(set(paths)), "an image is in the catalog twice"
     return {
@@ -159,7 +159,7 @@ def _killed_update_resumes(tmp_path: Path, model, expected: dict, start, point: 
     for name, (item_id, sha256, vector) in expected.items():
         assert final[name][:2] == (item_id, sha256), name
         np.testing.assert_allclose(final[name][2], vector, atol=2e-3)
-    named = {name for row in stored(out).segments for name in row.files.values()}
+    named = {name for row in read_back(out).segments for name in row.files.values()}
     assert {p.name for p in out.iterdir()} == {"manifest.json", "catalog.sqlite", "segments", ".lock"}, "leftovers"
     assert {f"segments/{p.name}" for p in (out / "segments").iterdir()} == named, "leftovers"
 

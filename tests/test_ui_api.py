@@ -147,10 +147,10 @@ def test_negative_terms_only_lower_scores_and_are_named_in_the_status(served):
 
 def test_dedupe_folds_near_duplicates_and_the_captions_count_them(served):
     """With k above the collection size every image is either a result or folded into one."""
-    from retrieval.store.index_store import open_index
+    from tests.stored import read_back
 
     server, _, root = served
-    index = open_index(root / "index")
+    index = read_back(root / "index")
     stored = {item.path: row for row, item in enumerate(index.items)}
     vectors = np.asarray(index.embeddings, dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -10,6 +10,7 @@ indexed columns.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -96,7 +97,29 @@ def item_values(item: CatalogItem, segment: int, row: int) -> tuple:
         "segment": segment, "row": row, "taken": item.taken or mtime_taken(item.mtime_ns), "taken_from": taken_from,
         "folder": folder_of(item.path),
     }
-    return tuple(values[name] for name in ITEM_COLUMNS)
+    return tuple(_name_value(values[name]) if name in NAMES else values[name] for name in ITEM_COLUMNS)
+
+
+NAMES = ("path", "folder")
+"""File names: a name that is not UTF-8 reaches Python with lone surrogates (os.fsdecode), which
+SQLite text cannot hold; it is stored as its bytes instead (a BLOB), and read back the same."""
+
+
+def _name_value(name: str) -> str | bytes:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name)
+    return name
+
+
+def item_row(values: Iterable) -> dict:
+    """An items-table row by column name, its file names as Python has them."""
+    row = dict(zip(ITEM_COLUMNS, values))
+    for name in NAMES:
+        if isinstance(row[name], bytes):
+            row[name] = os.fsdecode(row[name])
+    return row
 
 
 def stored_item(row: dict) -> CatalogItem:
@@ -207,7 +230,7 @@ class Catalog:
     def all_items(self) -> Iterator[tuple[CatalogItem, int, int]]:
         """Every item with its (segment, row), in path order: what a build compares the collection with."""
         for values in self.db.execute(f"SELECT {', '.join(ITEM_COLUMNS)} FROM items ORDER BY path"):
-            row = dict(zip(ITEM_COLUMNS, values))
+            row = item_row(values)
             yield stored_item(row), row["segment"], row["row"]
 
     def items(self, ids: Iterable[int]) -> dict[int, dict]:
@@ -217,7 +240,7 @@ class Catalog:
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             query = f"SELECT {', '.join(ITEM_COLUMNS)} FROM items WHERE id IN ({', '.join('?' * len(chunk))})"
-            found |= {row[0]: dict(zip(ITEM_COLUMNS, row)) for row in self.db.execute(query, chunk)}
+            found |= {row[0]: item_row(row) for row in self.db.execute(query, chunk)}
         return found
 
     def count_matching(self, filters: Filters, limit: int) -> int:
