@@ -35,6 +35,7 @@ def write_legacy_index(directory: Path, model: ModelRef, items: list[CatalogItem
         "format_version": 1, "tool_version": "0.1.0", "created": "2025-06-01T08:00:00+00:00", "updated": "2025-06-01T08:00:00+00:00",
     }
     (directory / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    (directory / ".lock").touch()  # its build's lock file, which stays
 
 
 def downgrade(source: Path, directory: Path) -> None:

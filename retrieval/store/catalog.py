@@ -140,12 +140,28 @@ class Catalog:
         self._guard = threading.Lock()
         if not create and not path.is_file():
             raise TusouError(f"{path.parent} is damaged: its catalog {path.name} is missing: {rebuild_hint(path.parent)}")
+        if not create and uri is None and path.stat().st_size == 0:  # SQLite would take it for a new database, and write one
+            raise TusouError(f"{path} is damaged (empty): {rebuild_hint(path.parent)}")
+        beside = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+        new = [side for side in beside if not side.exists()]
         try:
-            if create:
-                self.db.executescript(SCHEMA)
-            self.db.execute("SELECT count(*) FROM segments").fetchone()
+            with self.checked():
+                if create:
+                    self.db.executescript(SCHEMA)
+                self.db.execute("SELECT count(*) FROM segments").fetchone()
+        except TusouError:
+            self.close()  # SQLite removes its -wal and -shm on close only after a checkpoint, which a damaged file fails
+            for side in new:
+                side.unlink(missing_ok=True)
+            raise
+
+    @contextmanager
+    def checked(self) -> Iterator[None]:
+        """Reads whose damage (a page SQLite finds malformed, a file that is no database) is one line naming the catalog."""
+        try:
+            yield
         except sqlite3.DatabaseError as exc:
-            raise TusouError(f"{path} is damaged ({exc}): {rebuild_hint(path.parent)}") from None
+            raise TusouError(f"{self.path} is damaged ({exc}): {rebuild_hint(self.path.parent)}") from None
 
     @classmethod
     def in_memory(cls) -> Catalog:
@@ -197,10 +213,12 @@ class Catalog:
             self.db.execute("COMMIT")
 
     def count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM items").fetchone()[0]
+        with self.checked():
+            return self.db.execute("SELECT count(*) FROM items").fetchone()[0]
 
     def segments(self, db: sqlite3.Connection | None = None) -> list[SegmentRow]:
-        rows = (db or self.db).execute("SELECT id, count, deleted, files, index_entry FROM segments ORDER BY id")
+        with self.checked():
+            rows = (db or self.db).execute("SELECT id, count, deleted, files, index_entry FROM segments ORDER BY id").fetchall()
         return [self._segment_row(*row) for row in rows]
 
     def _segment_row(self, id: int, count: int, deleted: int, files: str, entry: str) -> SegmentRow:
@@ -224,14 +242,16 @@ class Catalog:
         return SegmentRow(id, count, deleted, files, IndexEntry(**entry))
 
     def setting(self, key: str, default: object = None, db: sqlite3.Connection | None = None) -> object:
-        found = (db or self.db).execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        with self.checked():
+            found = (db or self.db).execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
         return json.loads(found[0]) if found else default
 
     def all_items(self) -> Iterator[tuple[CatalogItem, int, int]]:
         """Every item with its (segment, row), in path order: what a build compares the collection with."""
-        for values in self.db.execute(f"SELECT {', '.join(ITEM_COLUMNS)} FROM items ORDER BY path"):
-            row = item_row(values)
-            yield stored_item(row), row["segment"], row["row"]
+        with self.checked():
+            for values in self.db.execute(f"SELECT {', '.join(ITEM_COLUMNS)} FROM items ORDER BY path"):
+                row = item_row(values)
+                yield stored_item(row), row["segment"], row["row"]
 
     def items(self, ids: Iterable[int]) -> dict[int, dict]:
         """The rows of `ids` (those still in the catalog), by id."""
@@ -240,7 +260,8 @@ class Catalog:
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             query = f"SELECT {', '.join(ITEM_COLUMNS)} FROM items WHERE id IN ({', '.join('?' * len(chunk))})"
-            found |= {row[0]: item_row(row) for row in self.db.execute(query, chunk)}
+            with self.checked():
+                found |= {row[0]: item_row(row) for row in self.db.execute(query, chunk)}
         return found
 
     def count_matching(self, filters: Filters, limit: int) -> int:
