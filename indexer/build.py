@@ -32,7 +32,7 @@ from retrieval.locations import MEMBER_SEPARATOR
 from retrieval.models.model import EmbeddingModel
 from retrieval.store.catalog import SEGMENTS_DIR
 from retrieval.store.faults import kill_point
-from retrieval.store.manifest import MANIFEST, check_model
+from retrieval.store.manifest import MANIFEST, check_model, read_manifest, rebuild_hint
 from retrieval.store.model_ref import ModelRef, cast
 from retrieval.store.records import CatalogItem, ImageRecord
 from retrieval.store.segment import check_segments
@@ -110,6 +110,8 @@ def _build(plan: BuildPlan, engine: Engine) -> BuildSummary:
     out = plan.out
     remove_leftovers(out)
     if (out / MANIFEST).is_file():
+        if plan.model_name or plan.model:  # another model's name is refused before anything is written or loaded
+            check_model(read_manifest(out), out, plan.model_name or plan.model.name)
         convert(out, plan.progress)
     previous = _previous(out)
     try:
@@ -148,7 +150,7 @@ def _update(plan: BuildPlan, engine: Engine, previous: Store | None) -> BuildSum
     finally:
         staging.flush()
     scanned = replace(scanned, files=_listed(files, _staged_members(files, staging)))
-    built = Layout(**previous.catalog.setting("layout")) if previous else None
+    built = _built_layout(previous) if previous else None
     summary = _commit(out, previous, ref, model.dim, scanned, staging, plan.layout(built), built, plan.progress)
     summary.embedded = staging.added
     summary.resumed = max(0, summary.added + summary.updated - staging.added)  # a retried Ray task can deliver twice
@@ -159,13 +161,18 @@ def _update(plan: BuildPlan, engine: Engine, previous: Store | None) -> BuildSum
     return summary
 
 
+def _built_layout(previous: Store) -> Layout:
+    layout = previous.catalog.setting("layout")
+    if not isinstance(layout, dict) or set(layout) != {"requested", "max_memory"}:
+        raise TusouError(f"{previous.catalog.path} is damaged (its layout setting is {layout!r}): {rebuild_hint(previous.directory)}")
+    return Layout(**layout)
+
+
 def _load_model(plan: BuildPlan, previous: Store | None) -> tuple[EmbeddingModel, ModelRef]:
     """The model to embed with, in the plan's precision, and the reference to it as loaded (for the manifest).
 
-    On an existing index it must be the index's model: the name is checked before any weights load.
+    On an existing index it must be the index's model (its name was checked before), the same weights.
     """
-    if previous and (plan.model_name or plan.model):
-        check_model(previous.manifest, plan.out, plan.model_name or plan.model.name)
     loaded = plan.model or plan.model_ref(previous.manifest.model if previous else None).load_weights(plan.device)
     if previous:
         previous.check_weights(loaded)

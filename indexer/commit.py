@@ -21,9 +21,10 @@ import numpy as np
 from indexer.faiss_build import FLAT_UP_TO
 from indexer.plan import Layout
 from indexer.segment_writer import write_deletions, write_segment
+from retrieval.errors import TusouError
 from retrieval.store.catalog import Catalog, SegmentRow, drop_items, item_values, put_items, put_segment, put_setting
 from retrieval.store.faults import kill_point
-from retrieval.store.manifest import Manifest, write_manifest
+from retrieval.store.manifest import Manifest, rebuild_hint, write_manifest
 from retrieval.store.model_ref import ModelRef
 from retrieval.store.records import CatalogItem
 from retrieval.store.store import CATALOG
@@ -70,6 +71,9 @@ def commit_change(directory: Path, catalog: Catalog, dim: int, change: Change, g
     """One change of an existing index, committed as generation `generation` in one transaction;
     afterwards, the deletion records it superseded are deleted."""
     segments = {row.id: row for row in catalog.segments()}
+    unnamed = sorted(set(change.replaced) - set(segments))
+    if unnamed:
+        raise TusouError(f"{catalog.path} is damaged (items in segment {unnamed[0]}, which it does not name): {rebuild_hint(directory)}")
     written: list[SegmentRow] = []
     number = int(catalog.setting("next_segment", max(segments, default=0) + 1))
     if change.items:

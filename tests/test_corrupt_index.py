@@ -183,39 +183,40 @@ def drop_fields(*keys: str) -> Callable[[Path], None]:
 
 Cases = dict[str, tuple[Callable[[Path], None], str]]
 
-FAISS_CASES: dict[str, Cases] = {
+FAISS_DAMAGE: dict[str, Callable[[Path], None]] = {
+    "faiss-truncated-half": lambda d: truncate(data_file(d, "faiss"), 0.5),
+    "faiss-zero-bytes": lambda d: truncate(data_file(d, "faiss"), 0),
+    "faiss-garbage": lambda d: data_file(d, "faiss").write_bytes(np.random.default_rng(1).bytes(data_file(d, "faiss").stat().st_size)),
+    "faiss-deleted": delete("faiss"),
+    "faiss-other-dim": lambda d: swap_faiss(d, faiss.IndexFlatIP(32), stored_vectors(d)[:, :32]),
+    "faiss-other-type": lambda d: swap_faiss(d, faiss.IndexHNSWFlat(64, 32, faiss.METRIC_INNER_PRODUCT), stored_vectors(d)),
+    "faiss-l2-metric": lambda d: swap_faiss(d, faiss.IndexFlatL2(64), stored_vectors(d)),
+    "faiss-fewer-vectors": lambda d: swap_faiss(d, faiss.IndexFlatIP(64), stored_vectors(d)[:-1]),
+}
+FAISS_MESSAGES: dict[str, dict[str, str]] = {
     "format 2": {
-        "faiss-truncated-half": (lambda d: truncate(data_file(d, "faiss"), 0.5), "is damaged (truncated or corrupt)"),
-        "faiss-zero-bytes": (lambda d: truncate(data_file(d, "faiss"), 0), "is damaged (empty)"),
-        "faiss-garbage": (
-            lambda d: data_file(d, "faiss").write_bytes(np.random.default_rng(1).bytes(data_file(d, "faiss").stat().st_size)),
-            "is damaged (not a FAISS index)",
-        ),
-        "faiss-deleted": (delete("faiss"), "is missing"),
-        "faiss-other-dim": (lambda d: swap_faiss(d, faiss.IndexFlatIP(32), stored_vectors(d)[:, :32]), "(it holds 32-d vectors, the index is 64-d)"),
-        "faiss-other-type": (
-            lambda d: swap_faiss(d, faiss.IndexHNSWFlat(64, 32, faiss.METRIC_INNER_PRODUCT), stored_vectors(d)),
-            "(it holds an IndexHNSWFlat, the catalog says flat, an IndexFlatIP)",
-        ),
-        "faiss-l2-metric": (lambda d: swap_faiss(d, faiss.IndexFlatL2(64), stored_vectors(d)), "(it holds an IndexFlatL2"),
-        "faiss-fewer-vectors": (lambda d: swap_faiss(d, faiss.IndexFlatIP(64), stored_vectors(d)[:12]), "(it holds 12 vectors, not 13)"),
+        "faiss-truncated-half": "is damaged (truncated or corrupt)",
+        "faiss-zero-bytes": "is damaged (empty)",
+        "faiss-garbage": "is damaged (not a FAISS index)",
+        "faiss-deleted": "is missing",
+        "faiss-other-dim": "(it holds 32-d vectors, the index is 64-d)",
+        "faiss-other-type": "(it holds an IndexHNSWFlat, the catalog says flat, an IndexFlatIP)",
+        "faiss-l2-metric": "(it holds an IndexFlatL2",
+        "faiss-fewer-vectors": "(it holds 12 vectors, not 13)",
     },
     "format 1": {
-        "faiss-truncated-half": (lambda d: truncate(data_file(d, "faiss"), 0.5), "is truncated or corrupt"),
-        "faiss-zero-bytes": (lambda d: truncate(data_file(d, "faiss"), 0), "is empty"),
-        "faiss-garbage": (
-            lambda d: data_file(d, "faiss").write_bytes(np.random.default_rng(1).bytes(data_file(d, "faiss").stat().st_size)),
-            "is not a FAISS index",
-        ),
-        "faiss-deleted": (delete("faiss"), "is missing"),
-        "faiss-other-dim": (lambda d: swap_faiss(d, faiss.IndexFlatIP(32), stored_vectors(d)[:, :32]), "holds 32-d vectors, the index is 64-d"),
-        "faiss-other-type": (
-            lambda d: swap_faiss(d, faiss.IndexHNSWFlat(64, 32, faiss.METRIC_INNER_PRODUCT), stored_vectors(d)),
-            "holds an IndexHNSWFlat, the manifest says flat",
-        ),
-        "faiss-l2-metric": (lambda d: swap_faiss(d, faiss.IndexFlatL2(64), stored_vectors(d)), "holds an IndexFlatL2"),
-        "faiss-fewer-vectors": (lambda d: swap_faiss(d, faiss.IndexFlatIP(64), stored_vectors(d)[:11]), "holds 11 vectors, the index has 12 items"),
+        "faiss-truncated-half": "is truncated or corrupt",
+        "faiss-zero-bytes": "is empty",
+        "faiss-garbage": "is not a FAISS index",
+        "faiss-deleted": "is missing",
+        "faiss-other-dim": "holds 32-d vectors, the index is 64-d",
+        "faiss-other-type": "holds an IndexHNSWFlat, the manifest says flat",
+        "faiss-l2-metric": "holds an IndexFlatL2",
+        "faiss-fewer-vectors": "holds 11 vectors, the index has 12 items",
     },
+}
+FAISS_CASES: dict[str, Cases] = {
+    form: {case: (FAISS_DAMAGE[case], message) for case, message in messages.items()} for form, messages in FAISS_MESSAGES.items()
 }
 
 MANIFEST_CASES: Cases = {
