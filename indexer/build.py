@@ -137,6 +137,8 @@ def _previous(out: Path) -> Store | None:
 
 def _update(plan: BuildPlan, engine: Engine, previous: Store | None) -> BuildSummary:
     out = plan.out
+    built = _built_layout(previous) if previous else None
+    layout = plan.layout(built)
     model, ref = _load_model(plan, previous)
     old = {item.path: (item, segment, row) for item, segment, row in previous.catalog.all_items()} if previous else {}
     files, skipped = scan(plan.paths, progress=plan.progress, known=[item for item, _, _ in old.values()])
@@ -150,13 +152,14 @@ def _update(plan: BuildPlan, engine: Engine, previous: Store | None) -> BuildSum
     finally:
         staging.flush()
     scanned = replace(scanned, files=_listed(files, _staged_members(files, staging)))
-    built = _built_layout(previous) if previous else None
-    summary = _commit(out, previous, ref, model.dim, scanned, staging, plan.layout(built), built, plan.progress)
+    summary = _commit(out, previous, ref, model.dim, scanned, staging, layout, built, plan.progress)
     summary.embedded = staging.added
     summary.resumed = max(0, summary.added + summary.updated - staging.added)  # a retried Ray task can deliver twice
     kill_point("committed")
     staging.clear()
-    # The build's change is committed: merges (indexer.merge, `merge_as_policy_says`) go here, each a transaction of its own.
+    # The build's change is committed. Merges go here, each a transaction of its own after it:
+    # merge_as_policy_says(out, layout, plan.progress) (indexer.merge); a layout that differs from `built`
+    # (`tusou index --index-type T` on an index of another type) merges every segment into one of T.
     summary.skipped = [asdict(item) for item in skipped]
     return summary
 
