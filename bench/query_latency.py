@@ -23,8 +23,9 @@ from transformers import BertModel
 
 from bench.report import latencies, machine, table
 from bench.vectors import ClipLikeSpace
-from indexer.faiss_build import index_embeddings
-from retrieval.store.index_store import CatalogItem, write_index
+from indexer.commit import Change, create_index
+from indexer.plan import Layout
+from retrieval.store.records import CatalogItem
 from retrieval.store.model_ref import ModelRef
 from retrieval.models.model import EmbeddingModel, load_model
 from retrieval.search.searcher import Searcher
@@ -76,11 +77,11 @@ def _eager_copy(bert: BertModel) -> BertModel:
 
 
 def _index_dir(folder: Path, model: EmbeddingModel, vectors: np.ndarray) -> Path:
-    """A real tusou index directory over the synthetic collection, with the index `auto` picks."""
-    faiss_index, entry = index_embeddings(vectors.astype(np.float16), "auto")
+    """A real tusou index directory over the synthetic collection, one segment of the index `auto` picks."""
     items = [CatalogItem(path=f"/collection/{i:07d}.jpg", size=0, mtime_ns=0, sha256="", width=0, height=0, id=i) for i in range(len(vectors))]
-    write_index(folder, model=ModelRef.of(model), items=items, embeddings=vectors.astype(np.float16), faiss_index=faiss_index,
-                index=entry, previous=None)
+    folder.mkdir(parents=True)
+    change = Change(items, lambda out: np.copyto(out, vectors, casting="same_kind"), len(items), Layout("auto", None))
+    create_index(folder, ModelRef.of(model), vectors.shape[1], change, progress=False)
     return folder
 
 

@@ -1,9 +1,11 @@
-"""An index build: scan, embed what is new or changed, write a new generation.
+"""An index build: scan, embed what is new or changed, commit the change in place.
 
 The index mirrors the given paths: images that appeared are added, images whose stamp
 (size, mtime, change key: indexer.sources) changed are re-embedded, images that are gone
 are dropped. Embeddings are staged in chunks as they are made, so an interrupted build
-resumes where it stopped.
+resumes where it stopped. The commit (indexer.commit) writes one new segment of the embedded
+vectors and deletion records for the rows they replace, so what a build writes grows with what
+changed. An index of format 1 is converted first (indexer.convert).
 """
 
 from __future__ import annotations
@@ -17,34 +19,27 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
+from indexer.commit import Change, commit_change, create_index
+from indexer.convert import convert
 from indexer.decode import units_of
 from indexer.engine import Engine, Work
-from indexer.faiss_build import index_embeddings
+from indexer.leftovers import CATALOG_FILES, TEMPORARY_FILE, remove_leftovers
 from indexer.plan import BuildPlan, Layout
 from indexer.sources import SourceFile, describe_extensions, scan
 from indexer.staging import Staging
 from retrieval.errors import TusouError
 from retrieval.locations import MEMBER_SEPARATOR
 from retrieval.models.model import EmbeddingModel
+from retrieval.store.catalog import SEGMENTS_DIR
 from retrieval.store.faults import kill_point
-from retrieval.store.index_store import (
-    CatalogItem,
-    ImageRecord,
-    StoredIndex,
-    next_generation,
-    open_index,
-    remove_leftovers,
-    write_embeddings,
-    write_index,
-)
-from retrieval.store.manifest import MANIFEST, check_model
+from retrieval.store.manifest import MANIFEST, check_model, read_manifest, rebuild_hint
 from retrieval.store.model_ref import ModelRef, cast
+from retrieval.store.records import CatalogItem, ImageRecord
+from retrieval.store.segment import check_segments
+from retrieval.store.store import Store, open_store
 
-OWN_FILES = {".lock", "staging"}
-COPY_BLOCK = 65_536
-"""Rows of the old generation copied into the new one at a time."""
+OWN_FILES = {".lock", "staging", SEGMENTS_DIR, *CATALOG_FILES}
+"""What a build puts in its directory before the manifest makes it an index (a killed first build leaves them)."""
 
 
 @dataclass
@@ -87,7 +82,8 @@ def check_out_dir(directory: Path) -> None:
     """Refuse to write into a file or into a folder of the user's that is not an index."""
     if directory.exists() and not directory.is_dir():
         raise TusouError(f"--out {directory} is a file, not a directory")
-    if directory.is_dir() and not (directory / MANIFEST).exists() and set(os.listdir(directory)) - OWN_FILES:
+    foreign = {name for name in os.listdir(directory) if name not in OWN_FILES and not TEMPORARY_FILE.fullmatch(name)} if directory.is_dir() else set()
+    if foreign and not (directory / MANIFEST).exists():
         raise TusouError(f"{directory} exists and is not a tusou index: choose a new or empty --out directory")
 
 
@@ -110,39 +106,76 @@ def build_index(plan: BuildPlan) -> BuildSummary:
 
 
 def _build(plan: BuildPlan, engine: Engine) -> BuildSummary:
-    """Scan, embed what is new or changed into the staging, commit a new generation; under the build lock."""
+    """Scan, embed what is new or changed into the staging, commit the change; under the build lock."""
     out = plan.out
     remove_leftovers(out)
-    previous = open_index(out) if (out / MANIFEST).exists() else None
+    if (out / MANIFEST).is_file():
+        if plan.model_name or plan.model:  # another model's name is refused before anything is written or loaded
+            check_model(read_manifest(out), out, plan.model_name or plan.model.name)
+        convert(out, plan.progress)
+    previous = _previous(out)
+    try:
+        return _update(plan, engine, previous)
+    finally:
+        if previous:
+            previous.close()
+
+
+def _previous(out: Path) -> Store | None:
+    """The index as it is, every segment checked: a build refuses a damaged index rather than
+    guess which of its parts to trust (the FAISS files are mapped, not read)."""
+    if not (out / MANIFEST).is_file():
+        return None
+    store = open_store(out)
+    try:
+        check_segments(out, store.catalog.segments(), store.manifest.dim)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _update(plan: BuildPlan, engine: Engine, previous: Store | None) -> BuildSummary:
+    out = plan.out
+    built = _built_layout(previous) if previous else None
+    layout = plan.layout(built)
     model, ref = _load_model(plan, previous)
-    files, skipped = scan(plan.paths, progress=plan.progress, known=previous.items if previous else ())
+    old = {item.path: (item, segment, row) for item, segment, row in previous.catalog.all_items()} if previous else {}
+    files, skipped = scan(plan.paths, progress=plan.progress, known=[item for item, _, _ in old.values()])
     if not files:
         shown = ", ".join(str(p) for p in plan.paths)
         raise TusouError(f"no images found under {shown} (looked for {describe_extensions()})")
     staging = Staging(out / "staging", ref)
-    scanned = _Scanned.against(files, previous)
+    scanned = _Scanned.against(files, old)
     try:
         skipped += engine.embed(model, ref, _work(scanned, staging), staging)
     finally:
         staging.flush()
     scanned = replace(scanned, files=_listed(files, _staged_members(files, staging)))
-    layout = plan.layout(previous.manifest.index if previous else None)
-    summary = _commit(out, previous, ref, model.dim, scanned, staging, layout, plan.progress)
+    summary = _commit(out, previous, ref, model.dim, scanned, staging, layout, built, plan.progress)
     summary.embedded = staging.added
     summary.resumed = max(0, summary.added + summary.updated - staging.added)  # a retried Ray task can deliver twice
     kill_point("committed")
     staging.clear()
+    # The build's change is committed. Merges go here, each a transaction of its own after it:
+    # merge_as_policy_says(out, layout, plan.progress) (indexer.merge); a layout that differs from `built`
+    # (`tusou index --index-type T` on an index of another type) merges every segment into one of T.
     summary.skipped = [asdict(item) for item in skipped]
     return summary
 
 
-def _load_model(plan: BuildPlan, previous: StoredIndex | None) -> tuple[EmbeddingModel, ModelRef]:
+def _built_layout(previous: Store) -> Layout:
+    layout = previous.catalog.setting("layout")
+    if not isinstance(layout, dict) or set(layout) != {"requested", "max_memory"}:
+        raise TusouError(f"{previous.catalog.path} is damaged (its layout setting is {layout!r}): {rebuild_hint(previous.directory)}")
+    return Layout(**layout)
+
+
+def _load_model(plan: BuildPlan, previous: Store | None) -> tuple[EmbeddingModel, ModelRef]:
     """The model to embed with, in the plan's precision, and the reference to it as loaded (for the manifest).
 
-    On an existing index it must be the index's model: the name is checked before any weights load.
+    On an existing index it must be the index's model (its name was checked before), the same weights.
     """
-    if previous and (plan.model_name or plan.model):
-        check_model(previous.manifest, plan.out, plan.model_name or plan.model.name)
     loaded = plan.model or plan.model_ref(previous.manifest.model if previous else None).load_weights(plan.device)
     if previous:
         previous.check_weights(loaded)
@@ -155,15 +188,14 @@ class _Scanned:
     """The collection as scanned, against the index as it was."""
 
     files: dict[str, SourceFile]
-    old: dict[str, tuple[int, CatalogItem]]
-    """Row and item of each path in the index as it was."""
+    old: dict[str, tuple[CatalogItem, int, int]]
+    """Item and (segment, row) of each path in the index as it was."""
     unchanged: set[str]
-    """Paths whose stamp is the one the index has: their vectors carry over."""
+    """Paths whose stamp is the one the index has: their items and vectors stay as they are."""
 
     @classmethod
-    def against(cls, files: dict[str, SourceFile], previous: StoredIndex | None) -> _Scanned:
-        old = {item.path: (row, item) for row, item in enumerate(previous.items)} if previous else {}
-        return cls(files, old, {path for path, source in files.items() if path in old and old[path][1].stamp == source.stamp})
+    def against(cls, files: dict[str, SourceFile], old: dict[str, tuple[CatalogItem, int, int]]) -> _Scanned:
+        return cls(files, old, {path for path, source in files.items() if path in old and old[path][0].stamp == source.stamp})
 
 
 def _work(scanned: _Scanned, staging: Staging) -> Work:
@@ -201,80 +233,53 @@ def _listed(files: dict[str, SourceFile], staged: dict[str, list[ImageRecord]]) 
 
 def _commit(
     out: Path,
-    previous: StoredIndex | None,
+    previous: Store | None,
     ref: ModelRef,
     dim: int,
     scanned: _Scanned,
     staging: Staging,
     layout: Layout,
+    built: Layout | None,
     progress: bool,
 ) -> BuildSummary:
-    """Assemble the new catalog in path order and write it as a new generation if anything changed."""
+    """Commit what changed (nothing changed, nothing written: no new generation)."""
     kill_point("commit")
     summary = BuildSummary(index=str(out))
-    catalog = _catalog(scanned, staging, previous.manifest.next_id if previous else 0, summary)
+    next_id = int(previous.catalog.setting("next_id", 0)) if previous else 0
+    change = _change(scanned, staging, next_id, layout, summary)
     summary.removed = sum(1 for path in scanned.old if path not in scanned.files)
-    summary.total = len(catalog.items)
-    same_items = previous is not None and [i.path for i in catalog.items] == [i.path for i in previous.items] and not summary.updated
-    if not (same_items and layout.built(previous.manifest.index)):
-        _write_generation(out, previous, ref, dim, catalog, staging, layout, progress)
+    summary.total = summary.unchanged + summary.added + summary.updated
+    if previous is None:
+        create_index(out, ref, dim, change, progress)
+    elif not change.empty or layout != built:
+        commit_change(out, previous.catalog, dim, change, previous.generation + 1, progress)
     return summary
 
 
-@dataclass
-class _Catalog:
-    items: list[CatalogItem] = field(default_factory=list)
-    kept: list[tuple[int, int]] = field(default_factory=list)
-    """(new row, old row) of each unchanged image."""
-    staged_rows: dict[str, int] = field(default_factory=dict)
-    """New row of each staged image, by path."""
-
-
-def _catalog(scanned: _Scanned, staging: Staging, next_id: int, summary: BuildSummary) -> _Catalog:
-    """The new catalog: unchanged images keep their rows' vectors, changed ones keep their ids, new
-    ones get new ids; counted into `summary`."""
-    catalog, old = _Catalog(), scanned.old
+def _change(scanned: _Scanned, staging: Staging, next_id: int, layout: Layout, summary: BuildSummary) -> Change:
+    """What the build changes: staged images become the new segment's items in path order (changed
+    ones keep their ids, new ones get new ids); every other image not unchanged leaves, and the old
+    rows of both are deleted. Counted into `summary`."""
+    items: list[CatalogItem] = []
     for path, source in scanned.files.items():
         if path in scanned.unchanged:
-            row, item = old[path]
-            catalog.kept.append((len(catalog.items), row))
-            catalog.items.append(item)
             summary.unchanged += 1
             continue
         record = staging.get(source)
         if record is None:
             continue
-        if path in old:
-            item_id = old[path][1].id
+        if path in scanned.old:
+            item_id = scanned.old[path][0].id
             summary.updated += 1
         else:
             item_id, next_id = next_id, next_id + 1
             summary.added += 1
-        catalog.staged_rows[path] = len(catalog.items)
-        catalog.items.append(CatalogItem(id=item_id, **asdict(record)))
-    return catalog
-
-
-def _write_generation(
-    out: Path, previous: StoredIndex | None, ref: ModelRef, dim: int, catalog: _Catalog, staging: Staging, layout: Layout, progress: bool
-) -> None:
-    """The new embeddings file is filled block by block from the old generation and the staged
-    chunks, and the FAISS index is built from it mapped, so no step holds every vector."""
-
-    def fill(embeddings: np.ndarray) -> None:
-        for start in range(0, len(catalog.kept), COPY_BLOCK):
-            new_rows, old_rows = np.array(catalog.kept[start : start + COPY_BLOCK]).T
-            embeddings[new_rows] = previous.embeddings[old_rows]
-        staging.copy_vectors(catalog.staged_rows, embeddings)
-
-    embeddings = write_embeddings(out, next_generation(previous.manifest if previous else None), (len(catalog.items), dim), fill)
-    faiss_index, entry = index_embeddings(embeddings, layout.requested, layout.max_memory, progress)
-    write_index(
-        out,
-        model=ref,
-        items=catalog.items,
-        embeddings=embeddings,
-        faiss_index=faiss_index,
-        index=entry,
-        previous=previous.manifest if previous else None,
-    )
+        items.append(CatalogItem(id=item_id, **asdict(record)))
+    change = Change(items, lambda out: staging.copy_vectors({item.path: row for row, item in enumerate(items)}, out), next_id, layout)
+    staged = {item.id for item in items}
+    for path, (item, segment, row) in scanned.old.items():
+        if path not in scanned.unchanged:
+            change.replaced.setdefault(segment, []).append(row)
+            if item.id not in staged:
+                change.removed.append(item.id)
+    return change

@@ -11,20 +11,16 @@ from indexer.ray_engine import RayEngine, RayOptions
 from retrieval.errors import TusouError
 from retrieval.models.model import EmbeddingModel
 from retrieval.models.registry import DEFAULT_MODEL
-from retrieval.store.manifest import IndexEntry
 from retrieval.store.model_ref import ModelRef
 
 
 @dataclass(frozen=True)
 class Layout:
-    """The FAISS index asked for: a type (or `auto`) within a memory budget."""
+    """The FAISS index asked for: a type (or `auto`) within a memory budget. An index keeps the one
+    it was last built with in its catalog's settings; its segments are built as it says."""
 
     requested: str
     max_memory: int | None
-
-    def built(self, entry: IndexEntry) -> bool:
-        """Whether `entry` was built as asked (then an unchanged collection keeps its index)."""
-        return (entry.requested, entry.max_memory) == (self.requested, self.max_memory)
 
 
 @dataclass(frozen=True)
@@ -79,12 +75,9 @@ class BuildPlan:
             image_weights=_text(self.image_weights) or (built.image_weights if built else None),
         )
 
-    def layout(self, built: IndexEntry | None) -> Layout:
+    def layout(self, built: Layout | None) -> Layout:
         """The index type and memory budget: as asked, else as the index was built."""
-        return Layout(
-            self.index_type or (built.requested if built and built.requested else "auto"),
-            self.max_index_memory or (built.max_memory if built else None),
-        )
+        return Layout(self.index_type or (built.requested if built else "auto"), self.max_index_memory or (built.max_memory if built else None))
 
 
 def _text(path: str | Path | None) -> str | None:

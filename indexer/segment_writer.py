@@ -15,10 +15,8 @@ import numpy as np
 from indexer.faiss_build import index_embeddings
 from retrieval.store.arrays import write_array, write_faiss, write_vectors
 from retrieval.store.atomic import fsync_dir
-from retrieval.store.catalog import SegmentRow
+from retrieval.store.catalog import SEGMENTS_DIR, SegmentRow
 from retrieval.store.faults import kill_point
-
-SEGMENTS_DIR = "segments"
 
 
 def segment_files(segment_id: int) -> dict[str, str]:

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from indexer import BuildPlan, build_index
-from retrieval.store.index_store import open_index
+from tests.stored import read_back
 from tests.imagegen import draw, png_bomb
 from ui.cli import main as cli
 
@@ -173,7 +173,7 @@ def built(tmp_path_factory, tiny_model):
 
 
 def _rows(out: Path) -> dict[str, int]:
-    return {item.path: row for row, item in enumerate(open_index(out).items)}
+    return {item.path: row for row, item in enumerate(read_back(out).items)}
 
 
 def test_the_corpus_is_what_it_claims_to_be(built):
@@ -201,7 +201,7 @@ def test_the_corpus_is_what_it_claims_to_be(built):
 
 def test_every_valid_image_is_indexed_exactly_once(built):
     corpus, _, out, summary = built
-    paths = [item.path for item in open_index(out).items]
+    paths = [item.path for item in read_back(out).items]
     assert sorted(paths) == sorted(corpus.valid.values()), "exactly the valid images, each once"
     assert all(os.path.isabs(path) for path in paths)
     assert summary.total == summary.added == len(corpus.valid)
@@ -221,7 +221,7 @@ def test_every_bad_file_is_reported_with_its_reason(built):
 
 def test_exif_rotation_is_applied_before_embedding(built, tiny_model):
     corpus, _, out, _ = built
-    stored = open_index(out)
+    stored = read_back(out)
     row = _rows(out)[corpus.valid["exif rotated"]]
     item = stored.items[row]
     assert (item.width, item.height) == corpus.upright.size == (120, 80)
@@ -232,7 +232,7 @@ def test_exif_rotation_is_applied_before_embedding(built, tiny_model):
 
 def test_odd_formats_are_embedded_as_a_viewer_shows_them(built, tiny_model):
     corpus, _, out, _ = built
-    stored = open_index(out)
+    stored = read_back(out)
     rows = _rows(out)
 
     def vector(label: str) -> np.ndarray:
@@ -267,11 +267,11 @@ def test_odd_formats_are_embedded_as_a_viewer_shows_them(built, tiny_model):
 
 def test_rerun_embeds_nothing_and_reports_the_same(built, tiny_model):
     corpus, before, out, first = built
-    generation = open_index(out).manifest.generation
+    generation = read_back(out).generation
     again = build_index(BuildPlan([corpus.folder], out, model=tiny_model, progress=False, workers=2, precision="fp32"))
     assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, len(corpus.valid))
     assert sorted(again.skipped, key=str) == sorted(first.skipped, key=str)
-    assert open_index(out).manifest.generation == generation, "nothing changed, nothing rewritten"
+    assert read_back(out).generation == generation, "nothing changed, nothing rewritten"
     assert snapshot(corpus.folder) == before
 
 
@@ -292,7 +292,7 @@ def test_cli_reports_the_corpus_as_json_and_text(built, tmp_path, capsys):
     assert {item["path"]: item["reason"] for item in summary["skipped"]} == {
         item["path"]: item["reason"] for item in api.skipped
     }
-    assert sorted(item.path for item in open_index(tmp_path / "json").items) == sorted(corpus.valid.values())
+    assert sorted(item.path for item in read_back(tmp_path / "json").items) == sorted(corpus.valid.values())
 
     # the text output prints every skipped file, and a second run over the same corpus
     assert cli(["index", str(corpus.folder), "--out", str(tmp_path / "json"), "--model", "test-tiny"]) == 0

@@ -22,14 +22,17 @@ def row(item_id: int, segment: int, row_: int, **metadata) -> tuple:
 def fill(catalog: Catalog, rows: list[tuple]) -> None:
     with catalog.transaction() as db:
         db.executemany(f"INSERT INTO items VALUES ({', '.join('?' * len(ITEM_COLUMNS))})", rows)
-        db.execute("INSERT INTO segments VALUES (1, 3, 0, ?, ?)", (json.dumps({"vectors": "seg-1.npy"}), json.dumps({"type": "flat"})))
+        db.execute("INSERT INTO segments VALUES (1, 3, 0, ?, ?)", (json.dumps(FILES), json.dumps({"type": "flat"})))
+
+
+FILES = {"vectors": "segments/000001.vectors.npy", "ids": "segments/000001.ids.npy", "faiss": "segments/000001.faiss"}
 
 
 def test_items_and_segments_are_queries_and_filters_give_rows_per_segment(tmp_path):
     catalog = Catalog(tmp_path / "catalog.sqlite", create=True)
     fill(catalog, [row(0, 1, 0, taken="2024-06-01T10:00:00"), row(1, 1, 1, format="png"), row(2, 2, 0, taken="2024-06-20T10:00:00")])
     assert catalog.count() == 3
-    assert [s.files for s in catalog.segments()] == [{"vectors": "seg-1.npy"}]
+    assert [s.files for s in catalog.segments()] == [FILES]
     assert catalog.items([2, 0, 99]).keys() == {0, 2} and catalog.items([1])[1]["format"] == "png"
     found = catalog.matching_rows(make_filters(after="2024-06"))
     assert {segment: rows.tolist() for segment, rows in found.items()} == {1: [0], 2: [0]}

@@ -167,5 +167,5 @@ def test_installed_console_script_end_to_end(built_index):
     result = subprocess.run([TUSOU, "search", str(index), "两个绿色的正方形", "-k", "2", "--json"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and len(json_lines(result.stdout)) == 2
-    result = subprocess.run([TUSOU, "search", str(index / "catalog.1.jsonl"), "猫"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([TUSOU, "search", str(index / "catalog.sqlite"), "猫"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "tusou: error:" in result.stderr

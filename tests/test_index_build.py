@@ -1,4 +1,4 @@
-"""Index builds: the directory format, incremental updates, broken files, resumption."""
+"""Index builds: the directory format, incremental updates in place, broken files, resumption."""
 
 from __future__ import annotations
 
@@ -11,32 +11,33 @@ import numpy as np
 import pytest
 
 from indexer import BuildPlan, build_index
-from indexer.reindex import reindex
 from retrieval import EmbeddingModel, Searcher, TusouError, load_model
 from retrieval.search.query import Query
-from retrieval.store.index_store import open_index
 from tests.imagegen import draw, write_images
-from tests.stored import stored_vectors
+from tests.stored import read_back, stored_vectors
 from tests.test_encoders import saved_bert
 
 
 def test_build_writes_a_complete_index(tmp_path, image_folder, tiny_model):
     summary = build_index(BuildPlan([image_folder], tmp_path / "index", model=tiny_model, workers=0, precision="fp32", progress=False))
     assert (summary.added, summary.updated, summary.removed, summary.unchanged, summary.total) == (40, 0, 0, 0, 40)
-    stored = open_index(tmp_path / "index")
-    manifest = stored.manifest
+    index = read_back(tmp_path / "index")
+    manifest = index.manifest
     assert manifest.model.name == "test-tiny" and manifest.model.fingerprint == tiny_model.fingerprint()
-    assert (manifest.dim, manifest.count, manifest.metric, manifest.index.type) == (64, 40, "inner_product", "flat")
-    assert stored.embeddings.dtype == np.float16 and stored.embeddings.shape == (40, 64)
-    assert len({item.id for item in stored.items}) == 40
-    item = next(i for i in stored.items if i.path.endswith("image_0014.webp"))
+    assert (manifest.dim, manifest.metric, manifest.format_version, index.generation) == (64, "inner_product", 2, 1)
+    assert sorted(os.listdir(tmp_path / "index")) == [".lock", "catalog.sqlite", "manifest.json", "segments"]
+    assert [(row.id, row.count, row.deleted, row.index_entry.type) for row in index.segments] == [(1, 40, 0, "flat")]
+    assert index.layout == {"requested": "auto", "max_memory": None}
+    assert index.embeddings.dtype == np.float16 and index.embeddings.shape == (40, 64)
+    assert len({item.id for item in index.items}) == 40
+    item = next(i for i in index.items if i.path.endswith("image_0014.webp"))
     assert (item.width, item.height) == draw(14).size
     assert item.size == os.path.getsize(item.path) and len(item.sha256) == 64
-    assert {Path(i.path).suffix for i in stored.items} == {".jpg", ".png", ".webp", ".bmp", ".gif", ".JPEG"}
+    assert {Path(i.path).suffix for i in index.items} == {".jpg", ".png", ".webp", ".bmp", ".gif", ".JPEG"}
     # the stored vectors are the model's vectors of the files, within float16 rounding
     picture = tiny_model.encode_images([__import__("PIL.Image").Image.open(item.path).convert("RGB")])
-    row = stored.items.index(item)
-    np.testing.assert_allclose(stored.embeddings[row].astype(np.float32), picture[0], atol=2e-3)
+    row = index.items.index(item)
+    np.testing.assert_allclose(index.embeddings[row].astype(np.float32), picture[0], atol=2e-3)
 
 
 def test_every_image_finds_itself_first(tmp_path, image_folder, tiny_model):
@@ -52,11 +53,13 @@ def test_every_image_finds_itself_first(tmp_path, image_folder, tiny_model):
 def test_rerun_embeds_only_what_changed(tmp_path, fresh_folder, tiny_model):
     out = tmp_path / "index"
     build_index(BuildPlan([fresh_folder], out, model=tiny_model, workers=0, progress=False))
-    before = {item.path: item for item in open_index(out).items}
+    before = {item.path: item for item in read_back(out).items}
+    files = {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file() and path.name != ".lock"}
 
     again = build_index(BuildPlan([fresh_folder], out, model=tiny_model, workers=0, progress=False))
     assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, 24)
-    assert open_index(out).manifest.generation == 1, "an unchanged collection rewrites nothing"
+    assert read_back(out).generation == 1, "an unchanged collection rewrites nothing"
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file() and path.name != ".lock"} == files
 
     added = write_images(fresh_folder, 1, start=500)[0]
     changed = fresh_folder / "image_0001.png"
@@ -66,13 +69,16 @@ def test_rerun_embeds_only_what_changed(tmp_path, fresh_folder, tiny_model):
     summary = build_index(BuildPlan([fresh_folder], out, model=tiny_model, workers=0, progress=False))
     assert (summary.added, summary.updated, summary.removed, summary.unchanged, summary.total) == (1, 1, 1, 22, 24)
 
-    stored = open_index(out)
-    after = {item.path: item for item in stored.items}
+    index = read_back(out)
+    after = {item.path: item for item in index.items}
     assert str(added) in after and str(removed) not in after
     assert after[str(changed)].id == before[str(changed)].id and (after[str(changed)].width, after[str(changed)].height) == (90, 60)
     assert after[str(added)].id not in {item.id for item in before.values()}
     assert all(after[p].id == before[p].id for p in after if p in before)
-    assert sorted(os.listdir(out)) == [".lock", "catalog.2.jsonl", "embeddings.2.npy", "index.2.faiss", "manifest.json"]
+    # the update is one small segment of the two images embedded, and segment 1's two old rows deleted
+    assert [(row.id, row.count, row.deleted) for row in index.segments] == [(1, 24, 2), (2, 2, 0)] and index.generation == 2
+    assert sorted(os.listdir(out / "segments")) == [
+        "000001.deleted.000002.npy", "000001.faiss", "000001.ids.npy", "000001.vectors.npy", "000002.faiss", "000002.ids.npy", "000002.vectors.npy"]
     searcher = Searcher(out, model=tiny_model)
     assert searcher.search_image(changed, k=1)[0].path == str(changed)
 
@@ -117,7 +123,7 @@ def test_opening_with_another_model_is_a_clear_error(tmp_path, built, image_fold
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_text_search_checks_the_text_tower_and_an_image_query_the_image_tower(tmp_path, built, tiny_model, precision):
-    manifest = open_index(built).manifest
+    manifest = read_back(built).manifest
     assert (manifest.model.text_fingerprint, manifest.model.image_fingerprint) == (tiny_model.text_fingerprint(), tiny_model.image_fingerprint())
     searcher = Searcher(built, model=other_image_weights(tmp_path), precision=precision)  # a cast keeps the fingerprints
     assert len(searcher.search_text("红色", k=3)) == 3  # the text tower is the index's own
@@ -160,6 +166,8 @@ def test_an_index_with_one_fingerprint_for_both_towers_is_checked_whole_at_load(
     with pytest.raises(TusouError, match="was built with other weights of 'test-tiny' \\(fingerprint"):
         Searcher(built, model=other_image_weights(tmp_path), precision="fp32")
     assert Searcher(built, model=tiny_model, precision="fp32").search_image(draw(3), k=1)
+    from indexer.reindex import reindex
+
     reindex(built, "flat", progress=False)
     assert json.loads(path.read_text())["model"] == raw["model"], "an older model entry is written back as it was read"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import faiss
@@ -13,14 +14,17 @@ from PIL import Image
 
 from bench.vectors import ClipLikeSpace
 from indexer import BuildPlan, build_index
+from indexer.commit import Change, create_index
 from indexer.faiss_build import exact_neighbours, plan_index, recall_at_k
+from indexer.plan import Layout
 from retrieval.sizes import parse_size
 from retrieval.store.index_types import INDEX_TYPES
-from indexer.reindex import reindex
 from retrieval import Searcher, TusouError
-from retrieval.store.index_store import CatalogItem, open_index, write_index
-from retrieval.store.manifest import IndexEntry
+from retrieval.store.index_store import open_index
 from retrieval.store.model_ref import ModelRef
+from retrieval.store.records import CatalogItem
+from tests.imagegen import write_images
+from tests.stored import read_back
 from ui.cli import main
 
 COUNT = 3000
@@ -38,10 +42,9 @@ def vector_index(tmp_path, tiny_model, space) -> Path:
     """A real index directory over COUNT clustered 64-d vectors, as a build of test-tiny writes it."""
     vectors = space.array(COUNT).astype(np.float16)
     items = [CatalogItem(path=f"/photos/{i:05d}.jpg", size=1, mtime_ns=1, sha256="0", width=1, height=1, id=i) for i in range(COUNT)]
-    flat = faiss.IndexFlatIP(64)
-    flat.add(vectors.astype(np.float32))
-    write_index(tmp_path / "idx", model=ModelRef.of(tiny_model), items=items, embeddings=vectors, faiss_index=flat,
-                index=IndexEntry("flat", requested="flat"), previous=None)
+    (tmp_path / "idx").mkdir()
+    change = Change(items, lambda out: np.copyto(out, vectors), COUNT, Layout("flat", None))
+    create_index(tmp_path / "idx", ModelRef.of(tiny_model), 64, change, progress=False)
     return tmp_path / "idx"
 
 
@@ -49,6 +52,8 @@ def vector_index(tmp_path, tiny_model, space) -> Path:
 def test_reindex_builds_each_type_from_stored_embeddings_and_searches_well(vector_index, tiny_model, space, index_type):
     before = json.loads((vector_index / "manifest.json").read_text())
     kept = {role: (vector_index / before["files"][role]).read_bytes() for role in ("catalog", "embeddings")}
+
+    from indexer.reindex import reindex
 
     manifest = reindex(vector_index, index_type, progress=False)
 
@@ -106,16 +111,22 @@ def test_sizes_parse_as_users_write_them():
 
 
 def test_index_keeps_its_type_and_changes_it_without_re_embedding(image_folder, tmp_path, tiny_model):
-    out = tmp_path / "idx"
-    build_index(BuildPlan([image_folder], out, model=tiny_model, index_type="ivf", progress=False))
-    assert open_index(out).manifest.index.type == "ivf"
+    folder, out = tmp_path / "photos", tmp_path / "idx"
+    shutil.copytree(image_folder, folder)
+    build_index(BuildPlan([folder], out, model=tiny_model, index_type="ivf", progress=False))
+    assert read_back(out).index_types == {"ivf"} and read_back(out).layout == {"requested": "ivf", "max_memory": None}
 
-    again = build_index(BuildPlan([image_folder], out, model=tiny_model, progress=False))
-    assert open_index(out).manifest.index.type == "ivf" and again.unchanged == again.total
+    again = build_index(BuildPlan([folder], out, model=tiny_model, progress=False))
+    assert read_back(out).index_types == {"ivf"} and again.unchanged == again.total and read_back(out).generation == 1
 
-    switched = build_index(BuildPlan([image_folder], out, model=tiny_model, index_type="hnsw", progress=False))
-    assert switched.unchanged == switched.total == 40 and switched.added == 0
-    assert open_index(out).manifest.index.type == "hnsw"
+    write_images(folder, 1, start=900)  # a few new images on an index of segments: a small exact segment
+    build_index(BuildPlan([folder], out, model=tiny_model, progress=False))
+    assert [(row.count, row.index_entry.type) for row in read_back(out).segments] == [(40, "ivf"), (1, "flat")]
+
+    switched = build_index(BuildPlan([folder], out, model=tiny_model, index_type="hnsw", progress=False))
+    assert switched.unchanged == switched.total == 41 and switched.added == 0
+    assert read_back(out).layout == {"requested": "hnsw", "max_memory": None} and read_back(out).generation == 3
+    assert read_back(out).index_types == {"hnsw"}, "a new layout merges every segment into one of its type (indexer.merge)"
 
 
 def test_cli_index_reindex_info_and_search(image_folder, tmp_path, capsys):

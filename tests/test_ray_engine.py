@@ -25,8 +25,8 @@ import pytest
 from indexer import BuildPlan, build_index
 from indexer.staging import Staging
 from retrieval import Searcher
-from retrieval.store.index_store import open_index
 from retrieval.store.model_ref import ModelRef
+from tests.stored import read_back
 from tests.imagegen import draw, write_images
 from tests.test_sources import jpeg, seeds_of, shard_bytes
 from tests.test_staging import assert_staged_metadata, metadata_collection
@@ -81,11 +81,11 @@ def assert_same_ranking(ours: list, theirs: list, atol: float) -> None:
 
 def assert_same_index(built: Path, reference: Path) -> None:
     """Same items (ids, stamps, hashes, sizes), vectors within float16 rounding, same search results."""
-    ours, theirs = open_index(built), open_index(reference)
+    ours, theirs = read_back(built), read_back(reference)
     assert [vars(item) for item in ours.items] == [vars(item) for item in theirs.items]
     assert len({item.path for item in ours.items}) == len(ours.items), "an item indexed twice"
     np.testing.assert_allclose(np.asarray(ours.embeddings, np.float32), np.asarray(theirs.embeddings, np.float32), atol=2e-3)
-    assert ours.manifest.index.type == theirs.manifest.index.type
+    assert ours.index_types == theirs.index_types
     searchers = Searcher(built, device="cpu"), Searcher(reference, device="cpu")
     for seed in (0, 7, 301):
         assert_same_ranking(*(searcher.search_image(draw(seed), k=6) for searcher in searchers), atol=2e-3)

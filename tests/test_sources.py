@@ -21,7 +21,7 @@ import pytest
 
 from indexer import BuildPlan, build_index
 from retrieval import Searcher
-from retrieval.store.index_store import open_index
+from tests.stored import read_back
 from tests.imagegen import draw
 
 SAMPLES = 5
@@ -79,7 +79,7 @@ def test_local_shards_by_brace_pattern_are_indexed_once_and_searchable(tmp_path,
     summary = build([str(shards / "{000000..000001}.tar")], out, tiny_model, workers=2)
     expected = {f"{shards / f'{s:06d}.tar'}#{name}" for s in range(2) for name in member_names(s)}
     assert counts(summary) == (10, 0, 0, 0, 10) and summary.skipped == []
-    stored = open_index(out)
+    stored = read_back(out)
     assert {item.path for item in stored.items} == expected and len(stored.items) == 10
     item = next(i for i in stored.items if i.path.endswith("000010003.jpg"))
     data = jpeg(103)
@@ -87,7 +87,7 @@ def test_local_shards_by_brace_pattern_are_indexed_once_and_searchable(tmp_path,
     assert item.change_key.startswith("shard ") and item.mtime_ns == MTIME * 10**9
 
     assert counts(build([str(shards / "{000000..000001}.tar")], out, tiny_model)) == (0, 0, 0, 10, 10)
-    assert open_index(out).manifest.generation == 1, "an unchanged collection rewrites nothing"
+    assert read_back(out).generation == 1, "an unchanged collection rewrites nothing"
 
     searcher = Searcher(out, model=tiny_model)
     found = searcher.search_image(data, k=1)[0]
@@ -99,7 +99,7 @@ def test_changed_shard_is_re_embedded_alone_and_removed_shard_dropped(tmp_path, 
     out = tmp_path / "index"
     paths = [str(shards / "000000.tar"), str(shards / "000001.tar")]
     build(paths, out, tiny_model, workers=0)
-    before = {item.path: item for item in open_index(out).items}
+    before = {item.path: item for item in read_back(out).items}
 
     seeds = seeds_of(1)
     seeds[2] = 999
@@ -107,7 +107,7 @@ def test_changed_shard_is_re_embedded_alone_and_removed_shard_dropped(tmp_path, 
     os.utime(shards / "000001.tar", ns=(0, MTIME * 10**9 + 1))  # a rewrite within the same mtime tick is still seen
     summary = build(paths, out, tiny_model, workers=0)
     assert counts(summary) == (0, SAMPLES, 0, SAMPLES, 2 * SAMPLES)
-    after = {item.path: item for item in open_index(out).items}
+    after = {item.path: item for item in read_back(out).items}
     assert all(after[path].id == before[path].id for path in before)
     changed = f"{shards / '000001.tar'}#000010002.jpg"
     assert after[changed].sha256 != before[changed].sha256
@@ -116,7 +116,7 @@ def test_changed_shard_is_re_embedded_alone_and_removed_shard_dropped(tmp_path, 
 
     summary = build(paths[:1], out, tiny_model, workers=0)
     assert counts(summary) == (0, 0, SAMPLES, SAMPLES, SAMPLES)
-    assert all(item.path.startswith(paths[0] + "#") for item in open_index(out).items)
+    assert all(item.path.startswith(paths[0] + "#") for item in read_back(out).items)
 
 
 def test_broken_members_are_reported_and_the_rest_indexed(tmp_path, tiny_model):
@@ -159,7 +159,7 @@ def test_shards_and_folders_through_fsspec(tmp_path, tiny_model, memory_root):
     out = tmp_path / "index"
     summary = build(specs, out, tiny_model, workers=0)
     assert counts(summary) == (12, 0, 0, 0, 12)
-    paths = {item.path for item in open_index(out).items}
+    paths = {item.path for item in read_back(out).items}
     assert {f"memory://{root}/photos/a.jpg", f"memory://{root}/photos/sub/b.jpg"} <= paths
     assert f"memory://{root}/shards/000001.tar#000010004.jpg" in paths
 
@@ -204,7 +204,7 @@ def test_list_file_of_local_paths_and_urls(tmp_path, tiny_model, http_folder):
     assert counts(summary) == (4, 0, 0, 0, 4)
     reasons = {item["path"]: item["reason"] for item in summary.skipped}
     assert reasons == {f"{base}/missing.jpg": "not found", str(local / "gone.jpg"): "file not found"}
-    stored = open_index(out)
+    stored = read_back(out)
     assert [item.path for item in stored.items] == sorted(
         [f"{base}/web_1.jpg", f"{base}/web_2.jpg", str(local / "local_3.jpg"), str(local / "local_4.jpg")]
     )
@@ -262,8 +262,8 @@ def test_a_remote_shard_is_downloaded_once_per_build_and_listed_as_it_is_read(tm
     assert counts(summary) == (10, 0, 0, 0, 10) and summary.embedded == 10
     assert downloads == {"/000000.tar": 1, "/000001.tar": 1}, "read once: listed in the same pass as it is embedded"
     build(specs, tmp_path / "local", tiny_model, workers=0)
-    reference = open_index(tmp_path / "local")
-    stored = open_index(tmp_path / "index")
+    reference = read_back(tmp_path / "local")
+    stored = read_back(tmp_path / "index")
     assert [vars(item) for item in stored.items] == [vars(item) for item in reference.items]
     assert stored.items[0].path == f"{base}/000000.tar#000000000.jpg" and stored.items[0].size == len(jpeg(0))
     assert stored.items[0].mtime_ns == MTIME * 10**9
@@ -290,7 +290,7 @@ def test_a_killed_build_of_remote_shards_embeds_only_the_rest(tmp_path, tiny_mod
     summary = build(specs, out, tiny_model, workers=0)
     assert (summary.added, summary.resumed, summary.embedded) == (10, 4, 6)
     build(specs, tmp_path / "reference", tiny_model, workers=0)
-    final, reference = open_index(out), open_index(tmp_path / "reference")
+    final, reference = read_back(out), read_back(tmp_path / "reference")
     assert [(i.path, i.id, i.size, i.sha256) for i in final.items] == [(i.path, i.id, i.size, i.sha256) for i in reference.items]
     np.testing.assert_allclose(np.asarray(final.embeddings, np.float32), np.asarray(reference.embeddings, np.float32), atol=2e-3)
 
@@ -305,7 +305,7 @@ build_index(BuildPlan(sys.argv[1:-1], sys.argv[-1], "test-tiny", device="cpu", b
 def test_killed_shard_build_resumes_to_the_uninterrupted_result(tmp_path, shards, tiny_model):
     paths = [str(shards / "000000.tar"), str(shards / "000001.tar")]
     build(paths, tmp_path / "reference", tiny_model)
-    reference = open_index(tmp_path / "reference")
+    reference = read_back(tmp_path / "reference")
 
     out = tmp_path / "index"
     env = dict(os.environ, TUSOU_KILL_AT="staged:3")
@@ -314,19 +314,18 @@ def test_killed_shard_build_resumes_to_the_uninterrupted_result(tmp_path, shards
     assert len(list((out / "staging").glob("chunk-*.npz"))) == 3, "killed right after its third chunk was staged"
     summary = build(paths, out, tiny_model)
     assert counts(summary) == (10, 0, 0, 0, 10)
-    final = open_index(out)
+    final = read_back(out)
     assert [(i.path, i.id, i.sha256) for i in final.items] == [(i.path, i.id, i.sha256) for i in reference.items]
     np.testing.assert_allclose(np.asarray(final.embeddings, np.float32), np.asarray(reference.embeddings, np.float32), atol=2e-3)
     assert not (out / "staging").exists()
 
 
 def test_a_folder_index_catalog_is_unchanged_by_change_keys(tmp_path, fresh_folder, tiny_model):
-    """Local files carry no change key, so their catalog lines are those older tusou versions read and wrote."""
+    """Local files carry no change key (their stamp is size and mtime alone, as older tusou versions kept it)."""
     out = tmp_path / "index"
     build([fresh_folder], out, tiny_model, workers=0)
-    manifest = open_index(out).manifest
-    lines = [json.loads(line) for line in (out / manifest.files["catalog"]).read_text().splitlines()]
-    assert len(lines) == 24 and all(set(line) == {"id", "path", "size", "mtime_ns", "sha256", "width", "height"} for line in lines)
+    items = read_back(out).items
+    assert len(items) == 24 and all(item.change_key is None for item in items)
 
 
 def test_the_ui_shows_shard_members_and_urls(tmp_path, shards, tiny_model, http_folder, memory_root):
@@ -346,7 +345,7 @@ def test_the_ui_shows_shard_members_and_urls(tmp_path, shards, tiny_model, http_
     build(specs, out, tiny_model, workers=0)
     app = SearchApp(Searcher(out, model=tiny_model))
     gallery, rows, _ = app.search_text("图片", k=11)
-    assert len(gallery) == 11 and {row["file"] for row in rows} == {item.path for item in open_index(out).items}
+    assert len(gallery) == 11 and {row["file"] for row in rows} == {item.path for item in read_back(out).items}
     for (thumbnail, _), row in zip(gallery, rows):
         expected = open_image(read_item(row["file"]), min_size=THUMBNAIL)
         expected.thumbnail((THUMBNAIL, THUMBNAIL))

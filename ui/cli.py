@@ -219,7 +219,7 @@ def _ray_options(args: argparse.Namespace):
 
 def cmd_reindex(args: argparse.Namespace) -> None:
     from indexer.reindex import reindex
-    from retrieval.store.index_info import describe_entry
+    from retrieval.store.index_info import describe
 
     done = reindex(args.index, args.index_type, _budget(args), progress=not args.json)
     if args.json:
@@ -228,7 +228,7 @@ def cmd_reindex(args: argparse.Namespace) -> None:
     if done.converted:
         print(f"{args.index}: converted to index format 2 (segments and an SQLite catalog), nothing embedded again")
     merged = f"{done.merged} segment{'s' * (done.merged != 1)} merged into one"
-    print(f"{args.index}: {done.count} images, {merged}, {describe_entry(done.entry)}")
+    print(f"{args.index}: {done.count} images, {merged}, {describe(done.entry)}")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -243,7 +243,13 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"{info['index']}: {info['count']} images, {info['dim']}-d")
     print(f"  model:  {model.get('name')} (weights fingerprint {model.get('fingerprint')})")
     print(f"  index:  {info['description']}")
-    sizes = ", ".join(f"{role} {format_size(size) if size is not None else 'missing'}" for role, size in info["bytes_on_disk"].items())
+    if info["format_version"] >= 2:
+        print(f"  segments ({len(info['segments'])}):")
+        for segment in info["segments"]:
+            recall = "exact" if segment["type"] == "flat" else f"recall@10 {segment['recall_at_10']:.3f}"
+            print(f"    {segment['id']:>6}  {segment['type']:<6}{segment['rows']:>12,} rows{segment['deleted']:>10,} deleted  "
+                  f"{recall:<16} {format_size(segment['bytes'])}")
+    sizes = ", ".join(f"{role} {format_size(size)}" for role, size in info["bytes_on_disk"].items())
     print(f"  files:  {sizes}")
     print(f"  generation {info['generation']}, format {info['format_version']}, written by tusou {info['tool_version']}, "
           f"created {info['created']}, updated {info['updated']}")

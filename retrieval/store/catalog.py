@@ -11,6 +11,7 @@ matches are read from the index alone: 0.7 µs a row, not 5 (measured at 1M item
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -24,7 +25,7 @@ import numpy as np
 
 from retrieval.errors import TusouError
 from retrieval.search.filters import Filters, distance_km
-from retrieval.store.manifest import IndexEntry, rebuild_hint
+from retrieval.store.manifest import IndexEntry, check_index_entry, plain_name, rebuild_hint
 from retrieval.store.records import CatalogItem, folder_of, mtime_taken
 
 SCHEMA = """
@@ -64,6 +65,8 @@ CREATE TABLE IF NOT EXISTS segments (
 );
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value NOT NULL);
 """
+SEGMENTS_DIR = "segments"
+"""Where every segment file lives, inside the index directory."""
 ITEM_COLUMNS = (
     "id", "path", "size", "mtime_ns", "sha256", "width", "height", "change_key", "segment", "row",
     "taken", "taken_from", "taken_offset", "camera", "latitude", "longitude", "orientation", "format", "folder",
@@ -97,7 +100,29 @@ def item_values(item: CatalogItem, segment: int, row: int) -> tuple:
         "segment": segment, "row": row, "taken": item.taken or mtime_taken(item.mtime_ns), "taken_from": taken_from,
         "folder": folder_of(item.path),
     }
-    return tuple(values[name] for name in ITEM_COLUMNS)
+    return tuple(_name_value(values[name]) if name in NAMES else values[name] for name in ITEM_COLUMNS)
+
+
+NAMES = ("path", "folder")
+"""File names: a name that is not UTF-8 reaches Python with lone surrogates (os.fsdecode), which
+SQLite text cannot hold; it is stored as its bytes instead (a BLOB), and read back the same."""
+
+
+def _name_value(name: str) -> str | bytes:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name)
+    return name
+
+
+def item_row(values: Iterable) -> dict:
+    """An items-table row by column name, its file names as Python has them."""
+    row = dict(zip(ITEM_COLUMNS, values))
+    for name in NAMES:
+        if isinstance(row[name], bytes):
+            row[name] = os.fsdecode(row[name])
+    return row
 
 
 def stored_item(row: dict) -> CatalogItem:
@@ -118,12 +143,28 @@ class Catalog:
         self._guard = threading.Lock()
         if not create and not path.is_file():
             raise TusouError(f"{path.parent} is damaged: its catalog {path.name} is missing: {rebuild_hint(path.parent)}")
+        if not create and uri is None and path.stat().st_size == 0:  # SQLite would take it for a new database, and write one
+            raise TusouError(f"{path} is damaged (empty): {rebuild_hint(path.parent)}")
+        beside = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+        new = [side for side in beside if not side.exists()]
         try:
-            if create:
-                self.db.executescript(SCHEMA)
-            self.db.execute("SELECT count(*) FROM segments").fetchone()
+            with self.checked():
+                if create:
+                    self.db.executescript(SCHEMA)
+                self.db.execute("SELECT count(*) FROM segments").fetchone()
+        except TusouError:
+            self.close()  # SQLite removes its -wal and -shm on close only after a checkpoint, which a damaged file fails
+            for side in new:
+                side.unlink(missing_ok=True)
+            raise
+
+    @contextmanager
+    def checked(self) -> Iterator[None]:
+        """Reads whose damage (a page SQLite finds malformed, a file that is no database) is one line naming the catalog."""
+        try:
+            yield
         except sqlite3.DatabaseError as exc:
-            raise TusouError(f"{path} is damaged ({exc}): {rebuild_hint(path.parent)}") from None
+            raise TusouError(f"{self.path} is damaged ({exc}): {rebuild_hint(self.path.parent)}") from None
 
     @classmethod
     def in_memory(cls) -> Catalog:
@@ -140,6 +181,7 @@ class Catalog:
             if self._uri is None:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, as every other file does
+            db.execute("PRAGMA temp_store=MEMORY")  # statement journals (one per INSERT OR REPLACE) off the disk: 16 MB for 2,000 items
             db.create_function("distance_km", 4, distance_km, deterministic=True)
             self._local.db = db
             with self._guard:
@@ -174,23 +216,45 @@ class Catalog:
             self.db.execute("COMMIT")
 
     def count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM items").fetchone()[0]
+        with self.checked():
+            return self.db.execute("SELECT count(*) FROM items").fetchone()[0]
 
     def segments(self, db: sqlite3.Connection | None = None) -> list[SegmentRow]:
-        rows = (db or self.db).execute("SELECT id, count, deleted, files, index_entry FROM segments ORDER BY id")
-        return [
-            SegmentRow(id, count, deleted, json.loads(files), IndexEntry(**json.loads(entry))) for id, count, deleted, files, entry in rows
-        ]
+        with self.checked():
+            rows = (db or self.db).execute("SELECT id, count, deleted, files, index_entry FROM segments ORDER BY id").fetchall()
+        return [self._segment_row(*row) for row in rows]
+
+    def _segment_row(self, id: int, count: int, deleted: int, files: str, entry: str) -> SegmentRow:
+        """A segments-table row, checked as a manifest's entry is: files inside segments/, an index
+        entry the search code understands; damage is one line naming the catalog."""
+        fix = rebuild_hint(self.path.parent)
+        try:
+            files, entry = json.loads(files), json.loads(entry)
+        except (TypeError, json.JSONDecodeError):
+            raise TusouError(f"{self.path} is damaged (segment {id}: its files or index entry are not JSON): {fix}") from None
+        if not isinstance(files, dict) or not {"vectors", "ids", "faiss"} <= set(files):
+            raise TusouError(f"{self.path} is damaged (segment {id} does not name its vectors, ids and FAISS files): {fix}")
+        for role, name in files.items():
+            folder, _, base = name.partition("/") if isinstance(name, str) else ("", "", None)
+            if folder != SEGMENTS_DIR or not plain_name(base):
+                raise TusouError(
+                    f"{self.path} is damaged: segment {id}'s {role} file {name!r} is not a file inside {self.path.parent / SEGMENTS_DIR} "
+                    f"(refused, not opened): {fix}"
+                )
+        check_index_entry(self.path, entry, fix)
+        return SegmentRow(id, count, deleted, files, IndexEntry(**entry))
 
     def setting(self, key: str, default: object = None, db: sqlite3.Connection | None = None) -> object:
-        found = (db or self.db).execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        with self.checked():
+            found = (db or self.db).execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
         return json.loads(found[0]) if found else default
 
     def all_items(self) -> Iterator[tuple[CatalogItem, int, int]]:
         """Every item with its (segment, row), in path order: what a build compares the collection with."""
-        for values in self.db.execute(f"SELECT {', '.join(ITEM_COLUMNS)} FROM items ORDER BY path"):
-            row = dict(zip(ITEM_COLUMNS, values))
-            yield stored_item(row), row["segment"], row["row"]
+        with self.checked():
+            for values in self.db.execute(f"SELECT {', '.join(ITEM_COLUMNS)} FROM items ORDER BY path"):
+                row = item_row(values)
+                yield stored_item(row), row["segment"], row["row"]
 
     def items(self, ids: Iterable[int]) -> dict[int, dict]:
         """The rows of `ids` (those still in the catalog), by id."""
@@ -199,7 +263,8 @@ class Catalog:
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             query = f"SELECT {', '.join(ITEM_COLUMNS)} FROM items WHERE id IN ({', '.join('?' * len(chunk))})"
-            found |= {row[0]: dict(zip(ITEM_COLUMNS, row)) for row in self.db.execute(query, chunk)}
+            with self.checked():
+                found |= {row[0]: item_row(row) for row in self.db.execute(query, chunk)}
         return found
 
     def count_matching(self, filters: Filters, limit: int) -> int:

@@ -1,20 +1,22 @@
-"""What an index is, for people: `tusou info`, the UI's header and the build's last line."""
+"""What an index is, for people: `tusou info`, the UI's header and the build's last line.
+
+Answered from the manifest and the catalog's segments table: no item row is read, so it costs
+the same at any size (a format-1 index, which has no such table, is read as it always was).
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
-from retrieval.store.index_store import Manifest, open_index
-from retrieval.store.manifest import IndexEntry
+from retrieval.store.catalog import SegmentRow
+from retrieval.store.manifest import MANIFEST, IndexEntry
+from retrieval.store.segment import check_segments
+from retrieval.store.store import CATALOG, Store, open_store
 
 
-def describe(manifest: Manifest) -> str:
+def describe(index: IndexEntry) -> str:
     """One line: type, its tuned search setting and the recall measured against exact search."""
-    return describe_entry(manifest.index)
-
-
-def describe_entry(index: IndexEntry) -> str:
-    """describe() of one FAISS index entry (a segment's)."""
     search = index.search
     knobs = ", ".join(f"{key} {value}" for key, value in {**index.params, **search}.items() if key not in ("recall_at_10", "tuning_queries"))
     recall = "exact" if index.type == "flat" else f"recall@10 {search.get('recall_at_10', float('nan')):.3f} vs exact"
@@ -22,26 +24,77 @@ def describe_entry(index: IndexEntry) -> str:
     return f"{index.type}{chosen}" + (f" [{knobs}]" if knobs else "") + f", {recall}"
 
 
-def summary(directory: str | Path) -> dict:
-    """The manifest's facts and the files' sizes on disk.
+def describe_segments(rows: list[SegmentRow]) -> str:
+    """The index's search in one line: each kind of segment (type and tuned search) with its live rows."""
+    if len(rows) == 1:
+        return describe(rows[0].index_entry)
+    if not rows:
+        return "no segments"
+    kinds: Counter[str] = Counter()
+    live: Counter[str] = Counter()
+    for row in rows:
+        kinds[describe(row.index_entry)] += 1
+        live[describe(row.index_entry)] += row.live
+    parts = [f"{live[kind]:,} in {count} × {kind}" if count > 1 else f"{live[kind]:,} in {kind}" for kind, count in kinds.items()]
+    return f"{len(rows)} segments: " + "; ".join(parts)
 
-    The whole index is checked first (the FAISS file memory-mapped, so this stays cheap): `info`
-    must not report a healthy index that `search` would then refuse.
+
+def summary(directory: str | Path) -> dict:
+    """The manifest's identity, the catalog's counts and every file's size on disk.
+
+    Every segment is checked first (its FAISS file mapped, so this stays cheap): `info` must not
+    report a healthy index that `search` would then refuse.
     """
     directory = Path(directory)
-    manifest = open_index(directory, mmap=True).manifest
-    sizes = {role: (directory / name).stat().st_size if (directory / name).is_file() else None for role, name in manifest.files.items()}
+    store = open_store(directory)
+    try:
+        rows, files, generation, updated, layout = _state(store)
+    finally:
+        store.close()
+    manifest = store.manifest
+    biggest = max(rows, key=lambda row: row.live, default=None)
     return {
         "index": str(directory),
-        "count": manifest.count,
+        "count": sum(row.live for row in rows),
         "dim": manifest.dim,
         "model": manifest.model.to_dict(),
-        "index_type": manifest.index.to_dict(),
-        "description": describe(manifest),
-        "bytes_on_disk": sizes,
-        "generation": manifest.generation,
+        "index_type": biggest.index_entry.to_dict() if biggest else None,  # a one-segment index's entry, as it always was
+        "layout": layout,
+        "description": describe_segments(rows),
+        "segments": [_segment(directory, row) for row in rows],
+        "bytes_on_disk": {role: sum(_size(directory / name) for name in names) for role, names in files.items()},
+        "generation": generation,
         "format_version": manifest.format_version,
         "tool_version": manifest.tool_version,
         "created": manifest.created,
-        "updated": manifest.updated,
+        "updated": updated,
     }
+
+
+def _state(store: Store) -> tuple[list[SegmentRow], dict[str, list[str]], int, str, dict]:
+    """The segment rows, the files by role, generation, last change and layout, checked."""
+    manifest, catalog = store.manifest, store.catalog
+    if not manifest.segmented:  # one segment, opened (and so checked) when the store was
+        entry = manifest.index
+        row = SegmentRow(1, manifest.count, 0, dict(manifest.files), entry)
+        layout = {"requested": entry.requested or "auto", "max_memory": entry.max_memory}
+        return [row], {role: [name] for role, name in manifest.files.items()}, manifest.generation, manifest.updated, layout
+    rows = catalog.segments()
+    check_segments(store.directory, rows, manifest.dim)
+    files: dict[str, list[str]] = {"manifest": [MANIFEST], "catalog": [CATALOG, f"{CATALOG}-wal"]}
+    for row in rows:
+        for role, name in row.files.items():
+            files.setdefault(role, []).append(name)
+    return rows, files, int(catalog.setting("generation", 0)), str(catalog.setting("updated", "")), catalog.setting("layout", {})
+
+
+def _segment(directory: Path, row: SegmentRow) -> dict:
+    entry = row.index_entry
+    return {
+        "id": row.id, "type": entry.type, "rows": row.count, "deleted": row.deleted, "live": row.live,
+        "recall_at_10": entry.search.get("recall_at_10", 1.0), "bytes": sum(_size(directory / name) for name in row.files.values()),
+    }
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0

@@ -1,19 +1,15 @@
-"""The index directory on disk: item catalog, float16 embeddings, FAISS index, and their manifest
-(retrieval.store.manifest).
+"""Reading an index of format 1: item catalog (JSONL), float16 embeddings, FAISS index, and
+the manifest that names them (retrieval.store.manifest).
 
-Every write makes a new *generation* of the three data files beside the old ones, then
-swaps `manifest.json` (which names them) atomically, then deletes the old generation.
-A reader that opens the manifest therefore always finds a consistent set, and a build
-killed at any point leaves the previous index intact.
+Each write of that format made a new *generation* of the three data files and swapped the
+manifest to it. tusou no longer writes it: such an index opens read-only as one segment
+(retrieval.store.store) and the next build converts it (indexer.convert), both through here.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,11 +18,9 @@ import numpy as np
 
 from retrieval.errors import TusouError
 from retrieval.store import ann
-from retrieval.store.atomic import atomic_write, atomic_write_text
-from retrieval.store.faults import kill_point
 from retrieval.store.index_types import INDEX_TYPES
-from retrieval.store.manifest import MANIFEST, ROLES, IndexEntry, Manifest, plain_name, read_manifest, rebuild_hint, write_manifest
-from retrieval.store.model_ref import BOTH, ModelRef, OtherWeights, Tower
+from retrieval.store.manifest import ROLES, Manifest, read_manifest, rebuild_hint
+from retrieval.store.model_ref import BOTH, OtherWeights, Tower
 from retrieval.store.records import CatalogItem, ImageRecord  # noqa: F401  (where builds and tools import them from)
 
 if TYPE_CHECKING:
@@ -60,10 +54,6 @@ class StoredIndex:
             self.manifest.model.verify(model, towers)
         except OtherWeights as exc:
             raise TusouError(f"{self.directory} was built with {exc}: load the same weights or build a new index") from None
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def read_catalog(path: Path, fix: str = REBUILD) -> list[CatalogItem]:
@@ -189,126 +179,3 @@ def open_index(directory: str | Path, mmap: bool = False) -> StoredIndex:
     items, embeddings = open_vectors(directory, manifest)
     faiss_index = read_faiss(directory, manifest, mmap)
     return StoredIndex(directory, manifest, items, embeddings, faiss_index)
-
-
-GENERATION_FILE = re.compile(r"(catalog\.\d+\.jsonl|embeddings\.\d+\.npy|index\.\d+\.faiss)")
-TEMPORARY_FILE = re.compile(r"\..+\.tmp-\d+")
-
-
-def remove_leftovers(directory: Path) -> list[str]:
-    """Delete what a killed writer left: temporary files, and generation files no manifest names.
-
-    Only for a writer holding the build lock. Returns the names removed.
-    """
-    manifest = read_manifest(directory) if (directory / MANIFEST).is_file() else None
-    named = set(manifest.files.values()) if manifest else set()
-    removed = []
-    for folder in (directory, directory / "staging"):
-        if not folder.is_dir():
-            continue
-        for path in folder.iterdir():
-            stale_generation = folder == directory and GENERATION_FILE.fullmatch(path.name) and path.name not in named
-            if path.is_file() and (TEMPORARY_FILE.fullmatch(path.name) or stale_generation):
-                path.unlink(missing_ok=True)
-                removed.append(path.name)
-    return removed
-
-
-def write_index(
-    directory: Path,
-    *,
-    model: ModelRef,
-    items: list[CatalogItem] | None,
-    embeddings: np.ndarray | None,
-    faiss_index: faiss.Index,
-    index: IndexEntry,
-    previous: Manifest | None,
-) -> Manifest:
-    """Write a new generation and switch the manifest to it; returns the new manifest.
-
-    `items` and `embeddings` None keep the previous generation's catalog and embeddings
-    (a reindex): only the FAISS file is new.
-    """
-    keep = items is None or embeddings is None
-    if keep and previous is None:
-        raise ValueError("only an existing index can keep its catalog and embeddings")
-    count = previous.count if keep else len(items)
-    if not (keep or len(items) == len(embeddings)) or faiss_index.ntotal != count:
-        raise ValueError("catalog, embeddings and FAISS index must have one row per item")
-    directory.mkdir(parents=True, exist_ok=True)
-    generation = next_generation(previous)
-    files = {
-        "catalog": previous.files["catalog"] if keep else f"catalog.{generation}.jsonl",
-        "embeddings": previous.files["embeddings"] if keep else embeddings_name(generation),
-        "faiss": f"index.{generation}.faiss",
-    }
-    if not keep:
-        catalog_text = "".join(json.dumps(_catalog_entry(item)) + "\n" for item in items)
-        atomic_write_text(directory / files["catalog"], catalog_text)
-        if not _is_file_of(embeddings, directory / files["embeddings"]):
-            write_embeddings(directory, generation, embeddings.shape, lambda out: np.copyto(out, embeddings, casting="same_kind"))
-    atomic_write(directory / files["faiss"], lambda tmp: faiss.write_index(faiss_index, str(tmp)))
-    now = _now()
-    manifest = Manifest(
-        model=model,
-        dim=previous.dim if keep else int(embeddings.shape[1]),
-        count=count,
-        index=index,
-        files=files,
-        generation=generation,
-        next_id=max([previous.next_id if previous else 0] + [item.id + 1 for item in items or []]),
-        created=previous.created if previous else now,
-        updated=now,
-        format_version=1,
-    )
-    write_manifest(directory, manifest)
-    if previous:
-        for name in previous.files.values():
-            if name not in files.values() and plain_name(name):  # never a path outside the directory
-                (directory / name).unlink(missing_ok=True)
-                kill_point("cleanup")
-    return manifest
-
-
-def next_generation(previous: Manifest | None) -> int:
-    return previous.generation + 1 if previous else 1
-
-
-def embeddings_name(generation: int) -> str:
-    return f"embeddings.{generation}.npy"
-
-
-def write_embeddings(directory: Path, generation: int, shape: tuple[int, int], fill: Callable[[np.ndarray], None]) -> np.ndarray:
-    """Write a generation's float16 embeddings file through `fill(out)`, which may fill `out` a block
-    at a time, so no more of the vectors than a block is ever in memory; returns the file mapped
-    read-only, ready for the FAISS build and for `write_index`.
-
-    Until a manifest names it, the file is a leftover that the next build sweeps away.
-    """
-    path = directory / embeddings_name(generation)
-
-    def write(tmp: Path) -> None:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-        fill(out)
-        out.flush()
-        del out
-
-    atomic_write(path, write)
-    return np.load(path, mmap_mode="r", allow_pickle=False)
-
-
-def _is_file_of(array: np.ndarray, path: Path) -> bool:
-    """Whether `array` is the memory map of `path` (written by write_embeddings already)."""
-    return isinstance(array, np.memmap) and array.filename is not None and Path(array.filename) == path.resolve()
-
-
-FORMAT_1_KEYS = ("path", "size", "mtime_ns", "sha256", "width", "height", "change_key", "id")
-"""What a format-1 catalog line holds, so older tusou versions read the lines this one writes
-(the EXIF metadata of a record is kept by format 2's catalog.sqlite only)."""
-
-
-def _catalog_entry(item: CatalogItem) -> dict:
-    entry = {key: getattr(item, key) for key in FORMAT_1_KEYS}
-    if entry["change_key"] is None:
-        del entry["change_key"]
-    return entry

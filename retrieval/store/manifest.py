@@ -87,9 +87,10 @@ class Manifest:
         return self.format_version >= SEGMENTS
 
     def to_dict(self) -> dict:
-        """The JSON object of manifest.json (a format-2 one without the generation fields)."""
+        """The JSON object of manifest.json (a format-2 one without the generation fields, nor
+        `updated`: its catalog says when it last changed)."""
         entries = {"model": self.model.to_dict(), "index": self.index.to_dict() if self.index else None}
-        names = [f.name for f in fields(self) if not (self.segmented and f.name in GENERATION_FIELDS)]
+        names = [f.name for f in fields(self) if not (self.segmented and (f.name in GENERATION_FIELDS or f.name == "updated"))]
         return {name: entries.get(name, getattr(self, name)) for name in names}
 
 
@@ -116,7 +117,7 @@ def read_manifest(directory: Path) -> Manifest:
     _check_fields(path, raw, fix, IDENTITY_FIELDS | (GENERATION_FIELDS if version < SEGMENTS else {}))
     if version < SEGMENTS:
         _check_files(directory, raw["files"], fix)
-        _check_index_entry(path, raw["index"], fix)
+        check_index_entry(path, raw["index"], fix)
     _check_model_entry(path, raw["model"], fix)
     model = ModelRef(**{"name": None, **raw["model"]})  # a nameless one is refused by _check_model_dim
     index = IndexEntry(**raw["index"]) if version < SEGMENTS else None
@@ -181,9 +182,11 @@ def plain_name(name: object) -> bool:
     return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
-def _check_index_entry(path: Path, index: dict, fix: str) -> None:
+def check_index_entry(path: Path, index: object, fix: str) -> None:
     """The FAISS entry's fields are IndexEntry's, and its type and search knobs (nprobe, ef_search,
     rerank) are what the search code expects."""
+    if not isinstance(index, dict):
+        raise TusouError(f"{path} is damaged (index entry {index!r} is not an object): {fix}")
     unknown = sorted(set(index) - {f.name for f in fields(IndexEntry)})
     if unknown:
         raise TusouError(f"{path} is damaged (unknown index field {', '.join(unknown)}): {fix}")

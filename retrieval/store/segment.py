@@ -112,11 +112,12 @@ Passes = Callable[[np.ndarray], np.ndarray]
 """Which of some rows pass a filter (a boolean mask), for post-filtering ANN candidates."""
 
 
-def open_segment(directory: Path, row: SegmentRow, dim: int) -> Segment:
+def open_segment(directory: Path, row: SegmentRow, dim: int, mmap: bool = False) -> Segment:
     """A segment's files as its catalog row names them, each checked; damage is one line naming the
-    file (a bad FAISS file alone is restored by a reindex from the intact vectors)."""
+    file (a bad FAISS file alone is restored by a reindex from the intact vectors). `mmap` maps the
+    FAISS file rather than reading it: a check that costs little at any size (read_faiss)."""
     vectors, ids, deleted = segment_rows(directory, row, dim)
-    index = read_faiss(directory / row.files["faiss"], row.index_entry.type, dim, row.count, reindex_hint(directory))
+    index = read_faiss(directory / row.files["faiss"], row.index_entry.type, dim, row.count, reindex_hint(directory), mmap)
     return Segment(row.id, vectors, ids, tuned(index, row.index_entry.search), row.index_entry, deleted)
 
 
@@ -134,3 +135,13 @@ def segment_rows(directory: Path, row: SegmentRow, dim: int) -> tuple[np.ndarray
     if len(deleted) != row.deleted:
         raise TusouError(f"{directory / row.files['deleted']} is damaged (it holds {len(deleted)} rows, the catalog says {row.deleted}): {rebuild}")
     return vectors, ids, np.asarray(deleted)
+
+
+def check_segments(directory: Path, rows: list[SegmentRow], dim: int) -> None:
+    """Every file of every segment checked, the FAISS files mapped, not read: what a build or `tusou
+    info` checks before trusting an index. A missing file is one line naming it."""
+    for row in rows:
+        try:
+            open_segment(directory, row, dim, mmap=True)
+        except FileNotFoundError as exc:
+            raise TusouError(f"{exc.filename} is missing: {rebuild_hint(directory)}") from None

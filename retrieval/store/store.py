@@ -185,11 +185,17 @@ def open_store(directory: str | Path) -> Store:
     """The index at `directory`, checked: its manifest, its catalog, and (on first view) its segments."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    if manifest.segmented:
-        if not (directory / CATALOG).is_file():
-            raise TusouError(f"{directory} is damaged: its catalog {CATALOG} is missing: {rebuild_hint(directory)}")
-        return Store(directory, manifest, Catalog(directory / CATALOG))
-    return _open_legacy(directory)
+    if not manifest.segmented:
+        try:
+            return _open_legacy(directory)
+        except TusouError:
+            manifest = read_manifest(directory)
+            if not manifest.segmented:
+                raise
+            # converted while being opened (indexer.convert deletes the old files after its commit): open what it is now
+    if not (directory / CATALOG).is_file():
+        raise TusouError(f"{directory} is damaged: its catalog {CATALOG} is missing: {rebuild_hint(directory)}")
+    return Store(directory, manifest, Catalog(directory / CATALOG))
 
 
 def _open_legacy(directory: Path) -> Store:

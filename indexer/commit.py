@@ -1,0 +1,108 @@
+"""A build's change of the store, committed: a new index created, or one change of an index in place.
+
+A change is what one build found: the images it embedded (new ones and changed ones, which keep
+their ids), and the items it removes. It becomes one new segment holding only the embedded
+vectors, a new deletion record for each segment whose rows it replaces or removes, and one
+catalog transaction naming them: the bytes written grow with the change, not the collection.
+A new index commits by its manifest, written last: until then the directory is no index, and
+whatever a killed creation left is swept away by the next build (indexer.leftovers).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from indexer.faiss_build import FLAT_UP_TO
+from indexer.plan import Layout
+from indexer.segment_writer import write_deletions, write_segment
+from retrieval.errors import TusouError
+from retrieval.store.catalog import Catalog, SegmentRow, drop_items, item_values, put_items, put_segment, put_setting
+from retrieval.store.faults import kill_point
+from retrieval.store.manifest import Manifest, rebuild_hint, write_manifest
+from retrieval.store.model_ref import ModelRef
+from retrieval.store.records import CatalogItem
+from retrieval.store.store import CATALOG
+
+
+@dataclass
+class Change:
+    items: list[CatalogItem]
+    """Items whose vectors this change adds (new and changed images), in the new segment's row order."""
+    fill: Callable[[np.ndarray], None]
+    """Writes those vectors into the new segment's float16 rows (indexer.segment_writer.write_segment)."""
+    next_id: int
+    """The first id no item has had: ids are never reused."""
+    layout: Layout
+    removed: list[int] = field(default_factory=list)
+    """Ids of items that leave the index."""
+    replaced: dict[int, list[int]] = field(default_factory=dict)
+    """Segment → rows of the vectors that changed and removed items leave behind."""
+
+    @property
+    def empty(self) -> bool:
+        return not (self.items or self.removed or self.replaced)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def create_index(directory: Path, model: ModelRef, dim: int, change: Change, progress: bool) -> None:
+    """A new index: segment 1 of the layout's type, the catalog, then the manifest (its commit)."""
+    layout = change.layout
+    segment = write_segment(directory, 1, _ids(change), dim, change.fill, layout.requested, layout.max_memory, progress)
+    catalog = Catalog(directory / CATALOG, create=True)
+    try:
+        with catalog.transaction() as db:
+            _put(db, change, [segment], segment.id)
+            put_settings(db, {"generation": 1, "next_segment": 2})
+    finally:
+        catalog.close()
+    write_manifest(directory, Manifest(model, dim, created=utc_now()))
+
+
+def commit_change(directory: Path, catalog: Catalog, dim: int, change: Change, generation: int, progress: bool) -> None:
+    """One change of an existing index, committed as generation `generation` in one transaction;
+    afterwards, the deletion records it superseded are deleted."""
+    segments = {row.id: row for row in catalog.segments()}
+    unnamed = sorted(set(change.replaced) - set(segments))
+    if unnamed:
+        raise TusouError(f"{catalog.path} is damaged (items in segment {unnamed[0]}, which it does not name): {rebuild_hint(directory)}")
+    written: list[SegmentRow] = []
+    number = int(catalog.setting("next_segment", max(segments, default=0) + 1))
+    if change.items:
+        kind = "flat" if segments and len(change.items) <= FLAT_UP_TO else change.layout.requested
+        written.append(write_segment(directory, number, _ids(change), dim, change.fill, kind, change.layout.max_memory, progress))
+    written += [write_deletions(directory, segments[s], rows, generation) for s, rows in sorted(change.replaced.items())]
+    with catalog.transaction() as db:
+        _put(db, change, written, number)
+        drop_items(db, change.removed)
+        put_settings(db, {"generation": generation, "next_segment": number + 1 if change.items else number})
+    for old in (segments[s].files.get("deleted") for s in sorted(change.replaced)):
+        if old is not None:
+            (directory / old).unlink(missing_ok=True)
+            kill_point("cleanup")
+
+
+def _ids(change: Change) -> np.ndarray:
+    return np.array([item.id for item in change.items], dtype=np.int64)
+
+
+def _put(db: sqlite3.Connection, change: Change, segments: list[SegmentRow], segment: int) -> None:
+    """The rows every commit writes: the segments it wrote, the items of the new segment (a changed
+    image keeps its id and now points at its new row), and the settings that say what it was."""
+    for row in segments:
+        put_segment(db, row)
+    put_items(db, (item_values(item, segment, row) for row, item in enumerate(change.items)))
+    put_settings(db, {"next_id": change.next_id, "updated": utc_now(), "layout": asdict(change.layout)})
+
+
+def put_settings(db: sqlite3.Connection, values: dict[str, object]) -> None:
+    for key, value in values.items():
+        put_setting(db, key, value)

@@ -1,0 +1,70 @@
+"""Sweeping away what a killed writer left: files no commit names.
+
+Every write of the store puts new files beside the old ones and names them in one commit (the
+catalog's transaction; for a new or converted index, the manifest). A writer killed before its
+commit leaves only files nothing names, and the next writer, holding the build lock, deletes
+them here before it starts, so they never pile up or get mistaken for part of the index.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from retrieval.store.catalog import SEGMENTS_DIR, Catalog
+from retrieval.store.manifest import MANIFEST, read_manifest
+from retrieval.store.store import CATALOG
+
+TEMPORARY_FILE = re.compile(r"\..+\.tmp-\d+")
+"""retrieval.store.atomic's name for a file being written."""
+GENERATION_FILE = re.compile(r"(catalog\.\d+\.jsonl|embeddings\.\d+\.npy|index\.\d+\.faiss)")
+"""A format-1 index's data files."""
+SEGMENT_FILE = re.compile(r"\d{6}\.(vectors\.npy|ids\.npy|faiss|deleted\.\d{6}\.npy)")
+CATALOG_FILES = (CATALOG, f"{CATALOG}-wal", f"{CATALOG}-shm", f"{CATALOG}-journal")
+
+
+def remove_leftovers(directory: Path) -> list[str]:
+    """Delete temporary files and every file of the store that the index as committed does not name.
+
+    Only for a writer holding the build lock. With a format-2 manifest, that is the segment files no
+    segment row names; with a format-1 one, its generation files the manifest does not name, and a
+    half-done conversion (catalog.sqlite, segments/); with none, a creation killed before its
+    manifest (the same). Returns the names removed, relative to `directory`.
+    """
+    manifest = read_manifest(directory) if (directory / MANIFEST).is_file() else None
+    removed = _unlinked(directory, [p for folder in (directory, directory / "staging") for p in _files(folder) if TEMPORARY_FILE.fullmatch(p.name)])
+    named = set(manifest.files.values()) if manifest else set()
+    stale = [p for p in _files(directory) if GENERATION_FILE.fullmatch(p.name) and p.name not in named]
+    if manifest is not None and manifest.segmented:  # format-1 files: a conversion killed after its commit
+        return removed + _unlinked(directory, stale) + _unnamed_segment_files(directory)
+    stale += [directory / name for name in CATALOG_FILES if (directory / name).is_file()]
+    stale += [p for p in _files(directory / SEGMENTS_DIR) if SEGMENT_FILE.fullmatch(p.name) or TEMPORARY_FILE.fullmatch(p.name)]
+    removed += _unlinked(directory, stale)
+    if (directory / SEGMENTS_DIR).is_dir() and not any((directory / SEGMENTS_DIR).iterdir()):
+        (directory / SEGMENTS_DIR).rmdir()
+    return removed
+
+
+def _unlinked(directory: Path, paths: list[Path]) -> list[str]:
+    for path in paths:
+        path.unlink(missing_ok=True)
+    return [str(p.relative_to(directory)) for p in paths]
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+
+def _unnamed_segment_files(directory: Path) -> list[str]:
+    """Segment files and deletion records that no segment row of the catalog names (a damaged
+    catalog refuses here, deleting nothing)."""
+    catalog = Catalog(directory / CATALOG)
+    try:
+        named = {name for row in catalog.segments() for name in row.files.values()}
+    finally:
+        catalog.close()
+    unnamed = [
+        path for path in _files(directory / SEGMENTS_DIR)
+        if f"{SEGMENTS_DIR}/{path.name}" not in named and (SEGMENT_FILE.fullmatch(path.name) or TEMPORARY_FILE.fullmatch(path.name))
+    ]
+    return _unlinked(directory, unnamed)
