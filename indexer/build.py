@@ -24,19 +24,20 @@ from indexer.convert import convert
 from indexer.decode import units_of
 from indexer.engine import Engine, Work
 from indexer.leftovers import CATALOG_FILES, TEMPORARY_FILE, remove_leftovers
+from indexer.merge import merge_all, merge_as_policy_says
 from indexer.plan import BuildPlan, Layout
 from indexer.sources import SourceFile, describe_extensions, scan
 from indexer.staging import Staging
 from retrieval.errors import TusouError
 from retrieval.locations import MEMBER_SEPARATOR
 from retrieval.models.model import EmbeddingModel
-from retrieval.store.catalog import SEGMENTS_DIR
+from retrieval.store.catalog import SEGMENTS_DIR, Catalog
 from retrieval.store.faults import kill_point
 from retrieval.store.manifest import MANIFEST, check_model, read_manifest, rebuild_hint
 from retrieval.store.model_ref import ModelRef, cast
 from retrieval.store.records import CatalogItem, ImageRecord
 from retrieval.store.segment import check_segments
-from retrieval.store.store import Store, open_store
+from retrieval.store.store import CATALOG, Store, open_store
 
 OWN_FILES = {".lock", "staging", SEGMENTS_DIR, *CATALOG_FILES}
 """What a build puts in its directory before the manifest makes it an index (a killed first build leaves them)."""
@@ -157,11 +158,23 @@ def _update(plan: BuildPlan, engine: Engine, previous: Store | None) -> BuildSum
     summary.resumed = max(0, summary.added + summary.updated - staging.added)  # a retried Ray task can deliver twice
     kill_point("committed")
     staging.clear()
-    # The build's change is committed. Merges go here, each a transaction of its own after it:
-    # merge_as_policy_says(out, layout, plan.progress) (indexer.merge); a layout that differs from `built`
-    # (`tusou index --index-type T` on an index of another type) merges every segment into one of T.
+    _merge(out, layout, built, plan.progress)
     summary.skipped = [asdict(item) for item in skipped]
     return summary
+
+
+def _merge(out: Path, layout: Layout, built: Layout | None, progress: bool) -> None:
+    """After the build's commit, each merge a transaction of its own: every segment into one when the
+    layout asked for differs from the one built (`tusou index --index-type T` on an index of another
+    type), else as the tiered policy says."""
+    catalog = Catalog(out / CATALOG)
+    try:
+        if built is not None and layout != built:
+            merge_all(out, catalog, layout.requested, layout.max_memory, progress)
+        else:
+            merge_as_policy_says(out, catalog, layout, progress)
+    finally:
+        catalog.close()
 
 
 def _built_layout(previous: Store) -> Layout:

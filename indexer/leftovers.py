@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from indexer.segment_writer import remove_unnamed
 from retrieval.store.catalog import SEGMENTS_DIR, Catalog
 from retrieval.store.manifest import MANIFEST, read_manifest
 from retrieval.store.store import CATALOG
@@ -60,11 +61,6 @@ def _unnamed_segment_files(directory: Path) -> list[str]:
     catalog refuses here, deleting nothing)."""
     catalog = Catalog(directory / CATALOG)
     try:
-        named = {name for row in catalog.segments() for name in row.files.values()}
+        return [f"{SEGMENTS_DIR}/{name}" for name in remove_unnamed(directory, catalog.segments())]
     finally:
         catalog.close()
-    unnamed = [
-        path for path in _files(directory / SEGMENTS_DIR)
-        if f"{SEGMENTS_DIR}/{path.name}" not in named and (SEGMENT_FILE.fullmatch(path.name) or TEMPORARY_FILE.fullmatch(path.name))
-    ]
-    return _unlinked(directory, unnamed)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from indexer.build import build_lock
 from indexer.merge import merge_all, stored_layout
-from indexer.segment_writer import remove_unnamed
+from indexer.convert import convert
+from indexer.leftovers import remove_leftovers
 from retrieval.store.catalog import Catalog
 from retrieval.store.manifest import IndexEntry, read_manifest
 from retrieval.store.store import CATALOG
@@ -39,23 +40,13 @@ def reindex(directory: str | Path, index_type: str | None = None, max_memory: in
     directory = Path(directory)
     read_manifest(directory)  # a clear error before taking the lock in a folder that is no index
     with build_lock(directory):
-        converted = _converted(directory, progress)
+        remove_leftovers(directory)
+        converted = convert(directory, progress, check_faiss=False)  # the FAISS file is what a reindex may repair
         catalog = Catalog(directory / CATALOG)
         try:
             rows = catalog.segments()
-            remove_unnamed(directory, rows)
             layout = stored_layout(catalog)
             merged = merge_all(directory, catalog, index_type or layout.requested, max_memory or layout.max_memory, progress)
         finally:
             catalog.close()
     return Reindexed(merged.count, len(rows), merged.index_entry, converted)
-
-
-def _converted(directory: Path, progress: bool) -> bool:
-    """Convert a format-1 index to format 2 under the caller's lock (convert takes none: closing a
-    second handle on .lock would drop this process's lock); whether it was one."""
-    if read_manifest(directory).segmented:
-        return False
-    from indexer.convert import convert  # only a format-1 index needs it
-
-    return convert(directory, progress)
