@@ -264,7 +264,7 @@ def _commit(
     summary.total = summary.unchanged + summary.added + summary.updated
     if previous is None:
         create_index(out, ref, dim, change, progress)
-    elif not change.empty or layout != built:
+    elif not change.empty:  # a new layout alone is recorded by the merge it asks for (_merge)
         commit_change(out, previous.catalog, dim, change, previous.generation + 1, progress)
     return summary
 

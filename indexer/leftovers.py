@@ -11,16 +11,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from indexer.segment_writer import remove_unnamed
+from indexer.segment_writer import SEGMENT_FILE, remove_unnamed
+from retrieval.store.atomic import TEMPORARY_FILE
 from retrieval.store.catalog import SEGMENTS_DIR, Catalog
 from retrieval.store.manifest import MANIFEST, read_manifest
 from retrieval.store.store import CATALOG
 
-TEMPORARY_FILE = re.compile(r"\..+\.tmp-\d+")
-"""retrieval.store.atomic's name for a file being written."""
 GENERATION_FILE = re.compile(r"(catalog\.\d+\.jsonl|embeddings\.\d+\.npy|index\.\d+\.faiss)")
 """A format-1 index's data files."""
-SEGMENT_FILE = re.compile(r"\d{6}\.(vectors\.npy|ids\.npy|faiss|deleted\.\d{6}\.npy)")
 CATALOG_FILES = (CATALOG, f"{CATALOG}-wal", f"{CATALOG}-shm", f"{CATALOG}-journal")
 
 

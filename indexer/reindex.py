@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from indexer.build import build_lock
-from indexer.merge import merge_all, stored_layout
 from indexer.convert import convert
 from indexer.leftovers import remove_leftovers
+from indexer.merge import merge_all, stored_layout
 from retrieval.store.catalog import Catalog
 from retrieval.store.manifest import IndexEntry, read_manifest
 from retrieval.store.store import CATALOG

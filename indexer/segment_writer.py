@@ -7,6 +7,7 @@ point leaves the index as its last commit left it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -14,9 +15,12 @@ import numpy as np
 
 from indexer.faiss_build import index_embeddings
 from retrieval.store.arrays import write_array, write_faiss, write_vectors
-from retrieval.store.atomic import fsync_dir
+from retrieval.store.atomic import TEMPORARY_FILE, fsync_dir
 from retrieval.store.catalog import SEGMENTS_DIR, SegmentRow
 from retrieval.store.faults import kill_point
+
+SEGMENT_FILE = re.compile(r"\d{6}\.(vectors\.npy|ids\.npy|faiss|deleted\.\d{6}\.npy)")
+"""The name of a segment's file in segments/ (segment_files, deletion_file)."""
 
 
 def segment_files(segment_id: int) -> dict[str, str]:
@@ -64,14 +68,15 @@ def write_deletions(directory: Path, segment: SegmentRow, rows: np.ndarray, gene
 
 
 def remove_unnamed(directory: Path, segments: Iterable[SegmentRow]) -> list[str]:
-    """Delete every file in segments/ that none of `segments` (the catalog's rows, as committed) names:
+    """Delete every segment file in segments/ that none of `segments` (the catalog's rows, as committed) names:
     a killed writer's files, temporary files, merged-away segments, superseded deletion records.
     Only under the build lock. Returns the names removed."""
     folder = directory / SEGMENTS_DIR
     if not folder.is_dir():
         return []
     named = {Path(name).name for segment in segments for name in segment.files.values()}
-    removed = sorted(path.name for path in folder.iterdir() if path.name not in named and path.is_file())
+    ours = lambda name: SEGMENT_FILE.fullmatch(name) or TEMPORARY_FILE.fullmatch(name)  # noqa: E731  (anything else is not ours to delete)
+    removed = sorted(path.name for path in folder.iterdir() if path.name not in named and path.is_file() and ours(path.name))
     for name in removed:
         (folder / name).unlink(missing_ok=True)
     return removed

@@ -17,12 +17,12 @@ from indexer import BuildPlan, build_index
 from indexer.commit import Change, create_index
 from indexer.faiss_build import exact_neighbours, plan_index, recall_at_k
 from indexer.plan import Layout
+from retrieval import Searcher, TusouError
 from retrieval.sizes import parse_size
 from retrieval.store.index_types import INDEX_TYPES
-from retrieval import Searcher, TusouError
-from retrieval.store.index_store import open_index
 from retrieval.store.model_ref import ModelRef
 from retrieval.store.records import CatalogItem
+from retrieval.store.store import open_store
 from tests.imagegen import write_images
 from tests.stored import read_back
 from ui.cli import main
@@ -50,33 +50,32 @@ def vector_index(tmp_path, tiny_model, space) -> Path:
 
 @pytest.mark.parametrize("index_type", list(INDEX_TYPES))
 def test_reindex_builds_each_type_from_stored_embeddings_and_searches_well(vector_index, tiny_model, space, index_type):
-    before = json.loads((vector_index / "manifest.json").read_text())
-    kept = {role: (vector_index / before["files"][role]).read_bytes() for role in ("catalog", "embeddings")}
+    before = read_back(vector_index)
 
     from indexer.reindex import reindex
 
-    manifest = reindex(vector_index, index_type, progress=False)
+    done = reindex(vector_index, index_type, progress=False)
 
-    assert manifest.index.type == index_type and manifest.count == COUNT
-    assert manifest.generation == before["generation"] + 1
-    for role, data in kept.items():  # no re-embedding: the same files carry over untouched
-        assert manifest.files[role] == before["files"][role]
-        assert (vector_index / manifest.files[role]).read_bytes() == data
-    assert not (vector_index / before["files"]["faiss"]).exists()
-    stored = open_index(vector_index)
+    after = read_back(vector_index)
+    assert done.entry.type == index_type and done.count == COUNT and after.index_types == {index_type}
+    assert after.layout == {"requested": index_type, "max_memory": None} and after.generation == before.generation + 1
+    assert [i.id for i in after.items] == [i.id for i in before.items]
+    assert np.array_equal(after.embeddings, before.embeddings), "no re-embedding: the same float16 vectors, moved"
+    (segment,) = after.segments
+    stored = open_store(vector_index).view().segments[0]
     assert type(faiss.downcast_index(stored.faiss_index)).__name__ == {
         "flat": "IndexFlatIP", "hnsw": "IndexHNSWFlat", "ivf": "IndexIVFScalarQuantizer", "ivfpq": "IndexIVFPQ"}[index_type]
     if index_type in ("ivf", "ivfpq"):  # the tuned nprobe is stored, and set on the index when opened
-        assert faiss.extract_index_ivf(stored.faiss_index).nprobe == manifest.index.search["nprobe"]
+        assert faiss.extract_index_ivf(stored.faiss_index).nprobe == segment.index_entry.search["nprobe"]
     if index_type != "flat":
-        assert manifest.index.search["recall_at_10"] >= 0.9
+        assert segment.index_entry.search["recall_at_10"] >= 0.9
 
     searcher = Searcher(vector_index, model=tiny_model)
     queries = space.array(50, queries=True)
     results = searcher.search_vectors(queries, k=10)
-    truth = exact_neighbours(stored.embeddings, queries, 10)
+    truth = exact_neighbours(after.embeddings, queries, 10)  # items are in id order here: row i is item i
     assert recall_at_k(np.array([[r.id for r in row] for row in results]), truth) >= 0.9
-    embeddings = np.asarray(stored.embeddings, dtype=np.float32)
+    embeddings = np.asarray(after.embeddings, dtype=np.float32)
     for query, row in zip(queries, results):  # every type reports the exact cosine, best first
         scores = [r.score for r in row]
         assert scores == sorted(scores, reverse=True)

@@ -7,10 +7,14 @@ a torn one.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 from retrieval.store.faults import kill_point
+
+TEMPORARY_FILE = re.compile(r"\..+\.tmp-\d+")
+"""The name of a file being written (`atomic_write`): a leftover once its writer is gone."""
 
 
 def fsync_dir(directory: Path) -> None:
