@@ -30,7 +30,9 @@ import numpy as np
 from bench.report import machine, table, timed
 from bench.vectors import ClipLikeSpace
 from indexer.faiss_build import exact_neighbours, recall_at_k
+from indexer.commit import Change, commit_change
 from indexer.merge import merge_all
+from indexer.plan import Layout
 from indexer.segment_writer import write_segment
 from retrieval.search.filters import Filters, make_filters
 from retrieval.sizes import format_size
@@ -229,6 +231,56 @@ def _brute_force(vectors: np.ndarray, rows: np.ndarray, query: np.ndarray, k: in
     return rows[np.argsort(-scores)[:k]]
 
 
+def _written() -> int:
+    """Bytes this process has sent to storage (/proc/self/io write_bytes: after fsync, what reached the disk)."""
+    with open("/proc/self/io") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("write_bytes"))
+
+
+def _commit(directory: Path, change: Change) -> tuple[float, int]:
+    """Seconds and bytes of committing `change` as a build would (indexer.commit), model excluded."""
+    catalog = Catalog(directory / CATALOG)
+    try:
+        generation = int(catalog.setting("generation", 0)) + 1
+        before = _written()
+        seconds, _ = timed(lambda: commit_change(directory, catalog, DIM, change, generation, progress=False))
+        return seconds, _written() - before
+    finally:
+        catalog.close()
+
+
+def report_updates(folder: Path, count: int, index_type: str, space: ClipLikeSpace) -> None:
+    """Add 1 and 1,000 images and delete 1,000 on an index of `count`, against rewriting it whole
+    (what every build did before segments: all vectors copied, the FAISS index trained and tuned again)."""
+    directory = folder / f"updates-{index_type}"
+    synthetic_store(directory, space, [(count, index_type)]).close()
+    layout = Layout(index_type, None)
+    rows = []
+    for added in (1, 1000):
+        first = count + sum(r[1] for r in rows)
+        items = [synthetic_item(first + i, np.arange(first + added)) for i in range(added)]
+        vectors = space.array(added, stream=7 + added)
+        change = Change(items, lambda out, v=vectors: np.copyto(out, v), first + added, layout)
+        seconds, written = _commit(directory, change)
+        rows.append([f"add {added:,}", added, seconds, format_size(written), f"{written / added / 1024:.1f} KB"])
+    deleted = Change([], lambda out: None, count + 1001, layout, removed=list(range(1000)), replaced={1: list(range(1000))})
+    seconds, written = _commit(directory, deleted)
+    rows.append(["delete 1,000", 1000, seconds, format_size(written), f"{written / 1000 / 1024:.1f} KB"])
+    catalog = Catalog(directory / CATALOG)
+    before = _written()
+    seconds, _ = timed(lambda: merge_all(directory, catalog, index_type, None))
+    rows.append(["baseline: rewrite the whole index", count, seconds, format_size(_written() - before), "—"])
+    catalog.close()
+    print(table(
+        f"Updates of an index of {count:,} ({index_type})",
+        ["change", "images", "seconds", "bytes written", "per image"],
+        rows,
+        ["Model excluded: the vectors are given, as the staging holds them after embedding. Bytes are what reached the disk "
+         f"(/proc/self/io write_bytes). Machine: {machine()}."],
+    ))
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def report_open_and_filters(folder: Path, count: int, index_type: str, space: ClipLikeSpace) -> None:
     store_dir, old_dir = folder / f"store-{index_type}", folder / f"format1-{index_type}"
     synthetic_store(store_dir, space, [(count, index_type)]).close()
@@ -289,6 +341,7 @@ def main() -> None:
     space = ClipLikeSpace(dim=DIM)
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         for index_type in args.types.split(","):
+            report_updates(Path(folder), args.count, index_type, space)
             report_open_and_filters(Path(folder), args.count, index_type, space)
         report_merges(Path(folder), args)
 

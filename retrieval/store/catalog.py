@@ -28,7 +28,7 @@ from retrieval.search.filters import Filters, distance_km
 from retrieval.store.manifest import IndexEntry, check_index_entry, plain_name, rebuild_hint
 from retrieval.store.records import CatalogItem, folder_of, mtime_taken
 
-SCHEMA = """
+TABLES = """
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY,
     path TEXT NOT NULL UNIQUE,
@@ -50,12 +50,6 @@ CREATE TABLE IF NOT EXISTS items (
     format TEXT,
     folder TEXT
 );
-CREATE UNIQUE INDEX IF NOT EXISTS items_by_place ON items (segment, row);
-CREATE INDEX IF NOT EXISTS items_by_path ON items (path, segment, row);
-CREATE INDEX IF NOT EXISTS items_by_taken ON items (taken, segment, row);
-CREATE INDEX IF NOT EXISTS items_by_format ON items (format, segment, row);
-CREATE INDEX IF NOT EXISTS items_by_camera ON items (camera COLLATE NOCASE, segment, row);
-CREATE INDEX IF NOT EXISTS items_by_location ON items (latitude, longitude, segment, row);
 CREATE TABLE IF NOT EXISTS segments (
     id INTEGER PRIMARY KEY,
     count INTEGER NOT NULL,
@@ -65,6 +59,16 @@ CREATE TABLE IF NOT EXISTS segments (
 );
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value NOT NULL);
 """
+INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS items_by_place ON items (segment, row);
+CREATE INDEX IF NOT EXISTS items_by_path ON items (path, segment, row);
+CREATE INDEX IF NOT EXISTS items_by_taken ON items (taken, segment, row);
+CREATE INDEX IF NOT EXISTS items_by_format ON items (format, segment, row);
+CREATE INDEX IF NOT EXISTS items_by_camera ON items (camera COLLATE NOCASE, segment, row);
+CREATE INDEX IF NOT EXISTS items_by_location ON items (latitude, longitude, segment, row);
+"""
+"""The filter columns' indexes (each holding (segment, row) too). A format-1 index's catalog in
+memory goes without: built at every open, it would cost more than the scans it saves."""
 SEGMENTS_DIR = "segments"
 """Where every segment file lives, inside the index directory."""
 ITEM_COLUMNS = (
@@ -92,15 +96,14 @@ class SegmentRow:
         return (self.id, self.count, self.deleted, json.dumps(self.files), json.dumps(self.index_entry.to_dict()))
 
 
-def item_values(item: CatalogItem, segment: int, row: int) -> tuple:
-    """An items-table row: the record, where its vector is, `taken` (EXIF, else the file's mtime) and its folder."""
-    taken_from = "exif" if item.taken else "mtime"
-    values = {
-        **{name: getattr(item, name) for name in ITEM_COLUMNS if hasattr(item, name)},
-        "segment": segment, "row": row, "taken": item.taken or mtime_taken(item.mtime_ns), "taken_from": taken_from,
-        "folder": folder_of(item.path),
-    }
-    return tuple(_name_value(values[name]) if name in NAMES else values[name] for name in ITEM_COLUMNS)
+def item_values(item: CatalogItem, segment: int, row: int, format_guess: str | None = None) -> tuple:
+    """An items-table row (in ITEM_COLUMNS order): the record, where its vector is, `taken` (EXIF, else
+    the file's mtime) and its folder; `format_guess` stands in for a format the record does not know."""
+    return (
+        item.id, _name_value(item.path), item.size, item.mtime_ns, item.sha256, item.width, item.height, item.change_key,
+        segment, row, item.taken or mtime_taken(item.mtime_ns), "exif" if item.taken else "mtime", item.taken_offset,
+        item.camera, item.latitude, item.longitude, item.orientation, item.format or format_guess, _name_value(folder_of(item.path)),
+    )
 
 
 NAMES = ("path", "folder")
@@ -150,7 +153,7 @@ class Catalog:
         try:
             with self.checked():
                 if create:
-                    self.db.executescript(SCHEMA)
+                    self.db.executescript(TABLES + ("" if uri else INDEXES))
                 self.db.execute("SELECT count(*) FROM segments").fetchone()
         except TusouError:
             self.close()  # SQLite removes its -wal and -shm on close only after a checkpoint, which a damaged file fails

@@ -12,6 +12,7 @@ next build converts it on disk (indexer.convert).
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -205,7 +206,7 @@ def _open_legacy(directory: Path) -> Store:
     files = {role: name for role, name in (("vectors", old.manifest.files["embeddings"]), ("faiss", old.manifest.files["faiss"]))}
     row = SegmentRow(1, len(old.items), 0, files, old.manifest.index)
     with catalog.transaction() as db:
-        put_items(db, (item_values(replace(item, format=_format_by_name(item.path)), 1, r) for r, item in enumerate(old.items)))
+        put_items(db, (item_values(item, 1, r, _format_by_name(item.path)) for r, item in enumerate(old.items)))
         put_segment(db, row)
         put_setting(db, "next_id", old.manifest.next_id)
     ids = np.array([item.id for item in old.items], dtype=np.int64)
@@ -215,5 +216,5 @@ def _open_legacy(directory: Path) -> Store:
 
 def _format_by_name(path: str) -> str | None:
     """A format-1 catalog never read the images' headers: their names say what they are."""
-    suffix = Path(path.rpartition("#")[2] or path).suffix.lower().lstrip(".")
+    suffix = os.path.splitext(path.rpartition("#")[2] or path)[1].lower().lstrip(".")
     return FORMAT_ALIASES.get(suffix, suffix) or None
