@@ -34,6 +34,9 @@ EXACT_SCAN_ROWS = 20_000
 d=768 that is 30 MB of float16 read and one small matrix product, a few milliseconds, and recall 1
 by construction. Above it, fetching the rows from SQLite costs more than the search (160 ms for
 40k on two cores), so the ANN search runs widened and its candidates are post-filtered."""
+SCAN_SHARE = 0.05
+"""...and up to this share of the index: above it the index's own search, barely widened, is cheaper
+than fetching the rows, and on flat segments it is exact too."""
 SHARE_SAMPLE = 1024
 """Items sampled to estimate a broad filter's share of the index (±3% at 95%; it only widens the
 ANN search, and 1,024 primary-key lookups take about 6 ms)."""
@@ -115,7 +118,7 @@ class View:
         matching = self.catalog.count_matching(filters, EXACT_SCAN_ROWS + 1)
         if matching == 0:
             return None
-        if matching <= EXACT_SCAN_ROWS:
+        if matching <= EXACT_SCAN_ROWS and matching <= SCAN_SHARE * len(self):
             rows = self.catalog.matching_rows(filters)
             empty = np.empty(0, np.int64)
             return lambda segment: {"allowed": rows.get(segment.id, empty)}
