@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.faiss_build import FLAT_UP_TO
+from indexer.merge_policy import segment_type
 from indexer.plan import Layout
 from indexer.segment_writer import write_deletions, write_segment
 from retrieval.errors import TusouError
@@ -77,7 +77,7 @@ def commit_change(directory: Path, catalog: Catalog, dim: int, change: Change, g
     written: list[SegmentRow] = []
     number = int(catalog.setting("next_segment", max(segments, default=0) + 1))
     if change.items:
-        kind = "flat" if segments and len(change.items) <= FLAT_UP_TO else change.layout.requested
+        kind = segment_type(len(change.items), change.layout.requested) if segments else change.layout.requested
         written.append(write_segment(directory, number, _ids(change), dim, change.fill, kind, change.layout.max_memory, progress))
     written += [write_deletions(directory, segments[s], rows, generation) for s, rows in sorted(change.replaced.items())]
     with catalog.transaction() as db:
