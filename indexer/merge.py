@@ -25,7 +25,7 @@ from retrieval.errors import TusouError
 from retrieval.store.catalog import Catalog, SegmentRow, bump_generation, drop_segments, put_segment, put_setting
 from retrieval.store.faults import kill_point
 from retrieval.store.manifest import read_manifest, rebuild_hint
-from retrieval.store.segment import segment_rows
+from retrieval.store.segment import missing_file, segment_rows
 
 COPY_BLOCK = 65_536
 """Rows copied at a time: 96 MB of float16 at d=768, whatever the size of the merge."""
@@ -99,7 +99,10 @@ def merge_segments(
 
 
 def _source(directory: Path, row: SegmentRow, dim: int) -> _Source:
-    vectors, ids, deleted = segment_rows(directory, row, dim)
+    try:
+        vectors, ids, deleted = segment_rows(directory, row, dim)
+    except FileNotFoundError as exc:  # under the build lock nothing else removes files: it is damage
+        raise missing_file(exc.filename, directory) from None
     live = np.setdiff1d(np.arange(row.count, dtype=np.int64), deleted, assume_unique=True)
     return _Source(row, vectors, live, np.asarray(ids[live], dtype=np.int64))
 

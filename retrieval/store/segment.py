@@ -144,4 +144,9 @@ def check_segments(directory: Path, rows: list[SegmentRow], dim: int) -> None:
         try:
             open_segment(directory, row, dim, mmap=True)
         except FileNotFoundError as exc:
-            raise TusouError(f"{exc.filename} is missing: {rebuild_hint(directory)}") from None
+            raise missing_file(exc.filename, directory) from None
+
+
+def missing_file(path: str | None, directory: Path) -> TusouError:
+    """The one line for a file the catalog names that is not there."""
+    return TusouError(f"{path} is missing: {rebuild_hint(directory)}")

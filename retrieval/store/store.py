@@ -26,7 +26,7 @@ from retrieval.store.catalog import Catalog, SegmentRow, item_values, put_items,
 from retrieval.store.index_store import open_index
 from retrieval.store.manifest import Manifest, read_manifest, rebuild_hint
 from retrieval.store.model_ref import BOTH, OtherWeights, Tower
-from retrieval.store.segment import Segment, open_segment
+from retrieval.store.segment import Segment, missing_file, open_segment
 
 CATALOG = "catalog.sqlite"
 EXACT_SCAN_ROWS = 20_000
@@ -153,17 +153,19 @@ class Store:
         return View(self.directory, self.catalog, 0, [self._legacy])
 
     def _open_view(self) -> View:
+        missing = None
         for _ in range(OPEN_RETRIES):
             with self.catalog.snapshot() as db:
                 generation = int(self.catalog.setting("generation", 0, db))
                 rows = self.catalog.segments(db)
             try:
                 segments = [self._segment(row) for row in rows]
-            except FileNotFoundError:  # a writer removed what a newer commit no longer names: read again
+            except FileNotFoundError as exc:  # a writer removed what a newer commit no longer names: read again
+                missing = exc.filename
                 continue
             self._segments = {segment.id: segment for segment in segments}
             return View(self.directory, self.catalog, generation, segments)
-        raise TusouError(f"{self.directory} is damaged: a file its catalog names is missing: {rebuild_hint(self.directory)}")
+        raise missing_file(missing, self.directory)
 
     def _segment(self, row: SegmentRow) -> Segment:
         known = self._segments.get(row.id)
@@ -186,7 +188,9 @@ class Store:
 
 
 def open_store(directory: str | Path) -> Store:
-    """The index at `directory`, checked: its manifest, its catalog, and (on first view) its segments."""
+    """The index at `directory`, checked: its manifest, its catalog and its segments (the first view,
+    opened here; on a fault the catalog is closed again, so a damaged index is left as it was found,
+    without the -wal and -shm files SQLite makes beside a catalog it opens)."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     if not manifest.segmented:
@@ -199,7 +203,13 @@ def open_store(directory: str | Path) -> Store:
             # converted while being opened (indexer.convert deletes the old files after its commit): open what it is now
     if not (directory / CATALOG).is_file():
         raise TusouError(f"{directory} is damaged: its catalog {CATALOG} is missing: {rebuild_hint(directory)}")
-    return Store(directory, manifest, Catalog(directory / CATALOG))
+    store = Store(directory, manifest, Catalog(directory / CATALOG))
+    try:
+        store.view()
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def _open_legacy(directory: Path) -> Store:
