@@ -11,9 +11,9 @@ FORMATS = ("jpg", "png", "webp", "bmp", "gif", "JPEG")
 
 
 def format_of(path: str | Path) -> str:
-    """The format an image of `write_images` is, by its name, spelled as the catalog spells formats."""
-    suffix = Path(path).suffix.lower().lstrip(".")
-    return {"jpg": "jpeg"}.get(suffix, suffix)
+    """The format an image file is, as its bytes say (not its name), spelled as the catalog spells formats."""
+    with Image.open(path) as image:
+        return {"MPO": "jpeg"}.get(image.format, image.format.lower())
 
 
 def draw(seed: int, size: tuple[int, int] | None = None) -> Image.Image:
