@@ -72,4 +72,4 @@ def segment_type(rows: int, requested: str) -> str:
     """The index type of a merged segment of `rows` rows in an index whose layout asks for `requested`:
     `auto` up to FLAT_UP_TO rows (flat, the exact scan, unless the memory budget says otherwise),
     the layout's own type beyond; a build's small segments follow the same rule."""
-    return "auto" if rows <= FLAT_UP_TO else requested
+    return "auto" if rows <= FLAT_UP_TO and requested != "flat" else requested

@@ -268,7 +268,11 @@ def cmd_search(args: argparse.Namespace) -> None:
     from retrieval.search.searcher import Searcher
 
     searcher = Searcher(args.index, device=args.device, precision=args.precision)
-    for result in searcher.search(query, args.k, args.offset):
+    try:
+        results = searcher.search(query, args.k, args.offset)
+    finally:
+        searcher.close()  # the catalog's -wal and -shm go with its last connection
+    for result in results:
         if args.json:
             _print_json(result.to_dict(query.dedupe is not None))
         else:

@@ -103,6 +103,10 @@ class Searcher:
         self._image_unchecked = ref.per_tower  # a cast keeps the fingerprints of the weights as loaded
         self.cache = QueryCache(cache_size)
 
+    def close(self) -> None:
+        """Close the index's catalog (a Searcher is no use after it)."""
+        self.store.close()
+
     def image_model(self) -> EmbeddingModel:
         """The model, its image tower checked (once, by the first caller that needs it)."""
         if self._image_unchecked:

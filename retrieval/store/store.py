@@ -22,10 +22,11 @@ import numpy as np
 from retrieval.errors import TusouError
 from retrieval.search.filters import FORMAT_ALIASES, Filters
 from retrieval.store.arrays import read_array
-from retrieval.store.catalog import Catalog, SegmentRow, item_values, put_items, put_segment, put_setting
+from retrieval.store.catalog import Catalog, SegmentRow, item_row, item_values, put_items, put_segment, put_setting
 from retrieval.store.index_store import open_index
 from retrieval.store.manifest import Manifest, read_manifest, rebuild_hint
 from retrieval.store.model_ref import BOTH, OtherWeights, Tower
+from retrieval.store.records import CatalogItem
 from retrieval.store.segment import Segment, missing_file, open_segment
 
 CATALOG = "catalog.sqlite"
@@ -212,19 +213,55 @@ def open_store(directory: str | Path) -> Store:
     return store
 
 
+class LegacyCatalog:
+    """A format-1 index's catalog: its JSONL items, in memory as they were read. Lookups by id come from
+    them; a catalog in SQLite (in memory) is built from them only when a filter first needs one, since
+    building it at every open would cost several times the JSONL parse itself (bench/store.py)."""
+
+    def __init__(self, manifest: Manifest, items: list[CatalogItem]):
+        self.path = Path(":memory:")
+        self._manifest = manifest
+        self._items = items
+        self._by_id = {item.id: row for row, item in enumerate(items)}
+        self._sql: Catalog | None = None
+        self._lock = threading.Lock()
+
+    def items(self, ids) -> dict[int, dict]:
+        rows = ((int(i), self._by_id.get(int(i))) for i in ids)
+        return {i: item_row(item_values(self._items[row], 1, row, _format_by_name(self._items[row].path))) for i, row in rows if row is not None}
+
+    def setting(self, key: str, default: object = None, db: object = None) -> object:
+        return {"next_id": self._manifest.next_id, "updated": self._manifest.updated, "generation": 0}.get(key, default)
+
+    def close(self) -> None:
+        if self._sql is not None:
+            self._sql.close()
+
+    def __getattr__(self, name: str):
+        """Filters, snapshots and scans: the SQLite catalog's own, built on first use."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._sqlite(), name)
+
+    def _sqlite(self) -> Catalog:
+        with self._lock:
+            if self._sql is None:
+                catalog = Catalog.in_memory()
+                files = {"vectors": self._manifest.files["embeddings"], "faiss": self._manifest.files["faiss"]}
+                with catalog.transaction() as db:
+                    put_items(db, (item_values(item, 1, r, _format_by_name(item.path)) for r, item in enumerate(self._items)))
+                    put_segment(db, SegmentRow(1, len(self._items), 0, files, self._manifest.index))
+                    put_setting(db, "next_id", self._manifest.next_id)
+                self._sql = catalog
+            return self._sql
+
+
 def _open_legacy(directory: Path) -> Store:
-    """A format-1 index as one segment, its JSONL catalog loaded into a catalog in memory."""
+    """A format-1 index as one segment and its JSONL catalog (LegacyCatalog)."""
     old = open_index(directory)
-    catalog = Catalog.in_memory()
-    files = {role: name for role, name in (("vectors", old.manifest.files["embeddings"]), ("faiss", old.manifest.files["faiss"]))}
-    row = SegmentRow(1, len(old.items), 0, files, old.manifest.index)
-    with catalog.transaction() as db:
-        put_items(db, (item_values(item, 1, r, _format_by_name(item.path)) for r, item in enumerate(old.items)))
-        put_segment(db, row)
-        put_setting(db, "next_id", old.manifest.next_id)
     ids = np.array([item.id for item in old.items], dtype=np.int64)
     segment = Segment(1, old.embeddings, ids, old.faiss_index, old.manifest.index, np.empty(0, np.int64))
-    return Store(directory, old.manifest, catalog, legacy=segment)
+    return Store(directory, old.manifest, LegacyCatalog(old.manifest, old.items), legacy=segment)
 
 
 def _format_by_name(path: str) -> str | None:
