@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -157,31 +156,29 @@ def write_format1(directory: Path, store_dir: Path, count: int) -> None:
 
 
 def open_and_query(directory: str, how: str) -> None:
-    """(Run in a fresh process.) Seconds to open the index and answer one query, and the memory that
-    added beyond the FAISS index's own size. `how`: `store` (this tusou) or `format1` (the code that
+    """(Run in a fresh process.) Seconds to open the index and answer one query, and the peak memory
+    that added beyond the FAISS index's own size. `how`: `store` (this tusou) or `format1` (the code that
     read format 1 before the store: the JSONL catalog parsed into objects, then the FAISS search)."""
     import faiss  # noqa: F401  (its libraries are not the index's memory)
 
     from retrieval.store.index_store import open_index
 
     query = np.random.default_rng(9).standard_normal((1, DIM)).astype(np.float32)
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # resets the peak resident set (VmHWM) to the current one
     before = _rss()
     if how == "store":
         seconds, _ = timed(lambda: open_store(directory).view().search(query, 10))
     else:
         seconds, _ = timed(lambda: open_index(directory).search(query, 10))
     faiss_bytes = sum(p.stat().st_size for p in Path(directory).rglob("*.faiss"))
-    print(json.dumps({"seconds": seconds, "rss_beyond_faiss": max(0, _rss() - before - faiss_bytes), "peak": _peak() - before}))
+    print(json.dumps({"seconds": seconds, "rss_beyond_faiss": max(0, _rss("VmHWM") - before - faiss_bytes)}))
 
 
-def _rss() -> int:
-    """Resident memory now (the page cache of memory-mapped files counts only where touched)."""
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _rss(field: str = "VmRSS") -> int:
+    """Resident memory now (VmRSS) or at its peak (VmHWM); mapped files count only where touched."""
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) * 1024 for line in handle if line.startswith(field + ":"))
 
 
 def measure_open(directory: Path, how: str) -> dict:
