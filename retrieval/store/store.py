@@ -36,7 +36,6 @@ by construction. Above it, fetching the rows from SQLite costs more than the sea
 SHARE_SAMPLE = 1024
 """Items sampled to estimate a broad filter's share of the index (±3% at 95%; it only widens the
 ANN search, and 1,024 primary-key lookups take about 6 ms)."""
-OPEN_RETRIES = 5
 
 
 @dataclass
@@ -149,17 +148,25 @@ class Store:
         return View(self.directory, self.catalog, 0, [self._legacy])
 
     def _open_view(self) -> View:
-        for _ in range(OPEN_RETRIES):
+        """The segments of the last commit, opened. A writer deletes the files of merged-away segments
+        and superseded deletion records right after the commit that stops naming them, so a file of
+        the rows read here may be gone (any of them: read_faiss says a missing FAISS file is damage)
+        before it is opened: when the generation has moved on since, the rows are read again; at the
+        same generation, it is damage."""
+        while True:
             with self.catalog.snapshot() as db:
                 generation = int(self.catalog.setting("generation", 0, db))
                 rows = self.catalog.segments(db)
             try:
                 segments = [self._segment(row) for row in rows]
-            except FileNotFoundError:  # a writer removed what a newer commit no longer names: read again
-                continue
+            except (FileNotFoundError, TusouError) as exc:
+                if self.generation != generation:
+                    continue
+                if isinstance(exc, FileNotFoundError):
+                    raise TusouError(f"{exc.filename} is missing: {rebuild_hint(self.directory)}") from None
+                raise
             self._segments = {segment.id: segment for segment in segments}
             return View(self.directory, self.catalog, generation, segments)
-        raise TusouError(f"{self.directory} is damaged: a file its catalog names is missing: {rebuild_hint(self.directory)}")
 
     def _segment(self, row: SegmentRow) -> Segment:
         known = self._segments.get(row.id)
