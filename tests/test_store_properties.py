@@ -7,10 +7,17 @@ from pathlib import Path
 
 from indexer import BuildPlan, build_index
 from indexer.reindex import reindex
+from retrieval.search.filters import Filters
+from retrieval.search.query import Query
+from retrieval.search.searcher import Searcher
 from retrieval.store import segment as segment_module
-from retrieval.store.store import open_store
+from retrieval.store.store import View, open_store
 from tests.imagegen import write_images
 from tests.stored import read_back
+
+READER_QUERIES = ("红色的圆", "绿色的方块")
+ALL = 1000
+"""k above any collection's size here: every live item comes back."""
 
 
 def _build(folder: Path, out: Path, model) -> None:
@@ -42,3 +49,25 @@ def test_a_view_whose_files_a_merge_deletes_before_it_opens_them_reads_the_catal
     view = store.view()
     assert merged and [s.live for s in view.segments] == [15] and view.generation == store.generation
     store.close()
+
+
+def test_a_filtered_search_whose_view_a_merge_overtakes_answers_from_the_newer_view(tmp_path, tiny_model, monkeypatch):
+    """A view taken, then a reindex commits before the filter reads the catalog: the catalog places every
+    item in the merged segment, which that view does not hold; the search is run again on the new view."""
+    folder, out = tmp_path / "photos", tmp_path / "index"
+    _two_segments(folder, out, tiny_model)
+    searcher = Searcher(out, model=tiny_model)
+    query = Query(text=READER_QUERIES[0], filters=Filters(folders=(str(folder / "nested"),)))
+    expected = [(r.id, r.path) for r in searcher.search(query, ALL)]
+    view, merged = searcher.store.view, []
+
+    def overtaken() -> View:
+        taken = view()
+        if not merged:
+            merged.append(reindex(out, progress=False))
+        return taken
+
+    monkeypatch.setattr(searcher.store, "view", overtaken)
+    assert [(r.id, r.path) for r in searcher.search(query, ALL)] == expected and len(expected) == 4
+    assert merged and len(view().segments) == 1
+    searcher.store.close()

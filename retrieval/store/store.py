@@ -13,6 +13,8 @@ next build converts it on disk (indexer.convert).
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -36,6 +38,11 @@ by construction. Above it, fetching the rows from SQLite costs more than the sea
 SHARE_SAMPLE = 1024
 """Items sampled to estimate a broad filter's share of the index (±3% at 95%; it only widens the
 ANN search, and 1,024 primary-key lookups take about 6 ms)."""
+
+
+class StaleView(Exception):
+    """A filtered search found the catalog of a later commit than its view's: the rows the filter
+    matches may lie in segments the view does not hold. Search a newer view (Store.view())."""
 
 
 @dataclass
@@ -90,20 +97,34 @@ class View:
 
     def search(self, queries: np.ndarray, k: int, filters: Filters | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, positions) per query row over every live segment, within `filters`;
-        positions are -1 past the last result."""
+        positions are -1 past the last result. Raises StaleView when a commit since this view was
+        taken leaves a filter nothing consistent to read (_as_of_view)."""
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         positions = np.full((len(queries), k), -1, dtype=np.int64)
-        plan = self._plan(filters)
-        if plan is None:
-            return scores, positions
-        for q, query in enumerate(queries):
-            found = [(s, *segment.search(query, k, **plan(segment))) for s, segment in enumerate(self.segments) if segment.live]
-            merged_scores = np.concatenate([f[1] for f in found]) if found else np.empty(0, np.float32)
-            merged = np.concatenate([self.bases[s] + rows for s, _, rows in found]) if found else np.empty(0, np.int64)
-            best = np.argsort(-merged_scores, kind="stable")[:k]
-            scores[q, : len(best)], positions[q, : len(best)] = merged_scores[best], merged[best]
+        with self._as_of_view(filters):
+            plan = self._plan(filters)
+            for q, query in enumerate(queries if plan is not None else ()):
+                found = [(s, *segment.search(query, k, **plan(segment))) for s, segment in enumerate(self.segments) if segment.live]
+                merged_scores = np.concatenate([f[1] for f in found]) if found else np.empty(0, np.float32)
+                merged = np.concatenate([self.bases[s] + rows for s, _, rows in found]) if found else np.empty(0, np.int64)
+                best = np.argsort(-merged_scores, kind="stable")[:k]
+                scores[q, : len(best)], positions[q, : len(best)] = merged_scores[best], merged[best]
         return scores, positions
+
+    @contextmanager
+    def _as_of_view(self, filters: Filters | None) -> Iterator[None]:
+        """The catalog reads of a filtered search (count, matching rows, post-filter), all in one read
+        transaction that must be of this view's generation. The catalog keeps only the last commit's
+        (segment, row) of each item: after a merge it names the merged segment, which an older view
+        does not hold, so the older view would silently miss what the filter matches."""
+        if filters is None or not filters.active:
+            yield
+            return
+        with self.catalog.snapshot() as db:
+            if int(self.catalog.setting("generation", 0, db)) != self.generation:
+                raise StaleView(f"{self.directory} changed after generation {self.generation}")
+            yield
 
     def _plan(self, filters: Filters | None):
         """How each segment is searched: unrestricted; the matching rows scanned (few match); or the ANN
