@@ -333,15 +333,16 @@ def test_a_view_whose_files_a_merge_deletes_before_it_opens_them_reads_the_catal
     then a reindex commits and deletes their files, then the view opens them (its FAISS file last)."""
     folder, out = tmp_path / "photos", tmp_path / "index"
     _two_segments(folder, out, tiny_model)
-    store = open_store(out)
     read_faiss, merged = segment_module.read_faiss, []
 
     def overtaken(*args, **kwargs):
         if not merged:
-            merged.append(reindex(out, progress=False))
+            merged.append(out)
+            reindex(out, progress=False)
         return read_faiss(*args, **kwargs)
 
     monkeypatch.setattr(segment_module, "read_faiss", overtaken)
+    store = open_store(out)
     view = store.view()
     assert merged and [s.live for s in view.segments] == [15] and view.generation == store.generation
     store.close()
@@ -360,7 +361,8 @@ def test_a_filtered_search_whose_view_a_merge_overtakes_answers_from_the_newer_v
     def overtaken() -> View:
         taken = view()
         if not merged:
-            merged.append(reindex(out, progress=False))
+            merged.append(out)
+            reindex(out, progress=False)
         return taken
 
     monkeypatch.setattr(searcher.store, "view", overtaken)
