@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from retrieval.errors import TusouError
 from retrieval.search.filters import Filters
 from retrieval.search.query import POOL_FACTOR, SORT_POOL, Hit, Query, QueryImage, clean_query, mix, rank, unit
 from retrieval.store.model_ref import IMAGE, TEXT, cast
-from retrieval.store.store import Store, View, open_store
+from retrieval.store.store import StaleView, Store, View, open_store
 from retrieval.search.zero_shot import LabelScore, label_images
 
 
@@ -137,17 +137,28 @@ class Searcher:
             ))
         return results
 
+    def _on_current_view(self, search: Callable[[View], list]) -> list:
+        """`search(view)` on the index as last committed; again on a newer view when a commit came
+        between taking the view and a filter's catalog reads (StaleView): one commit's answer, never a mix."""
+        while True:
+            try:
+                return search(self.store.view())
+            except StaleView:
+                continue
+
     def search_vectors(self, vectors: np.ndarray, k: int = 10, filters: Filters | None = None) -> list[list[SearchResult]]:
         """Top-k items for each row of `vectors` (L2-normalised, the index's dim), within `filters`."""
-        view = self.store.view()
-        k = max(1, min(int(k), len(view)))
-        if len(view) == 0:
-            return [[] for _ in range(len(vectors))]
-        scores, positions = view.search(vectors, k, filters)
-        return [
-            self._results(view, [Hit(int(p), float(s)) for s, p in zip(row_scores, row_positions) if p >= 0])
-            for row_scores, row_positions in zip(scores, positions)
-        ]
+
+        def on(view: View) -> list[list[SearchResult]]:
+            if len(view) == 0:
+                return [[] for _ in range(len(vectors))]
+            scores, positions = view.search(vectors, max(1, min(int(k), len(view))), filters)
+            return [
+                self._results(view, [Hit(int(p), float(s)) for s, p in zip(row_scores, row_positions) if p >= 0])
+                for row_scores, row_positions in zip(scores, positions)
+            ]
+
+        return self._on_current_view(on)
 
     def item(self, item_id: int) -> dict | None:
         """An item's catalog row (path, stamp, size, metadata), None when it is not in the index."""
@@ -189,22 +200,24 @@ class Searcher:
         if not (isinstance(offset, int) and offset >= 0):
             raise TusouError(f"offset {offset!r}: give a whole number of results to skip, 0 or more")
         positive, negatives = self.query_vectors(query)
-        view = self.store.view()
+        results = self._on_current_view(lambda view: self._ranked(view, query, positive, negatives, offset + max(1, int(k))))
+        if query.sort != "score":
+            results.sort(key=lambda r: r.taken or "", reverse=query.sort == "newest")
+        return [replace(r, rank=number) for number, r in enumerate(results[offset : offset + max(1, int(k))], offset + 1)]
+
+    def _ranked(self, view: View, query: Query, positive: np.ndarray, negatives: np.ndarray, wanted: int) -> list[SearchResult]:
+        """The query's best `wanted` results by score (SORT_POOL of them when sorted by date) in `view`."""
         total = len(view)
         if total == 0:
             return []
-        wanted = min(total, max(1, int(k)) + offset if query.sort == "score" else SORT_POOL)
+        wanted = min(total, wanted if query.sort == "score" else SORT_POOL)
         pool = min(total, POOL_FACTOR * wanted) if query.reranks else wanted
         while True:
             scores, positions = view.search(positive[None], pool, query.filters)
             hits, final = rank(query, scores[0], positions[0], view.vectors, negatives, wanted)
             if final or pool >= total or (positions[0] < 0).any():  # settled, or every match fetched
-                break
+                return self._results(view, hits)
             pool = min(total, pool * POOL_FACTOR)
-        results = self._results(view, hits)
-        if query.sort != "score":
-            results.sort(key=lambda r: r.taken or "", reverse=query.sort == "newest")
-        return [replace(r, rank=number) for number, r in enumerate(results[offset : offset + max(1, int(k))], offset + 1)]
 
     def label(
         self, image: str | Path | Image.Image, labels: str | Sequence[str], templates: Sequence[str] | None = None

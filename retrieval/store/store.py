@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -41,7 +43,11 @@ than fetching the rows, and on flat segments it is exact too."""
 SHARE_SAMPLE = 1024
 """Items sampled to estimate a broad filter's share of the index (±3% at 95%; it only widens the
 ANN search, and 1,024 primary-key lookups take about 6 ms)."""
-OPEN_RETRIES = 5
+
+
+class StaleView(Exception):
+    """A filtered search found the catalog of a later commit than its view's: the rows the filter
+    matches may lie in segments the view does not hold. Search a newer view (Store.view())."""
 
 
 @dataclass
@@ -96,20 +102,34 @@ class View:
 
     def search(self, queries: np.ndarray, k: int, filters: Filters | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, positions) per query row over every live segment, within `filters`;
-        positions are -1 past the last result."""
+        positions are -1 past the last result. Raises StaleView when a commit since this view was
+        taken leaves a filter nothing consistent to read (_as_of_view)."""
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         positions = np.full((len(queries), k), -1, dtype=np.int64)
-        plan = self._plan(filters)
-        if plan is None:
-            return scores, positions
-        for q, query in enumerate(queries):
-            found = [(s, *segment.search(query, k, **plan(segment))) for s, segment in enumerate(self.segments) if segment.live]
-            merged_scores = np.concatenate([f[1] for f in found]) if found else np.empty(0, np.float32)
-            merged = np.concatenate([self.bases[s] + rows for s, _, rows in found]) if found else np.empty(0, np.int64)
-            best = np.argsort(-merged_scores, kind="stable")[:k]
-            scores[q, : len(best)], positions[q, : len(best)] = merged_scores[best], merged[best]
+        with self._as_of_view(filters):
+            plan = self._plan(filters)
+            for q, query in enumerate(queries if plan is not None else ()):
+                found = [(s, *segment.search(query, k, **plan(segment))) for s, segment in enumerate(self.segments) if segment.live]
+                merged_scores = np.concatenate([f[1] for f in found]) if found else np.empty(0, np.float32)
+                merged = np.concatenate([self.bases[s] + rows for s, _, rows in found]) if found else np.empty(0, np.int64)
+                best = np.argsort(-merged_scores, kind="stable")[:k]
+                scores[q, : len(best)], positions[q, : len(best)] = merged_scores[best], merged[best]
         return scores, positions
+
+    @contextmanager
+    def _as_of_view(self, filters: Filters | None) -> Iterator[None]:
+        """The catalog reads of a filtered search (count, matching rows, post-filter), all in one read
+        transaction that must be of this view's generation. The catalog keeps only the last commit's
+        (segment, row) of each item: after a merge it names the merged segment, which an older view
+        does not hold, so the older view would silently miss what the filter matches."""
+        if filters is None or not filters.active:
+            yield
+            return
+        with self.catalog.snapshot() as db:
+            if int(self.catalog.setting("generation", 0, db)) != self.generation:
+                raise StaleView(f"{self.directory} changed after generation {self.generation}")
+            yield
 
     def _plan(self, filters: Filters | None):
         """How each segment is searched: unrestricted; the matching rows scanned (few match); or the ANN
@@ -154,19 +174,25 @@ class Store:
         return View(self.directory, self.catalog, 0, [self._legacy])
 
     def _open_view(self) -> View:
-        missing = None
-        for _ in range(OPEN_RETRIES):
+        """The segments of the last commit, opened. A writer deletes the files of merged-away segments
+        and superseded deletion records right after the commit that stops naming them, so a file of
+        the rows read here may be gone (any of them: read_faiss says a missing FAISS file is damage)
+        before it is opened: when the generation has moved on since, the rows are read again; at the
+        same generation, it is damage."""
+        while True:
             with self.catalog.snapshot() as db:
                 generation = int(self.catalog.setting("generation", 0, db))
                 rows = self.catalog.segments(db)
             try:
                 segments = [self._segment(row) for row in rows]
-            except FileNotFoundError as exc:  # a writer removed what a newer commit no longer names: read again
-                missing = exc.filename
-                continue
+            except (FileNotFoundError, TusouError) as exc:
+                if self.generation != generation:
+                    continue
+                if isinstance(exc, FileNotFoundError):
+                    raise missing_file(exc.filename, self.directory) from None
+                raise
             self._segments = {segment.id: segment for segment in segments}
             return View(self.directory, self.catalog, generation, segments)
-        raise missing_file(missing, self.directory)
 
     def _segment(self, row: SegmentRow) -> Segment:
         known = self._segments.get(row.id)
