@@ -193,30 +193,19 @@ FAISS_DAMAGE: dict[str, Callable[[Path], None]] = {
     "faiss-l2-metric": lambda d: swap_faiss(d, faiss.IndexFlatL2(64), stored_vectors(d)),
     "faiss-fewer-vectors": lambda d: swap_faiss(d, faiss.IndexFlatIP(64), stored_vectors(d)[:-1]),
 }
-FAISS_MESSAGES: dict[str, dict[str, str]] = {
-    "format 2": {
-        "faiss-truncated-half": "is damaged (truncated or corrupt)",
-        "faiss-zero-bytes": "is damaged (empty)",
-        "faiss-garbage": "is damaged (not a FAISS index)",
-        "faiss-deleted": "is missing",
-        "faiss-other-dim": "(it holds 32-d vectors, the index is 64-d)",
-        "faiss-other-type": "(it holds an IndexHNSWFlat, the catalog says flat, an IndexFlatIP)",
-        "faiss-l2-metric": "(it holds an IndexFlatL2",
-        "faiss-fewer-vectors": "(it holds 12 vectors, not 13)",
-    },
-    "format 1": {
-        "faiss-truncated-half": "is truncated or corrupt",
-        "faiss-zero-bytes": "is empty",
-        "faiss-garbage": "is not a FAISS index",
-        "faiss-deleted": "is missing",
-        "faiss-other-dim": "holds 32-d vectors, the index is 64-d",
-        "faiss-other-type": "holds an IndexHNSWFlat, the manifest says flat",
-        "faiss-l2-metric": "holds an IndexFlatL2",
-        "faiss-fewer-vectors": "holds 11 vectors, the index has 12 items",
-    },
+FAISS_MESSAGES: dict[str, str] = {  # the same check (retrieval.store.arrays.read_faiss) for both formats
+    "faiss-truncated-half": "is damaged (truncated or corrupt)",
+    "faiss-zero-bytes": "is damaged (empty)",
+    "faiss-garbage": "is damaged (not a FAISS index)",
+    "faiss-deleted": "is missing",
+    "faiss-other-dim": "(it holds 32-d vectors, the index is 64-d)",
+    "faiss-other-type": "(it holds an IndexHNSWFlat; a flat index is an IndexFlatIP)",
+    "faiss-l2-metric": "(it holds an IndexFlatL2",
 }
+FEWER_VECTORS = {"format 2": "(it holds 12 vectors, not 13)", "format 1": "(it holds 11 vectors, not 12)"}
 FAISS_CASES: dict[str, Cases] = {
-    form: {case: (FAISS_DAMAGE[case], message) for case, message in messages.items()} for form, messages in FAISS_MESSAGES.items()
+    form: {case: (FAISS_DAMAGE[case], message) for case, message in {**FAISS_MESSAGES, "faiss-fewer-vectors": fewer}.items()}
+    for form, fewer in FEWER_VECTORS.items()
 }
 
 MANIFEST_CASES: Cases = {

@@ -70,7 +70,7 @@ def read_faiss(path: Path, index_type: str, dim: int, count: int, fix: str, mmap
     kind = type(faiss.downcast_index(index)).__name__
     expected = INDEX_TYPES[index_type].faiss_class
     if kind != expected:
-        raise TusouError(f"{damaged} (it holds an {kind}, the catalog says {index_type}, an {expected}): {fix}")
+        raise TusouError(f"{damaged} (it holds an {kind}; a {index_type} index is an {expected}): {fix}")
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise TusouError(f"{damaged} (it does not score by inner product): {fix}")
     if index.d != dim:

@@ -17,8 +17,8 @@ import faiss
 import numpy as np
 
 from retrieval.errors import TusouError
-from retrieval.store import ann
-from retrieval.store.index_types import INDEX_TYPES
+from retrieval.store import ann, arrays
+from retrieval.store.arrays import reindex_hint
 from retrieval.store.manifest import ROLES, Manifest, read_manifest, rebuild_hint
 from retrieval.store.model_ref import BOTH, OtherWeights, Tower
 from retrieval.store.records import CatalogItem, ImageRecord  # noqa: F401  (where builds and tools import them from)
@@ -27,11 +27,6 @@ if TYPE_CHECKING:
     from retrieval.models.model import EmbeddingModel
 
 REBUILD = "rebuild it with `tusou index PATH --out DIR`"
-
-
-def reindex_hint(directory: Path) -> str:
-    """What to do when only the FAISS file is bad: the stored embeddings rebuild it, no model needed."""
-    return f"its catalog and embeddings are intact: rebuild the FAISS file from them with `tusou reindex {directory}`"
 
 
 @dataclass
@@ -136,36 +131,11 @@ def open_vectors(directory: Path, manifest: Manifest) -> tuple[list[CatalogItem]
 
 
 def read_faiss(directory: Path, manifest: Manifest, mmap: bool = False) -> faiss.Index:
-    """The FAISS file, checked against the manifest; any fault points at `tusou reindex`.
-
-    `mmap` maps the vectors instead of reading them (for `tusou info`: a check that costs
-    nothing on a large index, and that bounds every size the file claims by its length).
-    """
+    """The FAISS file, checked against the manifest (retrieval.store.arrays.read_faiss), its tuned
+    search parameters set; any fault points at `tusou reindex`. `mmap`: for a cheap check."""
     path = directory / manifest.files["faiss"]
-    fix = reindex_hint(directory)
-    damaged = f"{directory} is damaged: its FAISS file {path.name}"
-    if not path.is_file():
-        raise TusouError(f"{damaged} is missing: {fix}")
-    if path.stat().st_size == 0:
-        raise TusouError(f"{damaged} is empty: {fix}")
-    try:
-        flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) | faiss.IO_FLAG_READ_ONLY if mmap else 0
-        index = faiss.read_index(str(path), flags)
-    except (RuntimeError, MemoryError) as exc:
-        why = "not a FAISS index" if "not recognized" in str(exc) else "truncated or corrupt"
-        raise TusouError(f"{damaged} is {why}: {fix}") from None
-    kind = type(faiss.downcast_index(index)).__name__
-    expected = INDEX_TYPES[manifest.index.type].faiss_class
-    if kind != expected:
-        raise TusouError(f"{damaged} holds an {kind}, the manifest says {manifest.index.type} ({expected}): {fix}")
-    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise TusouError(f"{damaged} does not score by inner product: {fix}")
-    if index.d != manifest.dim:
-        raise TusouError(f"{damaged} holds {index.d}-d vectors, the index is {manifest.dim}-d: {fix}")
-    if index.ntotal != manifest.count:
-        raise TusouError(f"{damaged} holds {index.ntotal} vectors, the index has {manifest.count} items: {fix}")
-    ann.apply_params(index, manifest.index.search)
-    return index
+    index = arrays.read_faiss(path, manifest.index.type, manifest.dim, manifest.count, reindex_hint(directory), mmap)
+    return arrays.tuned(index, manifest.index.search)
 
 
 def open_index(directory: str | Path, mmap: bool = False) -> StoredIndex:
