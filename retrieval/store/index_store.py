@@ -86,33 +86,6 @@ def data_paths(directory: Path, manifest: Manifest) -> dict[str, Path]:
     return paths
 
 
-def open_embeddings(path: Path, manifest: Manifest, fix: str = REBUILD) -> np.ndarray:
-    """The stored float16 vectors, memory-mapped (an index of any size opens at once).
-
-    allow_pickle=False: a .npy holding Python objects (or a pickle in disguise) is refused
-    rather than unpickled.
-    """
-    try:
-        embeddings = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        text = str(exc)
-        why = (
-            "empty" if isinstance(exc, EOFError) or path.stat().st_size == 0
-            else "truncated" if "mmap length" in text
-            else "holds pickled Python objects, not vectors; not loaded" if "pickle" in text or "Python objects" in text
-            else "not a .npy array"
-        )
-        raise TusouError(f"{path} is damaged ({why}): {fix}") from None
-    if not isinstance(embeddings, np.ndarray):  # np.load returns an NpzFile for a zip archive
-        raise TusouError(f"{path} is damaged (not a .npy array): {fix}")
-    if embeddings.dtype != np.float16 or embeddings.ndim != 2 or embeddings.shape[1] != manifest.dim:
-        raise TusouError(
-            f"{path} is damaged (its vectors are {embeddings.dtype} {' × '.join(map(str, embeddings.shape))}, "
-            f"the manifest says float16 × {manifest.dim}): {fix}"
-        )
-    return embeddings
-
-
 def open_vectors(directory: Path, manifest: Manifest) -> tuple[list[CatalogItem], np.ndarray]:
     """Catalog and embeddings, checked against each other and the manifest.
 
@@ -121,7 +94,7 @@ def open_vectors(directory: Path, manifest: Manifest) -> tuple[list[CatalogItem]
     fix = rebuild_hint(directory)
     paths = data_paths(directory, manifest)
     items = read_catalog(paths["catalog"], fix)
-    embeddings = open_embeddings(paths["embeddings"], manifest, fix)
+    embeddings = arrays.read_array(paths["embeddings"], np.float16, 2, fix, manifest.dim)
     if not manifest.count == len(items) == len(embeddings):
         raise TusouError(
             f"{directory} is inconsistent (item counts: manifest {manifest.count}, catalog {len(items)}, "
