@@ -238,9 +238,8 @@ def _commit(directory: Path, change: Change) -> tuple[float, int]:
     """Seconds and bytes of committing `change` as a build would (indexer.commit), model excluded."""
     catalog = Catalog(directory / CATALOG)
     try:
-        generation = int(catalog.setting("generation", 0)) + 1
         before = _written()
-        seconds, _ = timed(lambda: commit_change(directory, catalog, DIM, change, generation, progress=False))
+        seconds, _ = timed(lambda: commit_change(directory, catalog, DIM, change, progress=False))
         return seconds, _written() - before
     finally:
         catalog.close()

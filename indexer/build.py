@@ -265,7 +265,7 @@ def _commit(
     if previous is None:
         create_index(out, ref, dim, change, progress)
     elif not change.empty:  # a new layout alone is recorded by the merge it asks for (_merge)
-        commit_change(out, previous.catalog, dim, change, previous.generation + 1, progress)
+        commit_change(out, previous.catalog, dim, change, progress)
     return summary
 
 

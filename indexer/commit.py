@@ -13,7 +13,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from indexer.merge_policy import segment_type
 from indexer.plan import Layout
 from indexer.segment_writer import write_deletions, write_segment
 from retrieval.errors import TusouError
-from retrieval.store.catalog import Catalog, SegmentRow, drop_items, item_values, put_items, put_segment, put_setting
+from retrieval.store.catalog import Catalog, SegmentRow, bump_generation, drop_items, item_values, put_items, put_segment, put_setting
 from retrieval.store.faults import kill_point
 from retrieval.store.manifest import Manifest, rebuild_hint, write_manifest
 from retrieval.store.model_ref import ModelRef
@@ -49,10 +48,6 @@ class Change:
         return not (self.items or self.removed or self.replaced)
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def create_index(directory: Path, model: ModelRef, dim: int, change: Change, progress: bool) -> None:
     """A new index: segment 1 of the layout's type, the catalog, then the manifest (its commit)."""
     layout = change.layout
@@ -61,15 +56,18 @@ def create_index(directory: Path, model: ModelRef, dim: int, change: Change, pro
     try:
         with catalog.transaction() as db:
             _put(db, change, [segment], segment.id)
-            put_settings(db, {"generation": 1, "next_segment": 2})
+            put_settings(db, {"next_segment": 2})
+            bump_generation(db)
+        created = str(catalog.setting("updated"))
     finally:
         catalog.close()
-    write_manifest(directory, Manifest(model, dim, created=utc_now()))
+    write_manifest(directory, Manifest(model, dim, created=created))
 
 
-def commit_change(directory: Path, catalog: Catalog, dim: int, change: Change, generation: int, progress: bool) -> None:
-    """One change of an existing index, committed as generation `generation` in one transaction;
+def commit_change(directory: Path, catalog: Catalog, dim: int, change: Change, progress: bool) -> None:
+    """One change of an existing index, committed as its next generation in one transaction;
     afterwards, the deletion records it superseded are deleted."""
+    generation = int(catalog.setting("generation", 0)) + 1  # what bump_generation will commit; names the deletion records
     segments = {row.id: row for row in catalog.segments()}
     unnamed = sorted(set(change.replaced) - set(segments))
     if unnamed:
@@ -83,7 +81,8 @@ def commit_change(directory: Path, catalog: Catalog, dim: int, change: Change, g
     with catalog.transaction() as db:
         _put(db, change, written, number)
         drop_items(db, change.removed)
-        put_settings(db, {"generation": generation, "next_segment": number + 1 if change.items else number})
+        put_settings(db, {"next_segment": number + 1 if change.items else number})
+        bump_generation(db)
     for old in (segments[s].files.get("deleted") for s in sorted(change.replaced)):
         if old is not None:
             (directory / old).unlink(missing_ok=True)
@@ -100,7 +99,7 @@ def _put(db: sqlite3.Connection, change: Change, segments: list[SegmentRow], seg
     for row in segments:
         put_segment(db, row)
     put_items(db, (item_values(item, segment, row) for row, item in enumerate(change.items)))
-    put_settings(db, {"next_id": change.next_id, "updated": utc_now(), "layout": asdict(change.layout)})
+    put_settings(db, {"next_id": change.next_id, "layout": asdict(change.layout)})
 
 
 def put_settings(db: sqlite3.Connection, values: dict[str, object]) -> None:

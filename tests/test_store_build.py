@@ -110,7 +110,7 @@ def test_an_update_writes_bytes_in_proportion_to_the_change_not_the_collection(t
         items = [CatalogItem(f"/photos/new/{first_id + i:07d}.jpg", 1, 1, "0" * 64, 640, 480, id=first_id + i) for i in range(k)]
         vectors = space.array(k, stream=generation).astype(np.float16)
         change = Change(items, lambda out: np.copyto(out, vectors), first_id + k, Layout("flat", None), removed=[generation], replaced={1: [generation]})
-        return _written(lambda: commit_change(tmp_path / "index", catalog, DIM, change, generation, progress=False))
+        return _written(lambda: commit_change(tmp_path / "index", catalog, DIM, change, progress=False))
 
     written = {1: add(1, 20_000, 2), 1000: add(1000, 20_001, 3)}
     catalog.close()
@@ -205,7 +205,7 @@ def test_info_answers_from_the_manifest_and_the_catalog_counts(tmp_path, capsys)
     new = [CatalogItem("/photos/new.jpg", 1, 1, "0", 1, 1, id=300)]
     vector = space.array(1, stream=5).astype(np.float16)
     change = Change(new, lambda out: np.copyto(out, vector), 301, Layout("flat", None), removed=[7, 8], replaced={1: [7, 8]})
-    commit_change(tmp_path / "index", catalog, DIM, change, 2, progress=False)
+    commit_change(tmp_path / "index", catalog, DIM, change, progress=False)
     catalog.close()
 
     info = summary(tmp_path / "index")
