@@ -120,13 +120,13 @@ class Searcher:
         """Items in the index as its last commit left it."""
         return len(self.store.view())
 
-    def _results(self, view: View, hits: Sequence[Hit], first_rank: int = 1) -> list[SearchResult]:
+    def _results(self, view: View, hits: Sequence[Hit]) -> list[SearchResult]:
         """Results for `hits` (positions in `view`), their catalog rows read in one query."""
         ids = view.ids(np.array([h.row for h in hits] + [f for h in hits for f in h.folded], dtype=np.int64))
         rows = self.store.catalog.items(ids.tolist())
         hit_ids, folded_ids = ids[: len(hits)], iter(ids[len(hits) :])
         results = []
-        for number, (hit, item_id) in enumerate(zip(hits, hit_ids), first_rank):
+        for number, (hit, item_id) in enumerate(zip(hits, hit_ids), 1):
             row = rows.get(int(item_id))
             if row is None:  # deleted by a commit after this view was taken: its vector is still here, its row not
                 continue
