@@ -19,11 +19,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from indexer import space
 from indexer.commit import Change, commit_change, create_index
 from indexer.convert import convert
 from indexer.decode import units_of
 from indexer.engine import Engine, Work
-from indexer.leftovers import CATALOG_FILES, TEMPORARY_FILE, remove_leftovers
+from indexer.leftovers import CATALOG_FILES, TEMPORARY_FILE, remove_leftovers, removed_on_failure
 from indexer.merge import merge_all, merge_as_policy_says
 from indexer.plan import BuildPlan, Layout
 from indexer.sources import SourceFile, describe_extensions, scan
@@ -98,7 +99,7 @@ def build_index(plan: BuildPlan) -> BuildSummary:
     created = not out.exists()
     engine = plan.engine()
     try:
-        with build_lock(out), engine.session():
+        with space.reported(out, "run the build again: it resumes from what it staged"), build_lock(out), engine.session():
             return _build(plan, engine)
     except BaseException:
         if created and out.is_dir() and set(os.listdir(out)) <= {".lock"}:
@@ -110,16 +111,17 @@ def _build(plan: BuildPlan, engine: Engine) -> BuildSummary:
     """Scan, embed what is new or changed into the staging, commit the change; under the build lock."""
     out = plan.out
     remove_leftovers(out)
-    if (out / MANIFEST).is_file():
-        if plan.model_name or plan.model:  # another model's name is refused before anything is written or loaded
-            check_model(read_manifest(out), out, plan.model_name or plan.model.name)
-        convert(out, plan.progress)
-    previous = _previous(out)
-    try:
-        return _update(plan, engine, previous)
-    finally:
-        if previous:
-            previous.close()
+    with removed_on_failure(out):
+        if (out / MANIFEST).is_file():
+            if plan.model_name or plan.model:  # another model's name is refused before anything is written or loaded
+                check_model(read_manifest(out), out, plan.model_name or plan.model.name)
+            convert(out, plan.progress)
+        previous = _previous(out)
+        try:
+            return _update(plan, engine, previous)
+        finally:
+            if previous:
+                previous.close()
 
 
 def _previous(out: Path) -> Store | None:
@@ -148,19 +150,32 @@ def _update(plan: BuildPlan, engine: Engine, previous: Store | None) -> BuildSum
         raise TusouError(f"no images found under {shown} (looked for {describe_extensions()})")
     staging = Staging(out / "staging", ref)
     scanned = _Scanned.against(files, old)
+    space.expect(_expected_bytes(scanned, model.dim, layout, plan.checkpoint_every))
     try:
-        skipped += engine.embed(model, ref, _work(scanned, staging), staging)
+        try:
+            skipped += engine.embed(model, ref, _work(scanned, staging), staging)
+        finally:
+            staging.flush()
+        scanned = replace(scanned, files=_listed(files, _staged_members(files, staging)))
+        summary = _commit(out, previous, ref, model.dim, scanned, staging, layout, built, plan.progress)
+        summary.embedded = staging.added
+        summary.resumed = max(0, summary.added + summary.updated - staging.added)  # a retried Ray task can deliver twice
+        kill_point("committed")
     finally:
-        staging.flush()
-    scanned = replace(scanned, files=_listed(files, _staged_members(files, staging)))
-    summary = _commit(out, previous, ref, model.dim, scanned, staging, layout, built, plan.progress)
-    summary.embedded = staging.added
-    summary.resumed = max(0, summary.added + summary.updated - staging.added)  # a retried Ray task can deliver twice
-    kill_point("committed")
+        staging.close()
     staging.clear()
     _merge(out, layout, built, plan.progress)
     summary.skipped = [asdict(item) for item in skipped]
     return summary
+
+
+def _expected_bytes(scanned: _Scanned, dim: int, layout: Layout, chunk_rows: int) -> int:
+    """What the rest of the build writes at most: every new or changed image staged, then the segment
+    and catalog rows of the commit (the merges after it say what they need themselves)."""
+    changed = [path for path in scanned.files if path not in scanned.unchanged]
+    paths = space.path_bytes(changed)
+    commit = space.segment_bytes(len(changed), dim, layout.requested) + space.sqlite_bytes(len(changed), paths)
+    return space.staging_bytes(len(changed), paths, dim, chunk_rows) + commit
 
 
 def _merge(out: Path, layout: Layout, built: Layout | None, progress: bool) -> None:

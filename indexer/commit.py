@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer import space
 from indexer.faiss_build import FLAT_UP_TO
 from indexer.plan import Layout
 from indexer.segment_writer import write_deletions, write_segment
@@ -56,6 +57,7 @@ def utc_now() -> str:
 def create_index(directory: Path, model: ModelRef, dim: int, change: Change, progress: bool) -> None:
     """A new index: segment 1 of the layout's type, the catalog, then the manifest (its commit)."""
     layout = change.layout
+    space.expect(_change_bytes(change, dim, layout.requested))
     segment = write_segment(directory, 1, _ids(change), dim, change.fill, layout.requested, layout.max_memory, progress)
     catalog = Catalog(directory / CATALOG, create=True)
     try:
@@ -76,8 +78,10 @@ def commit_change(directory: Path, catalog: Catalog, dim: int, change: Change, g
         raise TusouError(f"{catalog.path} is damaged (items in segment {unnamed[0]}, which it does not name): {rebuild_hint(directory)}")
     written: list[SegmentRow] = []
     number = int(catalog.setting("next_segment", max(segments, default=0) + 1))
+    kind = "flat" if segments and len(change.items) <= FLAT_UP_TO else change.layout.requested
+    deletions = sum(8 * (segments[s].deleted + len(rows)) + space.BLOCK for s, rows in change.replaced.items())
+    space.expect(_change_bytes(change, dim, kind) + deletions)
     if change.items:
-        kind = "flat" if segments and len(change.items) <= FLAT_UP_TO else change.layout.requested
         written.append(write_segment(directory, number, _ids(change), dim, change.fill, kind, change.layout.max_memory, progress))
     written += [write_deletions(directory, segments[s], rows, generation) for s, rows in sorted(change.replaced.items())]
     with catalog.transaction() as db:
@@ -88,6 +92,12 @@ def commit_change(directory: Path, catalog: Catalog, dim: int, change: Change, g
         if old is not None:
             (directory / old).unlink(missing_ok=True)
             kill_point("cleanup")
+
+
+def _change_bytes(change: Change, dim: int, kind: str) -> int:
+    """The new segment's files and the catalog rows of its items."""
+    paths = space.path_bytes(item.path for item in change.items)
+    return space.segment_bytes(len(change.items), dim, kind) + space.sqlite_bytes(len(change.items), paths)
 
 
 def _ids(change: Change) -> np.ndarray:
