@@ -274,7 +274,7 @@ def _commit(
     kill_point("commit")
     summary = BuildSummary(index=str(out))
     next_id = int(previous.catalog.setting("next_id", 0)) if previous else 0
-    change = _change(scanned, staging, next_id, layout, summary)
+    change = _change(scanned, staging, next_id, layout, built, summary)
     summary.removed = sum(1 for path in scanned.old if path not in scanned.files)
     summary.total = summary.unchanged + summary.added + summary.updated
     if previous is None:
@@ -284,7 +284,7 @@ def _commit(
     return summary
 
 
-def _change(scanned: _Scanned, staging: Staging, next_id: int, layout: Layout, summary: BuildSummary) -> Change:
+def _change(scanned: _Scanned, staging: Staging, next_id: int, layout: Layout, built: Layout | None, summary: BuildSummary) -> Change:
     """What the build changes: staged images become the new segment's items in path order (changed
     ones keep their ids, new ones get new ids); every other image not unchanged leaves, and the old
     rows of both are deleted. Counted into `summary`."""
@@ -303,7 +303,7 @@ def _change(scanned: _Scanned, staging: Staging, next_id: int, layout: Layout, s
             item_id, next_id = next_id, next_id + 1
             summary.added += 1
         items.append(CatalogItem(id=item_id, **asdict(record)))
-    change = Change(items, lambda out: staging.copy_vectors({item.path: row for row, item in enumerate(items)}, out), next_id, layout)
+    change = Change(items, lambda out: staging.copy_vectors({item.path: row for row, item in enumerate(items)}, out), next_id, layout, built)
     staged = {item.id for item in items}
     for path, (item, segment, row) in scanned.old.items():
         if path not in scanned.unchanged:

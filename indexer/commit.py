@@ -40,6 +40,11 @@ class Change:
     next_id: int
     """The first id no item has had: ids are never reused."""
     layout: Layout
+    """What the new segment is built as."""
+    recorded: Layout | None = None
+    """The layout setting the commit leaves (None: `layout`). A build asked for a new layout records the
+    one the segments are built as until the merge of everything into the new one records that: a build
+    interrupted between the two (killed, out of space) still asks for the merge when run again."""
     removed: list[int] = field(default_factory=list)
     """Ids of items that leave the index."""
     replaced: dict[int, list[int]] = field(default_factory=dict)
@@ -110,7 +115,7 @@ def _put(db: sqlite3.Connection, change: Change, segments: list[SegmentRow], seg
     for row in segments:
         put_segment(db, row)
     put_items(db, (item_values(item, segment, row) for row, item in enumerate(change.items)))
-    put_settings(db, {"next_id": change.next_id, "updated": utc_now(), "layout": asdict(change.layout)})
+    put_settings(db, {"next_id": change.next_id, "updated": utc_now(), "layout": asdict(change.recorded or change.layout)})
 
 
 def put_settings(db: sqlite3.Connection, values: dict[str, object]) -> None:
