@@ -20,6 +20,7 @@ import subprocess
 import sys
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -273,6 +274,34 @@ def test_an_update_out_of_space_keeps_the_old_index_searchable_and_resumes(small
 
     phases = sweep(small_disk, start, lambda: build_index(plan(folder, out, tiny_model)), failed, resumed)
     assert {"staging", "segment", "deletion", "catalog", "merge"} <= set(phases), phases
+
+
+def test_a_new_index_type_out_of_space_in_its_merge_still_gets_it_when_run_again(small_disk, tmp_path, tiny_model):
+    """`tusou index --index-type hnsw` on a flat index: the build's commit, then the merge of everything
+    into one hnsw segment, a transaction of its own. Run out between the two, the re-run still merges."""
+    folder, out, reference, built = tmp_path / "photos", small_disk / "index", tmp_path / "reference", tmp_path / "built"
+    write_images(folder, 40)
+    build_index(plan(folder, built, tiny_model))
+    shutil.copytree(built, reference)
+    draw(500).save(folder / "one_more.png")
+    hnsw = lambda directory: replace(plan(folder, directory, tiny_model), index_type="hnsw")  # noqa: E731
+    build_index(hnsw(reference))
+    assert [row.index_entry.type for row in read_back(reference).segments] == ["hnsw"]
+
+    def start() -> None:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(built, out)
+
+    def failed(error: TusouError) -> None:
+        assert_one_line(error, out, BUILD_AGAIN)
+        leave_free(small_disk, ROOM)
+        assert_nothing_partial(out)
+
+    def resumed(phase: str, summary: BuildSummary) -> None:
+        assert_same_index(out, reference)
+
+    phases = sweep(small_disk, start, lambda: build_index(hnsw(out)), failed, resumed)
+    assert {"staging", "catalog", "merge"} <= set(phases), phases
 
 
 @pytest.mark.parametrize("version, phase", [(1, "conversion"), (2, "merge")])
