@@ -3,10 +3,11 @@ names the index directory and about how much space is needed, nothing partial le
 state searchable, and the re-run once space is freed ends equal to a build that had room.
 
 The index lives on a small tmpfs the test mounts (so only as root; skipped otherwise), filled with a
-ballast file so that each attempt starts with exactly so many bytes free. Each test climbs: it runs
-the write with no byte free and, after each failure, frees one more page and runs it again, so the
-write runs out of space at every page it writes, in each of its steps — and every re-run resumes
-from what the failed one kept. The images and the reference indexes are on the ordinary disk.
+ballast file so that each attempt starts with exactly so many bytes free. Each test sweeps: from the
+same starting state each time, it runs the write with 0, 1, 2, ... pages free until it succeeds, so
+the write runs out of space at every page it writes, in each of its steps; at the first failure in
+each step it frees room and runs the write again, which must resume from what the failed one kept.
+The images and the reference indexes are on the ordinary disk.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ DISK = 4 * 1024 * 1024
 ROOM = 1024 * 1024
 """Free space for the checks between attempts (opening SQLite needs some)."""
 TUSOU = str(Path(sys.executable).with_name("tusou"))
-QUERIES = ["红色的圆", "两个绿色的正方形", "一只猫在草地上"]
 FULL = re.compile(r"no space left on the disk holding (.+): about [\d.]+ (KB|MB|GB) free needed there; free some space and (.+)")
 PHASES = [
     ("merge_segments", "merge"), ("convert", "conversion"), ("Staging.flush", "staging"), ("Staging._create", "staging"),
