@@ -19,11 +19,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from indexer import space
 from indexer.commit import Change, commit_change, create_index
 from indexer.convert import convert
 from indexer.decode import units_of
 from indexer.engine import Engine, Work
-from indexer.leftovers import CATALOG_FILES, TEMPORARY_FILE, remove_leftovers
+from indexer.leftovers import CATALOG_FILES, TEMPORARY_FILE, remove_leftovers, removed_on_failure
 from indexer.merge import merge_all, merge_as_policy_says
 from indexer.plan import BuildPlan, Layout
 from indexer.sources import SourceFile, describe_extensions, scan
@@ -98,7 +99,7 @@ def build_index(plan: BuildPlan) -> BuildSummary:
     created = not out.exists()
     engine = plan.engine()
     try:
-        with build_lock(out), engine.session():
+        with space.reported(out, "run the build again: it resumes from what it staged"), build_lock(out), engine.session():
             return _build(plan, engine)
     except BaseException:
         if created and out.is_dir() and set(os.listdir(out)) <= {".lock"}:
@@ -110,16 +111,17 @@ def _build(plan: BuildPlan, engine: Engine) -> BuildSummary:
     """Scan, embed what is new or changed into the staging, commit the change; under the build lock."""
     out = plan.out
     remove_leftovers(out)
-    if (out / MANIFEST).is_file():
-        if plan.model_name or plan.model:  # another model's name is refused before anything is written or loaded
-            check_model(read_manifest(out), out, plan.model_name or plan.model.name)
-        convert(out, plan.progress)
-    previous = _previous(out)
-    try:
-        return _update(plan, engine, previous)
-    finally:
-        if previous:
-            previous.close()
+    with removed_on_failure(out):
+        if (out / MANIFEST).is_file():
+            if plan.model_name or plan.model:  # another model's name is refused before anything is written or loaded
+                check_model(read_manifest(out), out, plan.model_name or plan.model.name)
+            convert(out, plan.progress)
+        previous = _previous(out)
+        try:
+            return _update(plan, engine, previous)
+        finally:
+            if previous:
+                previous.close()
 
 
 def _previous(out: Path) -> Store | None:
@@ -148,19 +150,32 @@ def _update(plan: BuildPlan, engine: Engine, previous: Store | None) -> BuildSum
         raise TusouError(f"no images found under {shown} (looked for {describe_extensions()})")
     staging = Staging(out / "staging", ref)
     scanned = _Scanned.against(files, old)
+    space.expect(_expected_bytes(scanned, model.dim, layout, plan.checkpoint_every))
     try:
-        skipped += engine.embed(model, ref, _work(scanned, staging), staging)
+        try:
+            skipped += engine.embed(model, ref, _work(scanned, staging), staging)
+        finally:
+            staging.flush()
+        scanned = replace(scanned, files=_listed(files, _staged_members(files, staging)))
+        summary = _commit(out, previous, ref, model.dim, scanned, staging, layout, built, plan.progress)
+        summary.embedded = staging.added
+        summary.resumed = max(0, summary.added + summary.updated - staging.added)  # a retried Ray task can deliver twice
+        kill_point("committed")
     finally:
-        staging.flush()
-    scanned = replace(scanned, files=_listed(files, _staged_members(files, staging)))
-    summary = _commit(out, previous, ref, model.dim, scanned, staging, layout, built, plan.progress)
-    summary.embedded = staging.added
-    summary.resumed = max(0, summary.added + summary.updated - staging.added)  # a retried Ray task can deliver twice
-    kill_point("committed")
+        staging.close()
     staging.clear()
     _merge(out, layout, built, plan.progress)
     summary.skipped = [asdict(item) for item in skipped]
     return summary
+
+
+def _expected_bytes(scanned: _Scanned, dim: int, layout: Layout, chunk_rows: int) -> int:
+    """What the rest of the build writes at most: every new or changed image staged, then the segment
+    and catalog rows of the commit (the merges after it say what they need themselves)."""
+    changed = [path for path in scanned.files if path not in scanned.unchanged]
+    paths = space.path_bytes(changed)
+    commit = space.segment_bytes(len(changed), dim, layout.requested) + space.sqlite_bytes(len(changed), paths)
+    return space.staging_bytes(len(changed), paths, dim, chunk_rows) + commit
 
 
 def _merge(out: Path, layout: Layout, built: Layout | None, progress: bool) -> None:
@@ -259,7 +274,7 @@ def _commit(
     kill_point("commit")
     summary = BuildSummary(index=str(out))
     next_id = int(previous.catalog.setting("next_id", 0)) if previous else 0
-    change = _change(scanned, staging, next_id, layout, summary)
+    change = _change(scanned, staging, next_id, layout, built, summary)
     summary.removed = sum(1 for path in scanned.old if path not in scanned.files)
     summary.total = summary.unchanged + summary.added + summary.updated
     if previous is None:
@@ -269,7 +284,7 @@ def _commit(
     return summary
 
 
-def _change(scanned: _Scanned, staging: Staging, next_id: int, layout: Layout, summary: BuildSummary) -> Change:
+def _change(scanned: _Scanned, staging: Staging, next_id: int, layout: Layout, built: Layout | None, summary: BuildSummary) -> Change:
     """What the build changes: staged images become the new segment's items in path order (changed
     ones keep their ids, new ones get new ids); every other image not unchanged leaves, and the old
     rows of both are deleted. Counted into `summary`."""
@@ -288,7 +303,7 @@ def _change(scanned: _Scanned, staging: Staging, next_id: int, layout: Layout, s
             item_id, next_id = next_id, next_id + 1
             summary.added += 1
         items.append(CatalogItem(id=item_id, **asdict(record)))
-    change = Change(items, lambda out: staging.copy_vectors({item.path: row for row, item in enumerate(items)}, out), next_id, layout)
+    change = Change(items, lambda out: staging.copy_vectors({item.path: row for row, item in enumerate(items)}, out), next_id, layout, built)
     staged = {item.id for item in items}
     for path, (item, segment, row) in scanned.old.items():
         if path not in scanned.unchanged:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer import space
 from indexer.merge_policy import segment_type
 from indexer.plan import Layout
 from indexer.segment_writer import write_deletions, write_segment
@@ -38,6 +39,11 @@ class Change:
     next_id: int
     """The first id no item has had: ids are never reused."""
     layout: Layout
+    """What the new segment is built as."""
+    recorded: Layout | None = None
+    """The layout setting the commit leaves (None: `layout`). A build asked for a new layout records the
+    one the segments are built as until the merge of everything into the new one records that: a build
+    interrupted between the two (killed, out of space) still asks for the merge when run again."""
     removed: list[int] = field(default_factory=list)
     """Ids of items that leave the index."""
     replaced: dict[int, list[int]] = field(default_factory=dict)
@@ -51,6 +57,7 @@ class Change:
 def create_index(directory: Path, model: ModelRef, dim: int, change: Change, progress: bool) -> None:
     """A new index: segment 1 of the layout's type, the catalog, then the manifest (its commit)."""
     layout = change.layout
+    space.expect(_change_bytes(change, dim, layout.requested))
     segment = write_segment(directory, 1, _ids(change), dim, change.fill, layout.requested, layout.max_memory, progress)
     catalog = Catalog(directory / CATALOG, create=True)
     try:
@@ -74,8 +81,10 @@ def commit_change(directory: Path, catalog: Catalog, dim: int, change: Change, p
         raise TusouError(f"{catalog.path} is damaged (items in segment {unnamed[0]}, which it does not name): {rebuild_hint(directory)}")
     written: list[SegmentRow] = []
     number = int(catalog.setting("next_segment", max(segments, default=0) + 1))
+    kind = segment_type(len(change.items), change.layout.requested) if segments else change.layout.requested
+    deletions = sum(8 * (segments[s].deleted + len(rows)) + space.BLOCK for s, rows in change.replaced.items())
+    space.expect(_change_bytes(change, dim, kind) + deletions)
     if change.items:
-        kind = segment_type(len(change.items), change.layout.requested) if segments else change.layout.requested
         written.append(write_segment(directory, number, _ids(change), dim, change.fill, kind, change.layout.max_memory, progress))
     written += [write_deletions(directory, segments[s], rows, generation) for s, rows in sorted(change.replaced.items())]
     with catalog.transaction() as db:
@@ -89,6 +98,12 @@ def commit_change(directory: Path, catalog: Catalog, dim: int, change: Change, p
             kill_point("cleanup")
 
 
+def _change_bytes(change: Change, dim: int, kind: str) -> int:
+    """The new segment's files and the catalog rows of its items."""
+    paths = space.path_bytes(item.path for item in change.items)
+    return space.segment_bytes(len(change.items), dim, kind) + space.sqlite_bytes(len(change.items), paths)
+
+
 def _ids(change: Change) -> np.ndarray:
     return np.array([item.id for item in change.items], dtype=np.int64)
 
@@ -99,7 +114,7 @@ def _put(db: sqlite3.Connection, change: Change, segments: list[SegmentRow], seg
     for row in segments:
         put_segment(db, row)
     put_items(db, (item_values(item, segment, row) for row, item in enumerate(change.items)))
-    put_settings(db, {"next_id": change.next_id, "layout": asdict(change.layout)})
+    put_settings(db, {"next_id": change.next_id, "layout": asdict(change.recorded or change.layout)})
 
 
 def put_settings(db: sqlite3.Connection, values: dict[str, object]) -> None:

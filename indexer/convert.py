@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from indexer import space
 from indexer.commit import put_settings
 from indexer.metadata import read_metadata
 from indexer.segment_writer import segment_files
@@ -52,6 +53,7 @@ def convert(directory: Path, progress: bool = True, check_faiss: bool = True) ->
     items, _ = open_vectors(directory, manifest)
     if check_faiss:
         read_faiss(directory, manifest, mmap=True)
+    space.expect(8 * len(items) + space.sqlite_bytes(len(items), space.path_bytes(item.path for item in items)))
     segment = _segment(directory, manifest, items)
     catalog = Catalog(directory / CATALOG, create=True)
     try:

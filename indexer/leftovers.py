@@ -9,9 +9,13 @@ them here before it starts, so they never pile up or get mistaken for part of th
 from __future__ import annotations
 
 import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from indexer.segment_writer import SEGMENT_FILE, remove_unnamed
+from retrieval.errors import TusouError
 from retrieval.store.atomic import TEMPORARY_FILE
 from retrieval.store.catalog import SEGMENTS_DIR, Catalog
 from retrieval.store.manifest import MANIFEST, read_manifest
@@ -42,6 +46,22 @@ def remove_leftovers(directory: Path) -> list[str]:
     if (directory / SEGMENTS_DIR).is_dir() and not any((directory / SEGMENTS_DIR).iterdir()):
         (directory / SEGMENTS_DIR).rmdir()
     return removed
+
+
+@contextmanager
+def removed_on_failure(directory: Path) -> Iterator[None]:
+    """Around a writer's work under the build lock: if it fails (a full disk, an interrupt, a bad
+    input), the files it wrote that no commit names are deleted on its way out, not left for the
+    next writer. The error stays the one raised: a sweep that fails as well (a disk too full even
+    to open the catalog, a damaged one) leaves them to the next writer's sweep."""
+    try:
+        yield
+    except BaseException:
+        try:
+            remove_leftovers(directory)
+        except (OSError, sqlite3.Error, TusouError):
+            pass
+        raise
 
 
 def _unlinked(directory: Path, paths: list[Path]) -> list[str]:

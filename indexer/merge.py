@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer import space
 from indexer.faiss_build import plan_index
 from indexer.merge_policy import plan_merges, segment_type
 from indexer.plan import Layout
@@ -89,6 +90,7 @@ def merge_segments(
         if len(ids):
             plan_index(len(ids), dim, layout.requested, layout.max_memory)  # a type that cannot be built is refused before any copy
             number = max(int(catalog.setting("next_segment", 0)), max(row.id for row in catalog.segments()) + 1)
+            space.expect(space.segment_bytes(len(ids), dim, layout.requested) + catalog.path.stat().st_size)  # its WAL rewrites at most every page
             fill = lambda out: _copy(sources, out)  # noqa: E731
             merged = write_segment(directory, number, ids, dim, fill, layout.requested, layout.max_memory, progress)
         kill_point("merge")

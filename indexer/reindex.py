@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from indexer import space
 from indexer.build import build_lock
 from indexer.convert import convert
-from indexer.leftovers import remove_leftovers
+from indexer.leftovers import remove_leftovers, removed_on_failure
 from indexer.merge import merge_all, stored_layout
 from retrieval.store.catalog import Catalog
 from retrieval.store.manifest import IndexEntry, read_manifest
@@ -39,14 +40,15 @@ def reindex(directory: str | Path, index_type: str | None = None, max_memory: in
     index's layout says)."""
     directory = Path(directory)
     read_manifest(directory)  # a clear error before taking the lock in a folder that is no index
-    with build_lock(directory):
+    with space.reported(directory, "run the reindex again"), build_lock(directory):
         remove_leftovers(directory)
-        converted = convert(directory, progress, check_faiss=False)  # the FAISS file is what a reindex may repair
-        catalog = Catalog(directory / CATALOG)
-        try:
-            rows = catalog.segments()
-            layout = stored_layout(catalog)
-            merged = merge_all(directory, catalog, index_type or layout.requested, max_memory or layout.max_memory, progress)
-        finally:
-            catalog.close()
+        with removed_on_failure(directory):
+            converted = convert(directory, progress, check_faiss=False)  # the FAISS file is what a reindex may repair
+            catalog = Catalog(directory / CATALOG)
+            try:
+                rows = catalog.segments()
+                layout = stored_layout(catalog)
+                merged = merge_all(directory, catalog, index_type or layout.requested, max_memory or layout.max_memory, progress)
+            finally:
+                catalog.close()
     return Reindexed(merged.count, len(rows), merged.index_entry, converted)

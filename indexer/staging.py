@@ -32,6 +32,7 @@ import numpy as np
 
 from indexer.sources import SourceFile
 from retrieval.store.atomic import atomic_write, atomic_write_text, fsync_dir
+from retrieval.store.catalog import transaction
 from retrieval.store.faults import kill_point
 from retrieval.store.model_ref import ModelRef
 from retrieval.store.records import ImageRecord
@@ -127,19 +128,32 @@ class Staging:
 
         atomic_write(self._chunk(number), write)
         kill_point("chunk")  # the chunk is in place, no record names it yet
-        with db:  # one transaction
-            db.executemany(INSERT, ((*_values(item), number, row) for row, (item, _) in enumerate(self.pending)))
+        try:
+            with transaction(db):
+                db.executemany(INSERT, ((*_values(item), number, row) for row, (item, _) in enumerate(self.pending)))
+        except BaseException:  # a full disk, say: the chunk no record names goes now, not at the next build
+            self._chunk(number).unlink(missing_ok=True)
+            raise
         self.pending = []
         kill_point("staged")
 
     def _create(self) -> sqlite3.Connection:
-        """A new staging: its model first (a records file only counts beside it), then the empty records."""
+        """A new staging: its model first (a records file only counts beside it), then the empty records.
+        A creation that fails (a full disk) removes what it made: there was no staging before it."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.directory / "model.json", json.dumps(self.model))
-        self._db = _connect(self.directory / RECORDS)
-        self._db.executescript(SCHEMA)
-        fsync_dir(self.directory)
-        return self._db
+        db = None
+        try:
+            atomic_write_text(self.directory / "model.json", json.dumps(self.model))
+            db = _connect(self.directory / RECORDS)
+            db.executescript(SCHEMA)
+            fsync_dir(self.directory)
+        except BaseException:
+            if db is not None:
+                db.close()
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+        self._db = db
+        return db
 
     def copy_vectors(self, rows: dict[str, int], out: np.ndarray) -> None:
         """out[rows[path]] = the staged vector of path, for every path in `rows`, reading each chunk once."""
@@ -155,10 +169,14 @@ class Staging:
         if copied != len(rows):
             raise KeyError(f"{len(rows) - copied} of the images to copy are not staged")
 
-    def clear(self) -> None:
+    def close(self) -> None:
+        """Close the records (what was flushed stays staged for the next build)."""
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    def clear(self) -> None:
+        self.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 

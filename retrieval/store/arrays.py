@@ -7,6 +7,7 @@ file is one line naming it and the fix, never a traceback (or a wrong answer) la
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 from retrieval.errors import TusouError
 from retrieval.store import ann
 from retrieval.store.atomic import atomic_write
+from retrieval.store.full_disk import FULL_ERRNOS
 from retrieval.store.index_types import INDEX_TYPES
 
 
@@ -86,12 +88,28 @@ def write_vectors(path: Path, shape: tuple[int, int], fill: Callable[[np.ndarray
 
     def write(tmp: Path) -> None:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        _allocate(tmp)
         fill(out)
         out.flush()
         del out
 
     atomic_write(path, write)
     return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _allocate(path: Path) -> None:
+    """Give the (sparse) file at `path` all its blocks now. Pages written through a mapping get their
+    blocks only when written, and on a full disk the kernel answers that with SIGBUS, which kills the
+    build where it stands; allocated first, a full disk is an ENOSPC here instead. A file system that
+    cannot allocate ahead keeps the sparse file, as before."""
+    if not hasattr(os, "posix_fallocate"):  # not on macOS
+        return
+    with open(path, "rb+") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno in FULL_ERRNOS:
+                raise
 
 
 def write_array(path: Path, array: np.ndarray) -> None:
@@ -103,7 +121,15 @@ def write_array(path: Path, array: np.ndarray) -> None:
 
 
 def write_faiss(path: Path, index: faiss.Index) -> None:
-    atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
+    """Through Python's writes, not faiss's own file writer: that one ignores the error of its last
+    buffered write (its fclose is not checked), so on a full disk it could leave a truncated file
+    and report success; a Python write raises the ENOSPC."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
+
+    atomic_write(path, write)
 
 
 def tuned(index: faiss.Index, search: dict) -> faiss.Index:

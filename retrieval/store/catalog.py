@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +25,7 @@ import numpy as np
 
 from retrieval.errors import TusouError
 from retrieval.search.filters import Filters, distance_km
+from retrieval.store.full_disk import DiskFull, is_full_disk
 from retrieval.store.manifest import IndexEntry, check_index_entry, plain_name, rebuild_hint
 from retrieval.store.records import CatalogItem, folder_of, mtime_taken
 
@@ -167,6 +168,8 @@ class Catalog:
         try:
             yield
         except sqlite3.DatabaseError as exc:
+            if is_full_disk(exc):  # a healthy catalog on a full disk: not damage
+                raise DiskFull(self.path.parent) from exc
             raise TusouError(f"{self.path} is damaged ({exc}): {rebuild_hint(self.path.parent)}") from None
 
     @classmethod
@@ -198,16 +201,9 @@ class Catalog:
             self._connections.clear()
         self._local = threading.local()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One atomic change: everything inside is committed together or not at all."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        return transaction(self.db)
 
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -307,6 +303,20 @@ class Catalog:
         segments, starts = np.unique(packed >> 32, return_index=True)
         rows = packed & 0xFFFFFFFF
         return {int(s): part for s, part in zip(segments, np.split(rows, starts[1:]))}
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One atomic change on `db`, its COMMIT included: a failure anywhere rolls it back, unless SQLite
+    did already (it does on SQLITE_FULL, and a second ROLLBACK would hide the real error)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def put_items(db: sqlite3.Connection, rows: Iterable[tuple]) -> None:
