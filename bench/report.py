@@ -22,12 +22,33 @@ def latencies(call: Callable[[object], object], inputs: Iterable[object], warmup
     return np.array([timed(lambda x=x: call(x))[0] for x in inputs])
 
 
+SIMD_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "VNNI", "avx512_bf16": "BF16", "amx_tile": "AMX"}
+"""The /proc/cpuinfo flags that change how fast FAISS and torch run, by the names the docs use."""
+
+
+def cpu_model() -> str:
+    """The CPU's model name and the SIMD features it has (every figure says which CPU it came from)."""
+    fields = dict(line.split(":", 1) for line in _cpuinfo().splitlines() if ":" in line)
+    name = fields.get("model name\t", "").strip() or platform.processor() or platform.machine()
+    flags = set(fields.get("flags\t\t", "").split())
+    features = [label for flag, label in SIMD_FLAGS.items() if flag in flags]
+    return f"{name} ({'/'.join(features) or 'no AVX2'})"
+
+
+def _cpuinfo() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return handle.read().split("\n\n")[0]
+    except OSError:
+        return ""
+
+
 def machine() -> str:
     import os
 
     import torch
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]], notes: Sequence[str] = ()) -> str:

@@ -23,18 +23,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from bench.report import table, timed
+from bench.report import cpu_model, table, timed
 
 BUDGET = 0.5
 """Seconds a command may take beyond `python -c pass`."""
 BASELINE = "python -c pass"
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def tusou() -> list[str]:

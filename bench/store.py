@@ -191,7 +191,10 @@ def measure_open(directory: Path, how: str) -> dict:
 class FilterRow:
     name: str
     matching: int
+    first_p50_ms: float
+    """A filter's first query: the catalog read for it (count, share, matching rows) and the search."""
     p50_ms: float
+    """Further queries with the same filter (a view keeps what it read)."""
     p90_ms: float
     recall: float
 
@@ -210,14 +213,16 @@ def measure_filters(directory: Path, queries: np.ndarray) -> tuple[float, list[F
 def _filter_row(name: str, filters: Filters, store, view, vectors: np.ndarray, queries: np.ndarray) -> FilterRow:
     matching = np.sort(np.concatenate(list(store.catalog.matching_rows(filters).values()))) if filters.active else np.arange(len(vectors))
     view.search(queries[0], 10, filters)  # warm: SQLite pages and FAISS structures
-    times, recalls = [], []
+    first, times, recalls = [], [], []
     for query in queries:
+        view.matching.cache_clear()
+        first.append(timed(lambda: view.search(query, 10, filters))[0])
         seconds, (_, found) = timed(lambda: view.search(query, 10, filters))
         truth = _brute_force(vectors, matching, query)
         times.append(seconds)
         recalls.append(len(set(view.ids(found[0]).tolist()) & set(truth.tolist())) / len(truth))
     p50, p90 = np.percentile(times, [50, 90]) * 1000
-    return FilterRow(name, len(matching), float(p50), float(p90), float(np.mean(recalls)))
+    return FilterRow(name, len(matching), float(np.median(first) * 1000), float(p50), float(p90), float(np.mean(recalls)))
 
 
 def _brute_force(vectors: np.ndarray, rows: np.ndarray, query: np.ndarray, k: int = 10) -> np.ndarray:
@@ -293,9 +298,11 @@ def report_open_and_filters(store_dir: Path, count: int, index_type: str, space:
     unfiltered, rows = measure_filters(store_dir, queries)
     print(table(
         f"Filtered top-10 over {count:,} ({index_type}, unfiltered recall@10 {unfiltered:.3f})",
-        ["filter", "matching", "p50 ms", "p90 ms", "recall@10 in filter"],
-        [[r.name, r.matching, r.p50_ms, r.p90_ms, f"{r.recall:.3f}"] for r in rows],
-        [f"{QUERIES} CLIP-like text queries; recall against a brute-force scan of the matching items. Machine: {machine()}."],
+        ["filter", "matching", "first query p50 ms", "p50 ms", "p90 ms", "recall@10 in filter"],
+        [[r.name, r.matching, r.first_p50_ms, r.p50_ms, r.p90_ms, f"{r.recall:.3f}"] for r in rows],
+        [f"{QUERIES} CLIP-like text queries. First query: the filter's catalog reads included; the others: further queries "
+         f"with the same filter, whose matching rows the view keeps. Recall against a brute-force scan of the matching items. "
+         f"Machine: {machine()}."],
     ))
 
 

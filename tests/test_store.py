@@ -9,6 +9,7 @@ import pytest
 from bench.vectors import ClipLikeSpace
 from indexer.segment_writer import write_deletions, write_segment
 from retrieval.search.filters import make_filters
+from retrieval.store import segment as segment_module
 from retrieval.store import store as store_module
 from retrieval.store.catalog import Catalog, item_values, put_items, put_segment, put_setting
 from retrieval.store.manifest import Manifest, write_manifest
@@ -64,11 +65,13 @@ def test_segments_answer_as_one_exact_index(tmp_path, space):
         assert view.ids(found).tolist() == brute(vectors, query, np.arange(3000), 10)
 
 
-@pytest.mark.parametrize("scan_rows", [20_000, 10])
-def test_a_filter_gives_the_top_k_of_the_matching_items(tmp_path, space, monkeypatch, scan_rows):
-    """Both plans: few matches scanned exactly, many matches by a post-filtered search (flat
-    segments: exact either way)."""
-    monkeypatch.setattr(store_module, "EXACT_SCAN_ROWS", scan_rows)
+@pytest.mark.parametrize("scan_rows, fetch_share", [(20_000, 0.2), (10, 0.2), (10, 0.0)], ids=["scanned", "selected", "post-filtered"])
+def test_a_filter_gives_the_top_k_of_the_matching_items(tmp_path, space, monkeypatch, scan_rows, fetch_share):
+    """Every plan: few matches scanned exactly, more fetched and selected in FAISS, too many to fetch
+    post-filtered (flat segments: exact each way)."""
+    monkeypatch.setattr(store_module, "SCAN_ROWS", scan_rows)
+    monkeypatch.setattr(segment_module, "SCAN_ROWS", scan_rows)
+    monkeypatch.setattr(store_module, "FETCH_SHARE", fetch_share)
     vectors, queries = space
     make_store(tmp_path / "ix", vectors, [2000, 1000])
     view = open_store(tmp_path / "ix").view()
@@ -107,3 +110,18 @@ def test_nothing_matching_is_no_results(tmp_path, space):
     make_store(tmp_path / "ix", vectors, [3000])
     scores, positions = open_store(tmp_path / "ix").view().search(queries[:2], 5, make_filters(types="gif"))
     assert (positions == -1).all() and np.isneginf(scores).all()
+
+
+def test_a_view_reads_what_a_filter_matches_once_and_a_commit_is_seen_by_the_next_view(tmp_path, space):
+    vectors, queries = space
+    catalog, _ = make_store(tmp_path / "ix", vectors, [2000, 1000])
+    store = open_store(tmp_path / "ix")
+    view, pngs = store.view(), make_filters(types="png")
+    for query in queries[:3]:
+        view.search(query, 10, pngs)
+    assert view.matching.cache_info().misses == 1 and view.matching.cache_info().hits == 2
+    with catalog.transaction() as db:  # every png becomes a jpeg: the next view's filter matches nothing
+        db.execute("UPDATE items SET format = 'jpeg'")
+        put_setting(db, "generation", 2)
+    later = store.view()
+    assert later is not view and (later.search(queries[0], 10, pngs)[1] == -1).all()

@@ -2,9 +2,11 @@
 
 A segment is written once and never changed. Which of its rows are deleted is kept beside it,
 in a deletion record (sorted rows) written under a new name each time rows are deleted, so a
-reader holding the old record still sees a consistent segment. Search skips deleted rows, and a
-filtered search returns the exact top k within the filter where few items match (their vectors
-scanned), or the tuned ANN search widened and post-filtered where too many match to fetch.
+reader holding the old record still sees a consistent segment. Search skips deleted rows. A
+filtered search given the matching rows runs the segment's own search restricted to them (a bitmap
+FAISS checks before scoring a row), widened by their share, or on an ANN segment where they are few,
+scores them exactly; given only a test of rows (too many match to fetch), it runs the search widened and
+post-filters its candidates.
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ from retrieval.store.catalog import SegmentRow
 from retrieval.store.index_types import INDEX_TYPES
 from retrieval.store.manifest import IndexEntry, rebuild_hint
 
-
-
+SCAN_ROWS = 20_000
+"""Allowed rows of an ANN segment up to which they are scored exactly (their float16 vectors, 30 MB
+at d=768): a few milliseconds, and recall 1 by construction. Beyond it the segment's own search
+restricted to them costs less. (A flat segment's own search is exact, and faster than this scan.)"""
+SCAN_SHARE = 0.05
+"""...and up to this share of its rows: beyond it, its search widened by 1/share (at most ×20) and
+restricted to them costs less than the scan (which converts float16 one value at a time)."""
 SCAN_BLOCK = 1024
 """Rows scored at a time by an exact scan: 3 MB of float32 at d=768."""
 
@@ -50,14 +57,18 @@ class Segment:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The top k (scores, rows) of one query over the live rows.
 
-        `allowed` (sorted rows, few: retrieval.store.store.EXACT_SCAN_ROWS): only those, scanned exactly. `passes`: only the rows it
-        admits, about a `share` of all; the ANN search is widened by 1/share and its candidates
-        post-filtered, widening again until k pass or none are left.
+        `allowed` (sorted rows): only those, by the segment's search restricted to them (a flat
+        segment's is exact) and widened by their share; on an ANN segment where they are few
+        (SCAN_ROWS, SCAN_SHARE), scored exactly instead.
+        `passes`: only the rows it admits, about a `share` of all; the search is widened by 1/share
+        and its candidates post-filtered, widening again until k pass or none are left.
         """
         if allowed is not None:
             if len(self.deleted):
                 allowed = allowed[~np.isin(allowed, self.deleted, assume_unique=True)]
-            return self._scan(query, k, allowed)
+            if len(allowed) <= min(SCAN_ROWS, SCAN_SHARE * len(self.ids)) and INDEX_TYPES[self.entry.type].knob is not None:
+                return self._scan(query, k, allowed)
+            return self._ann(query, k, _bitmap(allowed, len(self.ids)), len(allowed) / len(self.ids), len(allowed))
         unwanted = faiss.IDSelectorNot(faiss.IDSelectorBatch(self.deleted)) if len(self.deleted) else None
         return self._ann(query, k, unwanted, share * self.live / max(1, len(self.ids)), self.live, passes)
 
@@ -103,13 +114,32 @@ class Segment:
                 keep = np.flatnonzero(found)[:k]
                 return scores[0][keep], rows[0][keep]
             wanted = min(available, wanted * 2)
-            if "ef_search" in knobs and restricted:
-                knobs = {**knobs, "ef_search": min(4096, max(int(knobs["ef_search"]), wanted))}
+            if restricted:  # the selector or the post-filter left it short: look wider
+                knobs = self._wider(knobs, wanted)
                 params = ann.selected(self.faiss_index, selector, knobs)
+
+    def _wider(self, knobs: dict, wanted: int) -> dict:
+        """The knobs of the next, wider try: twice the lists probed, a candidate list of `wanted` at least."""
+        knobs = dict(knobs)
+        if "nprobe" in knobs:
+            knobs["nprobe"] = min(self.entry.params.get("nlist", 1), 2 * int(knobs["nprobe"]))
+        if "ef_search" in knobs:
+            knobs["ef_search"] = min(4096, max(int(knobs["ef_search"]), wanted))
+        return knobs
 
 
 Passes = Callable[[np.ndarray], np.ndarray]
 """Which of some rows pass a filter (a boolean mask), for post-filtering ANN candidates."""
+
+
+def _bitmap(rows: np.ndarray, count: int) -> faiss.IDSelector:
+    """A selector of `rows` out of `count`: one bit a row, tested before a row is scored."""
+    bits = np.zeros(count, dtype=bool)
+    bits[rows] = True
+    packed = np.packbits(bits, bitorder="little")
+    selector = faiss.IDSelectorBitmap(count, faiss.swig_ptr(packed))
+    selector.referenced_objects = [packed]  # FAISS keeps a pointer only
+    return selector
 
 
 def open_segment(directory: Path, row: SegmentRow, dim: int, mmap: bool = False) -> Segment:

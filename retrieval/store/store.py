@@ -12,9 +12,10 @@ next build converts it on disk (indexer.convert).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,20 +30,19 @@ from retrieval.store.index_store import open_index
 from retrieval.store.manifest import Manifest, read_manifest, rebuild_hint
 from retrieval.store.model_ref import BOTH, OtherWeights, Tower
 from retrieval.store.records import CatalogItem
-from retrieval.store.segment import Segment, missing_file, open_segment
+from retrieval.store.segment import SCAN_ROWS, Segment, missing_file, open_segment
 
 CATALOG = "catalog.sqlite"
-EXACT_SCAN_ROWS = 20_000
-"""Matching items up to which a filtered search fetches their rows and scores them all exactly: at
-d=768 that is 30 MB of float16 read and one small matrix product, a few milliseconds, and recall 1
-by construction. Above it, fetching the rows from SQLite costs more than the search (160 ms for
-40k on two cores), so the ANN search runs widened and its candidates are post-filtered."""
-SCAN_SHARE = 0.05
-"""...and up to this share of the index: above it the index's own search, barely widened, is cheaper
-than fetching the rows, and on flat segments it is exact too."""
+FETCH_SHARE = 0.2
+"""The share of the index up to which a filtered search fetches the matching rows (SQLite hands
+them over as one string, about 0.45 µs a row) and searches only them; above it, the search widened
+by 1/share and post-filtered costs less (bench/store.py: at 1M, 10% fetched answers in a quarter of
+the post-filtered time, 100% post-filtered in a twentieth of the fetched)."""
+PLANS_KEPT = 8
+"""Filters whose matching rows a view keeps (at most 20% of the index each: 16 MB at 10M)."""
 SHARE_SAMPLE = 1024
-"""Items sampled to estimate a broad filter's share of the index (±3% at 95%; it only widens the
-ANN search, and 1,024 primary-key lookups take about 6 ms)."""
+"""Items sampled to estimate a broad filter's share of the index (±3% at 95%; it chooses the plan
+and widens the search, and 1,024 primary-key lookups take about 6 ms)."""
 
 
 class StaleView(Exception):
@@ -60,9 +60,13 @@ class View:
     generation: int
     segments: list[Segment]
     bases: np.ndarray = field(init=False)
+    matching: Callable[[Filters], Matching] = field(init=False, repr=False)
+    """What the catalog says a filter matches, as of this view (cached: a filter applied to query
+    after query, or page after page, reads the catalog once; the view's segments never change)."""
 
     def __post_init__(self) -> None:
         self.bases = np.cumsum([0] + [len(s.ids) for s in self.segments])
+        self.matching = functools.lru_cache(maxsize=PLANS_KEPT)(self._matching)
 
     def __len__(self) -> int:
         """Live items."""
@@ -132,19 +136,28 @@ class View:
             yield
 
     def _plan(self, filters: Filters | None):
-        """How each segment is searched: unrestricted; the matching rows scanned (few match); or the ANN
-        search widened by the filter's share and post-filtered (many match). None: nothing matches."""
+        """How each segment is searched: unrestricted; over the matching rows (few enough to fetch:
+        Segment.search scans or selects them); or widened and post-filtered (too many to fetch).
+        None: nothing matches."""
         if filters is None or not filters.active:
             return lambda segment: {}
-        matching = self.catalog.count_matching(filters, EXACT_SCAN_ROWS + 1)
-        if matching == 0:
-            return None
-        if matching <= EXACT_SCAN_ROWS and matching <= SCAN_SHARE * len(self):
-            rows = self.catalog.matching_rows(filters)
+        matching = self.matching(filters)
+        if matching is None or isinstance(matching, dict):
             empty = np.empty(0, np.int64)
-            return lambda segment: {"allowed": rows.get(segment.id, empty)}
-        share = max(matching / max(1, len(self)), self.catalog.share(filters, SHARE_SAMPLE))
-        return lambda segment: {"passes": lambda rows: self.catalog.passing(filters, segment.id, rows), "share": share}
+            return None if matching is None else lambda segment: {"allowed": matching.get(segment.id, empty)}
+        return lambda segment: {"passes": lambda rows: self.catalog.passing(filters, segment.id, rows), "share": matching}
+
+    def _matching(self, filters: Filters) -> Matching:
+        count = self.catalog.count_matching(filters, SCAN_ROWS + 1)
+        if count == 0:
+            return None
+        share = None if count <= SCAN_ROWS else max(count / max(1, len(self)), self.catalog.share(filters, SHARE_SAMPLE))
+        return self.catalog.matching_rows(filters) if share is None or share <= FETCH_SHARE else share
+
+
+Matching = dict[int, np.ndarray] | float | None
+"""What a filter matches: segment → rows (few enough to fetch), else the share of the index it is
+estimated to match (its rows are tested as candidates come), or None (nothing)."""
 
 
 class Store:
