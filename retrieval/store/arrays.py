@@ -55,8 +55,9 @@ def read_array(path: Path, dtype: type, ndim: int, fix: str, width: int | None =
 def read_faiss(path: Path, index_type: str, dim: int, count: int, fix: str, mmap: bool = False) -> faiss.Index:
     """A FAISS file, checked against its type, dim and row count.
 
-    `mmap` maps the vectors instead of reading them (for `tusou info`: a check that costs nothing on
-    a large index, and that bounds every size the file claims by its length).
+    `mmap` maps the vectors (codes, inverted lists) instead of reading them: what a segment's search
+    uses, read-only, and a check that costs little at any size and bounds every size the file claims
+    by its length.
     """
     damaged = f"{path} is damaged"
     if not path.is_file():

@@ -142,12 +142,13 @@ def _bitmap(rows: np.ndarray, count: int) -> faiss.IDSelector:
     return selector
 
 
-def open_segment(directory: Path, row: SegmentRow, dim: int, mmap: bool = False) -> Segment:
+def open_segment(directory: Path, row: SegmentRow, dim: int) -> Segment:
     """A segment's files as its catalog row names them, each checked; damage is one line naming the
-    file (a bad FAISS file alone is restored by a reindex from the intact vectors). `mmap` maps the
-    FAISS file rather than reading it: a check that costs little at any size (read_faiss)."""
+    file (a bad FAISS file alone is restored by a reindex from the intact vectors). Its files are
+    mapped, never read whole, as they never change: opening costs the same at any size, and a search
+    brings in only the pages it touches (the inverted lists it probes, the rows it re-ranks)."""
     vectors, ids, deleted = segment_rows(directory, row, dim)
-    index = read_faiss(directory / row.files["faiss"], row.index_entry.type, dim, row.count, reindex_hint(directory), mmap)
+    index = read_faiss(directory / row.files["faiss"], row.index_entry.type, dim, row.count, reindex_hint(directory), mmap=True)
     return Segment(row.id, vectors, ids, tuned(index, row.index_entry.search), row.index_entry, deleted)
 
 
@@ -168,11 +169,11 @@ def segment_rows(directory: Path, row: SegmentRow, dim: int) -> tuple[np.ndarray
 
 
 def check_segments(directory: Path, rows: list[SegmentRow], dim: int) -> None:
-    """Every file of every segment checked, the FAISS files mapped, not read: what a build or `tusou
-    info` checks before trusting an index. A missing file is one line naming it."""
+    """Every file of every segment checked (mapped, not read): what a build or `tusou info` checks
+    before trusting an index. A missing file is one line naming it."""
     for row in rows:
         try:
-            open_segment(directory, row, dim, mmap=True)
+            open_segment(directory, row, dim)
         except FileNotFoundError as exc:
             raise missing_file(exc.filename, directory) from None
 
