@@ -28,6 +28,7 @@ from retrieval.search.filters import Filters, distance_km
 from retrieval.store.full_disk import DiskFull, is_full_disk
 from retrieval.store.manifest import IndexEntry, check_index_entry, plain_name, rebuild_hint
 from retrieval.store.records import CatalogItem, folder_of, mtime_taken
+from retrieval.store.text_lines import create_text_tables
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS items (
@@ -155,6 +156,8 @@ class Catalog:
             with self.checked():
                 if create:
                     self.db.executescript(TABLES + ("" if uri else INDEXES))
+                    if uri is None:  # a format-1 index's catalog in memory has no text read
+                        create_text_tables(self.db)
                 self.db.execute("SELECT count(*) FROM segments").fetchone()
         except TusouError:
             self.close()  # SQLite removes its -wal and -shm on close only after a checkpoint, which a damaged file fails

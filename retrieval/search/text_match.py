@@ -1,0 +1,89 @@
+"""Which items show a text query in their images: exact pieces of a line, or one OCR mistake away.
+
+A query is folded as the lines were (retrieval.search.normalise). A line matches exactly when its
+folded text holds the folded query. A query of FUZZY_FROM (4) or more characters also matches a
+line holding a piece within one edit of it (one character substituted, inserted or deleted),
+because OCR misreads a character now and then.
+
+Candidates for a one-edit match cannot be missed: split the query into halves; one edit touches
+at most one of them (an insertion between the halves touches neither), so the other half stands
+unchanged, in order, inside the matching piece of the line. The lines holding either half exactly
+(the catalog's trigram index answers that) hold every one-edit match; each candidate is then
+checked for real: does some piece of it equal one of the query's one-edit variants?
+
+Ranking: exact matches before one-edit ones; within each, by score = coverage × confidence, where
+coverage is the share of the line the query accounts for (a sign reading just `老王火锅` before a
+receipt line mentioning it) and confidence the OCR's own; an item counts once, by its best line.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sqlite3
+from dataclasses import dataclass
+
+from retrieval.search.filters import Filters
+from retrieval.search.normalise import normalise
+from retrieval.store.text_lines import StoredLine, lines_holding
+
+FUZZY_FROM = 4
+"""Folded query length from which one edit is forgiven (a shorter query would match nearly anything)."""
+
+
+@dataclass(frozen=True)
+class TextMatch:
+    """An item found by the text in its image, with the line that matched best."""
+
+    item: int
+    text: str
+    """The line as the OCR read it."""
+    box: list[list[float]]
+    """The line's corners, [[x, y] × 4] in the original image's pixels."""
+    confidence: float
+    exact: bool
+    score: float
+    """coverage × confidence, in 0..1 (see the module's docstring)."""
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "box": self.box, "confidence": round(self.confidence, 4)}
+
+
+def match_text(db: sqlite3.Connection, query: str, filters: Filters | None = None, limit: int | None = None) -> list[TextMatch]:
+    """The items (passing `filters`) whose read text matches `query`, best first, at most `limit`."""
+    folded = normalise(query)
+    if not folded:
+        return []
+    fuzzy = len(folded) >= FUZZY_FROM
+    pieces = [folded[: len(folded) // 2], folded[len(folded) // 2 :]] if fuzzy else [folded]
+    near = _one_edit(folded) if fuzzy else None
+    best: dict[int, TextMatch] = {}
+    for line in lines_holding(db, pieces, filters):
+        found = _matched(folded, near, line)
+        if found is not None and (line.item not in best or _order(found) < _order(best[line.item])):
+            best[line.item] = found
+    return sorted(best.values(), key=_order)[:limit]
+
+
+def _matched(folded: str, near: re.Pattern[str] | None, line: StoredLine) -> TextMatch | None:
+    exact = folded in line.norm
+    if not exact and (near is None or near.search(line.norm) is None):
+        return None
+    coverage = min(1.0, len(folded) / max(1, len(line.norm)))
+    return TextMatch(line.item, line.text, line.box, line.confidence, exact, coverage * line.confidence)
+
+
+def _order(match: TextMatch) -> tuple:
+    return (not match.exact, -match.score, match.item)
+
+
+@functools.lru_cache(maxsize=256)
+def _one_edit(folded: str) -> re.Pattern[str]:
+    """A pattern finding any piece of a line within one edit of `folded`: each character deleted,
+    substituted by any character, or any character inserted between two."""
+    quoted = [re.escape(c) for c in folded]
+    n = len(quoted)
+    variants = ["".join(quoted[:i] + quoted[i + 1 :]) for i in range(n)]
+    variants += ["".join(quoted[:i] + ["."] + quoted[i + 1 :]) for i in range(n)]
+    variants += ["".join(quoted[:i] + ["."] + quoted[i:]) for i in range(1, n)]
+    return re.compile("|".join(dict.fromkeys(variants)), re.DOTALL)
