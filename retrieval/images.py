@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import io
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -78,11 +79,13 @@ def decode(
     source: str | Path | bytes | Image.Image,
     min_size: int | None = None,
     opened: Callable[[Image.Image], None] | None = None,
+    longest: int | None = None,
 ) -> tuple[Image.Image, tuple[int, int]]:
     """The RGB image and the upright size of the original (before any draft reduction).
 
     `opened` is shown the image as opened from `source`, before it is reduced, transposed or
-    converted: the build reads its EXIF there, from the same open file.
+    converted: the build reads its EXIF there, from the same open file. A JPEG decodes at a reduced
+    scale whose shorter side still reaches `min_size`, or (for OCR) whose longer side reaches `longest`.
     """
     if isinstance(source, Image.Image):
         return _to_rgb(source), source.size
@@ -99,8 +102,8 @@ def decode(
                 opened(image)
             if image.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8):
                 width, height = height, width
-            if min_size and image.format == "JPEG":
-                image.draft("RGB", (min_size, min_size))
+            if (min_size or longest) and image.format == "JPEG":
+                image.draft("RGB", (min_size, min_size) if min_size else fitted_size(image.size, longest))
             image.load()
             return _to_rgb(ImageOps.exif_transpose(image)), (width, height)
     except ImageError:
@@ -115,6 +118,12 @@ def decode(
         raise ImageError(f"broken image: {exc}".splitlines()[0]) from None
     except (SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"broken image: {exc}".splitlines()[0]) from None
+
+
+def fitted_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """`size` scaled so that its longer side is `longest` (never up)."""
+    scale = min(1.0, longest / max(size))
+    return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
 
 
 def load_query_image(image: str | Path | bytes | Image.Image, min_size: int | None = None) -> Image.Image:

@@ -1,4 +1,4 @@
-"""The `tusou` command line: index, reindex, info, search, label, serve, train, eval, models.
+"""The `tusou` command line: index, reindex, info, search, label, ocr, serve, train, eval, models.
 
 Every subcommand turns a user's mistake into one line on stderr and exit code 2;
 `--json` output is one JSON object per line on stdout.
@@ -299,6 +299,24 @@ def cmd_label(args: argparse.Namespace) -> None:
                 print(f"  {score.probability:6.1%}  {score.label}")
 
 
+def cmd_ocr(args: argparse.Namespace) -> None:
+    from retrieval.ocr.engine import read_text
+
+    for image in args.images:
+        result = read_text(image)
+        if result.reason:  # the image decoded when checked, then failed (changed since, or the OCR itself)
+            raise TusouError(f"cannot read text in {image}: {result.reason}")
+        if args.json:
+            _print_json({"image": image, "lines": [line.to_dict() for line in result.lines]})
+            continue
+        print(image)
+        for line in result.lines:
+            corners = " ".join(f"{x:.0f},{y:.0f}" for x, y in line.box)
+            print(f"  {line.confidence:.3f}  {line.text}  [{corners}]")
+        if not result.lines:
+            print("  (no text found)")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     if args.model is None:
         raise TusouError("--model is required: the registry entry whose towers to train")
@@ -484,6 +502,12 @@ def _label_options(label: argparse.ArgumentParser) -> None:
     label.set_defaults(run=cmd_label)
 
 
+def _ocr_options(ocr: argparse.ArgumentParser) -> None:
+    ocr.add_argument("images", nargs="+", metavar="IMAGE", type=_image)
+    ocr.add_argument("--json", action="store_true", help="one JSON object per image: its lines' text, confidence and box")
+    ocr.set_defaults(run=cmd_ocr)
+
+
 def _train_options(training: argparse.ArgumentParser) -> None:
     training.add_argument("--data", required=True, type=_existing("folder"), help="folder with train_imgs.tsv and train_texts.jsonl")
     training.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, resumed when re-run")
@@ -547,6 +571,7 @@ COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None]], ...]
     ("info", "what an index holds: model, type, tuned recall, sizes", _info_options),
     ("search", "search an index by text, by image, or both", _search_options),
     ("label", "zero-shot labels for images from a Chinese label list", _label_options),
+    ("ocr", "the lines of text in images: text, confidence and box (needs pip install 'tusou[ocr]')", _ocr_options),
     ("train", "contrastive training on a Chinese-CLIP layout dataset", _train_options),
     ("serve", "the Gradio search UI over an index", _serve_options),
     ("eval", "Top-1/5/10 retrieval or zero-shot accuracy on a benchmark", _eval_options),
