@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from retrieval.search.filters import Filters
 from retrieval.search.normalise import normalise
-from retrieval.store.text_lines import StoredLine, lines_holding
+from retrieval.store.text_lines import line_texts, lines_holding
 
 FUZZY_FROM = 4
 """Folded query length from which one edit is forgiven (a shorter query would match nearly anything)."""
@@ -57,24 +57,17 @@ def match_text(db: sqlite3.Connection, query: str, filters: Filters | None = Non
     fuzzy = len(folded) >= FUZZY_FROM
     pieces = [folded[: len(folded) // 2], folded[len(folded) // 2 :]] if fuzzy else [folded]
     near = _one_edit(folded) if fuzzy else None
-    best: dict[int, TextMatch] = {}
-    for line in lines_holding(db, pieces, filters):
-        found = _matched(folded, near, line)
-        if found is not None and (line.item not in best or _order(found) < _order(best[line.item])):
-            best[line.item] = found
-    return sorted(best.values(), key=_order)[:limit]
-
-
-def _matched(folded: str, near: re.Pattern[str] | None, line: StoredLine) -> TextMatch | None:
-    exact = folded in line.norm
-    if not exact and (near is None or near.search(line.norm) is None):
-        return None
-    coverage = min(1.0, len(folded) / max(1, len(line.norm)))
-    return TextMatch(line.item, line.text, line.box, line.confidence, exact, coverage * line.confidence)
-
-
-def _order(match: TextMatch) -> tuple:
-    return (not match.exact, -match.score, match.item)
+    best: dict[int, tuple[tuple, int, float]] = {}  # item → (rank key, line id, confidence)
+    for line_id, item, norm, confidence in lines_holding(db, pieces, filters):
+        exact = folded in norm
+        if not exact and (near is None or near.search(norm) is None):
+            continue
+        key = (not exact, -min(1.0, len(folded) / max(1, len(norm))) * confidence, item)
+        if item not in best or key < best[item][0]:
+            best[item] = (key, line_id, confidence)
+    ranked = sorted(best.values())[:limit]
+    texts = line_texts(db, [line_id for _, line_id, _ in ranked])
+    return [TextMatch(key[2], *texts[line_id], confidence, not key[0], -key[1]) for key, line_id, confidence in ranked]
 
 
 @functools.lru_cache(maxsize=256)

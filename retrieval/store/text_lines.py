@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from retrieval.errors import TusouError
 from retrieval.search.filters import Filters
@@ -58,18 +57,6 @@ SCHEMA = (
     END""",
 )
 """Statements, not a script: executescript would commit the transaction it runs in."""
-
-
-@dataclass(frozen=True)
-class StoredLine:
-    """A line of an item as the catalog holds it."""
-
-    item: int
-    line: int
-    text: str
-    norm: str
-    box: list[list[float]]
-    confidence: float
 
 
 def create_text_tables(db: sqlite3.Connection) -> bool:
@@ -121,8 +108,10 @@ def read_items(db: sqlite3.Connection) -> dict[int, str | None]:
     return dict(db.execute("SELECT item, reason FROM ocr_read").fetchall()) if has_text_tables(db) else {}
 
 
-def lines_holding(db: sqlite3.Connection, pieces: Sequence[str], filters: Filters | None = None) -> list[StoredLine]:
-    """The lines whose folded text holds any of `pieces` (folded, non-empty) exactly, of items passing `filters`."""
+def lines_holding(db: sqlite3.Connection, pieces: Sequence[str], filters: Filters | None = None) -> list[tuple[int, int, str, float]]:
+    """(line id, item, folded text, confidence) of every line whose folded text holds any of `pieces`
+    (folded, non-empty) exactly, of the items passing `filters`. Only what ranking needs: a common
+    character can match a fifth of all lines, and their text and boxes are read for the best only."""
     if not pieces or not has_text_tables(db):
         return []
     sources, params = [], []
@@ -133,18 +122,24 @@ def lines_holding(db: sqlite3.Connection, pieces: Sequence[str], filters: Filter
         else:  # every term (a trigram) starting with the piece: piece <= term < piece + the last code point
             sources.append("SELECT doc FROM ocr_terms WHERE term >= ? AND term < ?")
             params += [piece, piece + "\U0010ffff"]
-    where, filter_params = (filters or Filters()).where()
-    query = (
-        f"WITH hit(line_id) AS ({' UNION '.join(sources)}) "
-        "SELECT ocr_lines.item, ocr_lines.line, ocr_lines.text, ocr_lines.norm, ocr_lines.box, ocr_lines.confidence "
-        f"FROM hit JOIN ocr_lines ON ocr_lines.id = hit.line_id JOIN items ON items.id = ocr_lines.item WHERE {where}"
+    filtered = filters is not None and filters.active
+    where, filter_params = filters.where() if filtered else ("1", [])
+    query = (  # each line once (the vocabulary lists a line once per occurrence), before reading its row
+        f"WITH hit(line_id) AS MATERIALIZED (SELECT DISTINCT * FROM ({' UNION ALL '.join(sources)})) "
+        "SELECT ocr_lines.id, ocr_lines.item, ocr_lines.norm, ocr_lines.confidence FROM hit JOIN ocr_lines ON ocr_lines.id = hit.line_id "
+        + (f"JOIN items ON items.id = ocr_lines.item WHERE {where}" if filtered else "")
     )
-    return [_stored(row) for row in db.execute(query, [*params, *filter_params])]
+    return db.execute(query, [*params, *filter_params]).fetchall()
 
 
-def _stored(row: tuple) -> StoredLine:
-    item, line, text, norm, box, confidence = row
-    return StoredLine(item, line, text, norm, json.loads(box), confidence)
+def line_texts(db: sqlite3.Connection, ids: Sequence[int]) -> dict[int, tuple[str, list[list[float]]]]:
+    """Line id → its text as read and its box."""
+    found = {}
+    for start in range(0, len(ids), 500):
+        chunk = [int(i) for i in ids[start : start + 500]]
+        rows = db.execute(f"SELECT id, text, box FROM ocr_lines WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+        found |= {line_id: (text, json.loads(box)) for line_id, text, box in rows}
+    return found
 
 
 def _box(box: Sequence[Sequence[float]]) -> list[list[float]]:
