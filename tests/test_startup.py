@@ -1,7 +1,7 @@
 """A fast start: what `tusou` imports before it answers, seen through a fresh interpreter's sys.modules.
 
-`--help`, `info` and every argument or path mistake must answer without torch, transformers or
-open_clip (bench/startup.py times them); out-of-range numbers are one line and exit 2 before any
+`--help`, `info` and every argument or path mistake must answer without torch, transformers,
+open_clip or the OCR models (bench/startup.py times them); out-of-range numbers are one line and exit 2 before any
 model loads. Nothing here is timed: the imports are what makes a start slow, so they are checked.
 """
 
@@ -21,7 +21,7 @@ from tests.imagegen import write_images
 from ui.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_CODE = ("torch", "transformers", "open_clip")
+MODEL_CODE = ("torch", "transformers", "open_clip", "rapidocr", "onnxruntime")
 HEAVY = (*MODEL_CODE, "faiss")
 ABSENT_WEIGHTS = "taiyi-clip-l14"
 """A model whose weights this machine does not have: a command that loaded it would fail otherwise."""
@@ -106,6 +106,7 @@ def _one_line_error(argv: list[str], values: dict[str, object], message: str) ->
         (["search", "{photos}", "红色"], "is not a tusou index"),
         (["search", "{index}", "红色", "--image", "{missing}"], "cannot use image"),
         (["label", "{missing}", "--labels", "猫", "--model", ABSENT_WEIGHTS], "cannot use image"),
+        (["ocr", "{image}", "{missing}"], "cannot use image"),
         (["train", "--data", "{missing}", "--out", "{missing}", "--model", ABSENT_WEIGHTS], "no such folder"),
         (["eval", "--dataset", "flickr30k-cn", "--data", "{missing}", "--model", ABSENT_WEIGHTS], "no such folder"),
         (["eval", "--dataset", "imagenet-cn", "--data", "{photos}", "--templates", "{missing}"], "no such file"),

@@ -125,7 +125,7 @@ def lines_holding(db: sqlite3.Connection, pieces: Sequence[str], filters: Filter
     filtered = filters is not None and filters.active
     where, filter_params = filters.where() if filtered else ("1", [])
     query = (  # each line once (the vocabulary lists a line once per occurrence), before reading its row
-        f"WITH hit(line_id) AS MATERIALIZED (SELECT DISTINCT * FROM ({' UNION ALL '.join(sources)})) "
+        f"WITH hit(line_id) AS (SELECT DISTINCT * FROM ({' UNION ALL '.join(sources)})) "
         "SELECT ocr_lines.id, ocr_lines.item, ocr_lines.norm, ocr_lines.confidence FROM hit JOIN ocr_lines ON ocr_lines.id = hit.line_id "
         + (f"JOIN items ON items.id = ocr_lines.item WHERE {where}" if filtered else "")
     )
