@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from retrieval.search.filters import Filters
 from retrieval.search.normalise import normalise
-from retrieval.store.text_lines import line_texts, lines_holding
+from retrieval.store.text_lines import best_lines, line_texts
 
 FUZZY_FROM = 4
 """Folded query length from which one edit is forgiven (a shorter query would match nearly anything)."""
@@ -49,6 +49,13 @@ class TextMatch:
         return {"text": self.text, "box": self.box, "confidence": round(self.confidence, 4)}
 
 
+SCORE = ("(CASE WHEN instr(norm, ?) > 0 THEN 2 WHEN tusou_one_edit(norm) THEN 0 END)"
+         " + min(1.0, ? * 1.0 / max(length(norm), 1)) * confidence")
+"""A line's score in SQL: coverage × confidence (0..1), plus 2 for an exact match so that exact
+matches come first; NULL (not counted) for a line neither holding the query nor one edit from it
+(the one-edit check, in Python, runs only for lines that do not hold the query)."""
+
+
 def match_text(db: sqlite3.Connection, query: str, filters: Filters | None = None, limit: int | None = None) -> list[TextMatch]:
     """The items (passing `filters`) whose read text matches `query`, best first, at most `limit`."""
     folded = normalise(query)
@@ -56,18 +63,11 @@ def match_text(db: sqlite3.Connection, query: str, filters: Filters | None = Non
         return []
     fuzzy = len(folded) >= FUZZY_FROM
     pieces = [folded[: len(folded) // 2], folded[len(folded) // 2 :]] if fuzzy else [folded]
-    near = _one_edit(folded) if fuzzy else None
-    best: dict[int, tuple[tuple, int, float]] = {}  # item → (rank key, line id, confidence)
-    for line_id, item, norm, confidence in lines_holding(db, pieces, filters):
-        exact = folded in norm
-        if not exact and (near is None or near.search(norm) is None):
-            continue
-        key = (not exact, -min(1.0, len(folded) / max(1, len(norm))) * confidence, item)
-        if item not in best or key < best[item][0]:
-            best[item] = (key, line_id, confidence)
-    ranked = sorted(best.values())[:limit]
-    texts = line_texts(db, [line_id for _, line_id, _ in ranked])
-    return [TextMatch(key[2], *texts[line_id], confidence, not key[0], -key[1]) for key, line_id, confidence in ranked]
+    near = _one_edit(folded).search if fuzzy else (lambda norm: None)
+    db.create_function("tusou_one_edit", 1, lambda norm: near(norm) is not None, deterministic=True)
+    ranked = best_lines(db, pieces, SCORE, [folded, len(folded)], filters, limit)
+    lines = line_texts(db, [line_id for _, line_id, _ in ranked])
+    return [TextMatch(item, *lines[line_id], score >= 2, score - 2 * (score >= 2)) for item, line_id, score in ranked]
 
 
 @functools.lru_cache(maxsize=256)

@@ -7,8 +7,9 @@ match straight from the index. Trigrams cannot cover one or two characters, so e
 is indexed with two PAD characters after it (a private-use code point no folded text holds):
 then every occurrence of a one- or two-character piece starts a trigram, and the lines holding
 it are the documents of the terms in one range of the index's vocabulary (fts5vocab), read
-without a scan. At 1M lines that takes 0.1-11 ms for two characters where a scan of the folded
-column takes 260-370 ms; one character matches a share of all lines and costs about 3 µs a match.
+without a scan. At 1M lines (bench/text_search.py) two characters take 0.5 ms (p95 11 ms) and one
+31 ms (p95 340 ms: a character in a fifth of all lines), where a scan of the folded column takes
+210-320 ms for any query.
 
 `ocr_read` records which items were read (and why one gave no lines), so an image without text
 is not read again. Triggers keep the FTS index in step with `ocr_lines`, and drop an item's lines
@@ -108,37 +109,43 @@ def read_items(db: sqlite3.Connection) -> dict[int, str | None]:
     return dict(db.execute("SELECT item, reason FROM ocr_read").fetchall()) if has_text_tables(db) else {}
 
 
-def lines_holding(db: sqlite3.Connection, pieces: Sequence[str], filters: Filters | None = None) -> list[tuple[int, int, str, float]]:
-    """(line id, item, folded text, confidence) of every line whose folded text holds any of `pieces`
-    (folded, non-empty) exactly, of the items passing `filters`. Only what ranking needs: a common
-    character can match a fifth of all lines, and their text and boxes are read for the best only."""
+def best_lines(
+    db: sqlite3.Connection, pieces: Sequence[str], score: str, params: Sequence[object],
+    filters: Filters | None = None, limit: int | None = None,
+) -> list[tuple[int, int, float]]:
+    """(item, line id, score) of each item's best line among the lines whose folded text holds any
+    of `pieces` (folded, non-empty) exactly, best first, at most `limit` (None: all), of the items
+    passing `filters`. `score` is an SQL expression over a line's `norm` and `confidence` (with
+    `params`): a line scoring NULL or 0 does not count. All in SQLite: a common character can match
+    a fifth of all lines, and only the best few come back."""
     if not pieces or not has_text_tables(db):
         return []
-    sources, params = [], []
+    sources, hit_params = [], []
     for piece in dict.fromkeys(pieces):
         if len(piece) >= 3:
             sources.append("SELECT rowid FROM ocr_fts WHERE ocr_fts MATCH ?")
-            params.append('"' + piece.replace('"', '""') + '"')
+            hit_params.append('"' + piece.replace('"', '""') + '"')
         else:  # every term (a trigram) starting with the piece: piece <= term < piece + the last code point
             sources.append("SELECT doc FROM ocr_terms WHERE term >= ? AND term < ?")
-            params += [piece, piece + "\U0010ffff"]
+            hit_params += [piece, piece + "\U0010ffff"]
     filtered = filters is not None and filters.active
     where, filter_params = filters.where() if filtered else ("1", [])
-    query = (  # each line once (the vocabulary lists a line once per occurrence), before reading its row
-        f"WITH hit(line_id) AS (SELECT DISTINCT * FROM ({' UNION ALL '.join(sources)})) "
-        "SELECT ocr_lines.id, ocr_lines.item, ocr_lines.norm, ocr_lines.confidence FROM hit JOIN ocr_lines ON ocr_lines.id = hit.line_id "
-        + (f"JOIN items ON items.id = ocr_lines.item WHERE {where}" if filtered else "")
+    query = (  # IN: the hits made distinct and sorted, so the rows are read in order (3x faster than a join)
+        f"SELECT item, line_id, max(score) AS best FROM (SELECT ocr_lines.item AS item, ocr_lines.id AS line_id, ({score}) AS score "
+        + ("FROM ocr_lines JOIN items ON items.id = ocr_lines.item " if filtered else "FROM ocr_lines ")
+        + f"WHERE ocr_lines.id IN ({' UNION ALL '.join(sources)}) AND {where}) "
+        "WHERE score > 0 GROUP BY item ORDER BY best DESC, item LIMIT ?"
     )
-    return db.execute(query, [*params, *filter_params]).fetchall()
+    return db.execute(query, [*params, *hit_params, *filter_params, -1 if limit is None else int(limit)]).fetchall()
 
 
-def line_texts(db: sqlite3.Connection, ids: Sequence[int]) -> dict[int, tuple[str, list[list[float]]]]:
-    """Line id → its text as read and its box."""
+def line_texts(db: sqlite3.Connection, ids: Sequence[int]) -> dict[int, tuple[str, list[list[float]], float]]:
+    """Line id → its text as read, its box and its confidence."""
     found = {}
     for start in range(0, len(ids), 500):
         chunk = [int(i) for i in ids[start : start + 500]]
-        rows = db.execute(f"SELECT id, text, box FROM ocr_lines WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
-        found |= {line_id: (text, json.loads(box)) for line_id, text, box in rows}
+        rows = db.execute(f"SELECT id, text, box, confidence FROM ocr_lines WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+        found |= {line_id: (text, json.loads(box), confidence) for line_id, text, box, confidence in rows}
     return found
 
 
