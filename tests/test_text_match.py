@@ -117,6 +117,9 @@ def test_an_item_counts_once_by_its_best_line_and_exact_ranks_first(tmp_path):
     assert best.text == "火锅" and best.box == BOX and best.confidence == pytest.approx(0.9)
     assert best.to_dict() == {"text": "火锅", "box": BOX, "confidence": 0.9}
     assert [m.item for m in match_text(catalog.db, "火锅", limit=2)] == [2, 4]
+    reading = catalog.db.execute("SELECT id FROM ocr_lines")
+    reading.fetchone()  # a statement still open on the connection does not stop a match
+    assert [m.item for m in match_text(catalog.db, "火锅底料", limit=1)] == [1]
 
 
 def test_filters_apply_to_text_matches(tmp_path):

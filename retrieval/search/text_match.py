@@ -49,11 +49,11 @@ class TextMatch:
         return {"text": self.text, "box": self.box, "confidence": round(self.confidence, 4)}
 
 
-SCORE = ("(CASE WHEN instr(norm, ?) > 0 THEN 2 WHEN tusou_one_edit(norm) THEN 0 END)"
+SCORE = ("(CASE WHEN instr(norm, ?) > 0 THEN 2 WHEN within_one_edit(norm, ?) THEN 0 END)"
          " + min(1.0, ? * 1.0 / max(length(norm), 1)) * confidence")
 """A line's score in SQL: coverage × confidence (0..1), plus 2 for an exact match so that exact
 matches come first; NULL (not counted) for a line neither holding the query nor one edit from it
-(the one-edit check, in Python, runs only for lines that do not hold the query)."""
+(within_one_edit, registered on every catalog connection, runs only for lines not holding it)."""
 
 
 def match_text(db: sqlite3.Connection, query: str, filters: Filters | None = None, limit: int | None = None) -> list[TextMatch]:
@@ -61,13 +61,16 @@ def match_text(db: sqlite3.Connection, query: str, filters: Filters | None = Non
     folded = normalise(query)
     if not folded:
         return []
-    fuzzy = len(folded) >= FUZZY_FROM
-    pieces = [folded[: len(folded) // 2], folded[len(folded) // 2 :]] if fuzzy else [folded]
-    near = _one_edit(folded).search if fuzzy else (lambda norm: None)
-    db.create_function("tusou_one_edit", 1, lambda norm: near(norm) is not None, deterministic=True)
-    ranked = best_lines(db, pieces, SCORE, [folded, len(folded)], filters, limit)
+    pieces = [folded[: len(folded) // 2], folded[len(folded) // 2 :]] if len(folded) >= FUZZY_FROM else [folded]
+    ranked = best_lines(db, pieces, SCORE, [folded, folded, len(folded)], filters, limit)
     lines = line_texts(db, [line_id for _, line_id, _ in ranked])
     return [TextMatch(item, *lines[line_id], score >= 2, score - 2 * (score >= 2)) for item, line_id, score in ranked]
+
+
+def within_one_edit(text: str, folded: str) -> bool:
+    """Whether a piece of `text` is one edit from `folded` (a folded query of FUZZY_FROM or more
+    characters; a shorter one is never forgiven an edit)."""
+    return len(folded) >= FUZZY_FROM and _one_edit(folded).search(text) is not None
 
 
 @functools.lru_cache(maxsize=256)

@@ -25,6 +25,7 @@ import numpy as np
 
 from retrieval.errors import TusouError
 from retrieval.search.filters import Filters, distance_km
+from retrieval.search.text_match import within_one_edit
 from retrieval.store.full_disk import DiskFull, is_full_disk
 from retrieval.store.manifest import IndexEntry, check_index_entry, plain_name, rebuild_hint
 from retrieval.store.records import CatalogItem, folder_of, mtime_taken
@@ -192,6 +193,7 @@ class Catalog:
                 db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, as every other file does
             db.execute("PRAGMA temp_store=MEMORY")  # statement journals (one per INSERT OR REPLACE) off the disk: 16 MB for 2,000 items
             db.create_function("distance_km", 4, distance_km, deterministic=True)
+            db.create_function("within_one_edit", 2, within_one_edit, deterministic=True)  # text search's one-edit check
             self._local.db = db
             with self._guard:
                 self._connections.append(db)
