@@ -151,10 +151,11 @@ def meme(pen: Pen, rng: random.Random, background: Image.Image | None) -> None:
 
 
 SCENES: dict[str, tuple[Callable[[Pen, random.Random, Image.Image | None], None], tuple[tuple[int, int], ...]]] = {
-    "poster": (poster, ((900, 1260), (1080, 1440), (1240, 1754), (1600, 2200))),
-    "sign": (sign, ((900, 300), (1200, 400), (1600, 520))),
+    "poster": (poster, ((900, 1260), (1080, 1440), (1240, 1754), (1600, 2200), (2400, 3200))),
+    "sign": (sign, ((900, 300), (1200, 400), (1600, 520), (3000, 1000))),
     "chat": (chat, ((720, 1280), (1080, 1920))),
     "receipt": (receipt, ((480, 1000), (576, 1200))),
     "meme": (meme, ((600, 600), (800, 700))),
 }
-"""Each scene: how it draws, and the canvas sizes it is drawn at (what such pictures measure)."""
+"""Each scene: how it draws, and the canvas sizes it is drawn at (what such pictures measure; the
+largest poster and sign are as a phone photographs them, where the same text is a smaller part)."""

@@ -2,7 +2,8 @@
 
 `generate(folder, count, seed)` draws `count` pictures, the same ones for the same seed on any
 machine: posters, shop signs, chat screenshots, receipts and memes (eval.ocr_scenes) in Noto Sans
-and Serif CJK, 14-72 px, a fifth of them in traditional characters; turned up to ±15°, blurred
+and Serif CJK, 14-72 px, a fifth of them in traditional characters (Taiwan's forms, OpenCC's s2tw:
+麵 and 吃 as signs write them, not the dictionary's 麪 and 喫); turned up to ±15°, blurred
 now and then, saved as JPEG of quality 40-95 (screenshots often PNG). A share are text-free
 distractors: real photos that ship inside gradio (a dependency of tusou), cropped, flipped and
 recoloured. Then the queries, from the text drawn:
@@ -73,7 +74,7 @@ def generate(folder: Path, count: int = 200, seed: int = 0, distractors: float =
     faces, library = cjk_faces(), photos()
     import opencc
 
-    to_traditional, kinds = opencc.OpenCC("s2t").convert, list(SCENES)
+    to_traditional, kinds = opencc.OpenCC("s2tw").convert, list(SCENES)  # Taiwan's forms: 麵, 吃, as signs show them
     (folder / "images").mkdir(parents=True, exist_ok=True)
     pictures = []
     for number in range(count):

@@ -3,8 +3,11 @@
 The engine loads once per process, on first use, and offline: its detection and recognition
 models are inside the `rapidocr` package. An image is shrunk first, so that its longer side is at
 most MAX_SIDE pixels (JPEGs decode straight at a reduced scale): the detector's work grows with
-the pixels, and bench/ocr.py measured what a smaller image costs in lines read. Boxes come back in
-the original image's pixels (EXIF orientation applied, as every image of tusou is shown).
+the pixels. On the OCR benchmark set (bench/ocr.py, docs/performance.md) 1280 px read as many
+lines exactly as RapidOCR does as it ships (whole image, a short side scaled up to 736 px) for 57%
+of its CPU; 960 px cost 44% but missed lines in pictures of phone-photo size, 1600 px 70% for two
+lines more in 536. Boxes come back in the original image's pixels (EXIF orientation applied, as
+every image of tusou is shown).
 
 One image that cannot be read (a broken file, an error inside the OCR) gives no lines and a
 reason, never an exception: a build, a batch or a UI request goes on. Only a missing package is
@@ -25,7 +28,7 @@ from retrieval.errors import TusouError
 from retrieval.images import ImageError, decode, fitted_size
 
 MAX_SIDE = 1280
-"""The longer side an image is shrunk to before OCR (bench/ocr.py: see docs/performance.md)."""
+"""The longer side an image is shrunk to before OCR (see the module's docstring)."""
 MAX_ASPECT = 8
 OCR_FIX = "pip install 'tusou[ocr]'"
 
@@ -54,8 +57,8 @@ class OcrResult:
 @functools.cache
 def ocr_engine(max_side: int = MAX_SIDE, threads: int = 0):
     """The process's RapidOCR engine for images of at most `max_side` pixels, whose detector reads
-    them at that size (RapidOCR's default would scale a short side up to 736 px first, at 1.3-1.5x the
-    CPU for the same lines read: bench/ocr.py); `threads` for onnxruntime (0: its default, every core)."""
+    them at that size, never scaled up (RapidOCR's default scales a short side up to 736 px);
+    `threads` for onnxruntime (0: its default, every core)."""
     try:
         import onnxruntime
         from rapidocr import RapidOCR

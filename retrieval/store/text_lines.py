@@ -7,9 +7,9 @@ match straight from the index. Trigrams cannot cover one or two characters, so e
 is indexed with two PAD characters after it (a private-use code point no folded text holds):
 then every occurrence of a one- or two-character piece starts a trigram, and the lines holding
 it are the documents of the terms in one range of the index's vocabulary (fts5vocab), read
-without a scan. At 1M lines (bench/text_search.py) two characters take 0.5 ms (p95 11 ms) and one
-31 ms (p95 340 ms: a character in a fifth of all lines), where a scan of the folded column takes
-210-320 ms for any query.
+without a scan. At 1M lines (bench/text_search.py) two characters take 0.5 ms (p95 21 ms) and one
+31 ms (p95 480 ms: a character in a fifth of all lines), where a scan of the folded column takes
+210-350 ms for any query.
 
 `ocr_read` records which items were read (and why one gave no lines), so an image without text
 is not read again. Triggers keep the FTS index in step with `ocr_lines`, and drop an item's lines
