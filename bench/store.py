@@ -32,11 +32,12 @@ from indexer.faiss_build import exact_neighbours, recall_at_k
 from indexer.commit import Change, commit_change
 from indexer.merge import merge_all
 from indexer.plan import Layout
-from indexer.segment_writer import write_segment
+from indexer.segment_writer import segment_files, write_segment
 from retrieval.search.filters import Filters, make_filters
 from retrieval.sizes import format_size
-from retrieval.store.catalog import Catalog, SegmentRow, bump_generation, item_values, put_items, put_segment, put_setting
-from retrieval.store.manifest import Manifest, write_manifest
+from retrieval.store.arrays import write_array
+from retrieval.store.catalog import SEGMENTS_DIR, Catalog, SegmentRow, bump_generation, item_values, put_items, put_segment, put_setting
+from retrieval.store.manifest import Manifest, read_manifest, write_manifest
 from retrieval.store.model_ref import ModelRef
 from retrieval.store.records import CatalogItem
 from retrieval.store.store import CATALOG, open_store
@@ -70,6 +71,31 @@ def synthetic_store(directory: Path, space: ClipLikeSpace, segments: list[tuple[
         for row in rows:
             put_segment(db, row)
         put_setting(db, "next_segment", len(rows) + 1)
+        bump_generation(db)
+    return catalog
+
+
+def tiled_store(directory: Path, source: Path, copies: int) -> Catalog:
+    """A store of `copies` segments, each the one segment of the store at `source` (its vectors and
+    FAISS file hard-linked, its ids its own): an index of copies × the rows in seconds rather than
+    hours, for what does not depend on the vectors being distinct (opening, the first query)."""
+    directory.mkdir(parents=True)
+    (directory / SEGMENTS_DIR).mkdir()
+    write_manifest(directory, read_manifest(source))
+    [row] = Catalog(source / CATALOG).segments()
+    catalog = Catalog(directory / CATALOG, create=True)
+    rows = []
+    for number in range(1, copies + 1):
+        files = segment_files(number)
+        for role in ("vectors", "faiss"):
+            os.link(source / row.files[role], directory / files[role])
+        write_array(directory / files["ids"], np.arange((number - 1) * row.count, number * row.count, dtype=np.int64))
+        rows.append(SegmentRow(number, row.count, 0, files, row.index_entry))
+    with catalog.transaction() as db:
+        put_items(db, _items(rows))
+        for segment in rows:
+            put_segment(db, segment)
+        put_setting(db, "next_segment", copies + 1)
         bump_generation(db)
     return catalog
 
@@ -315,6 +341,42 @@ def report_open_and_filters(store_dir: Path, count: int, index_type: str, space:
     ))
 
 
+def report_tiled(store_dir: Path, copies: int, space: ClipLikeSpace, queries: int) -> None:
+    """Opening and the first query, and filtered latency, at `copies` × the store at `store_dir` (tiled_store)."""
+    tiled = store_dir.with_name(store_dir.name + f"-x{copies}")
+    seconds, catalog = timed(lambda: tiled_store(tiled, store_dir, copies))
+    count, kind = sum(row.count for row in catalog.segments()), catalog.segments()[0].index_entry.type
+    catalog.close()
+    opened = [measure_open(tiled, "store") for _ in range(3)]
+    view = open_store(tiled).view()
+    asked = space.array(queries, queries=True, stream=3)
+    rows = []
+    for name, spec in [("none (unfiltered)", None), *SELECTIVITIES.items()]:
+        filters = make_filters(**spec) if spec else Filters()
+        view.search(asked[0], 10, filters)
+        first = []
+        for query in asked:
+            view.matching.cache_clear()
+            first.append(timed(lambda: view.search(query, 10, filters))[0])
+        further = [timed(lambda: view.search(query, 10, filters))[0] for query in asked]
+        rows.append([name, np.median(first) * 1000, np.median(further) * 1000])
+    built = (f"The store is {copies} copies of the {count // copies:,}-vector segment above (vectors and FAISS file hard-linked, "
+             f"each copy its own ids and catalog rows; built in {seconds:.0f} s). Machine: {machine()}.")
+    print(table(
+        f"Open an index of {count:,} ({copies} {kind} segments) and answer the first query",
+        ["run", "seconds", "memory beyond the index's data"],
+        [[f"fresh process {n}", o["seconds"], f"{o['rss_beyond_faiss'] / 2**20:.0f} MB"] for n, o in enumerate(opened, 1)],
+        [built],
+    ))
+    print(table(
+        f"Filtered top-10 over {count:,} ({copies} {kind} segments)",
+        ["filter", "first query p50 ms", "further queries p50 ms"],
+        rows,
+        [f"{queries} queries; recall is not measured here, as every vector is there {copies} times. {built}"],
+    ))
+    shutil.rmtree(tiled, ignore_errors=True)
+
+
 def report_merges(folder: Path, args: argparse.Namespace) -> None:
     cost = merge_cost(folder, args.merge_segments, args.merge_rows, args.merge_type)
     recall = merged_recall(folder, args.recall_count, index_type=args.merge_type)
@@ -342,6 +404,7 @@ def main() -> None:
     parser.add_argument("--merge-type", default="hnsw")
     parser.add_argument("--queries", type=int, default=QUERIES, help="queries of the filter measurements")
     parser.add_argument("--no-updates", action="store_true", help="skip the updates and their whole-index rewrite (long at 10M)")
+    parser.add_argument("--tile", type=int, default=0, help="also open an index of TILE copies of each store (10: 10M from 1M)")
     parser.add_argument("--dir", type=Path, help="where to write the stores (default: a temporary folder)")
     parser.add_argument("--open", help=argparse.SUPPRESS)
     parser.add_argument("--how", help=argparse.SUPPRESS)
@@ -354,6 +417,8 @@ def main() -> None:
             store_dir = Path(folder) / f"store-{index_type}"
             synthetic_store(store_dir, space, [(args.count, index_type)]).close()
             report_open_and_filters(store_dir, args.count, index_type, space, args.queries)
+            if args.tile:
+                report_tiled(store_dir, args.tile, space, args.queries)
             if not args.no_updates:
                 report_updates(store_dir, args.count, index_type, space)
             shutil.rmtree(store_dir, ignore_errors=True)
