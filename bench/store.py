@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from indexer.segment_writer import segment_files, write_segment
 from retrieval.search.filters import Filters, make_filters
 from retrieval.sizes import format_size
 from retrieval.store.arrays import write_array
-from retrieval.store.catalog import SEGMENTS_DIR, Catalog, SegmentRow, bump_generation, item_values, put_items, put_segment, put_setting
+from retrieval.store.catalog import INDEXES, SEGMENTS_DIR, Catalog, SegmentRow, bump_generation, item_values, put_items, put_segment, put_setting
 from retrieval.store.manifest import Manifest, read_manifest, write_manifest
 from retrieval.store.model_ref import ModelRef
 from retrieval.store.records import CatalogItem
@@ -91,8 +92,13 @@ def tiled_store(directory: Path, source: Path, copies: int) -> Catalog:
             os.link(source / row.files[role], directory / files[role])
         write_array(directory / files["ids"], np.arange((number - 1) * row.count, number * row.count, dtype=np.int64))
         rows.append(SegmentRow(number, row.count, 0, files, row.index_entry))
-    with catalog.transaction() as db:
+    indexes = [statement for statement in INDEXES.split(";") if statement.strip()]
+    with catalog.transaction() as db:  # rows first, then the filter indexes, each built by one sort
+        for name in re.findall(r"EXISTS (\w+) ON", INDEXES):
+            db.execute(f"DROP INDEX {name}")
         put_items(db, _items(rows))
+        for statement in indexes:
+            db.execute(statement)
         for segment in rows:
             put_segment(db, segment)
         put_setting(db, "next_segment", copies + 1)
