@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -315,14 +315,17 @@ def report_updates(directory: Path, count: int, index_type: str, space: ClipLike
     tuned again)."""
     layout = Layout(index_type, None)
     rows = []
-    for added in (1, 1000):
-        first = count + sum(r[1] for r in rows)
+    first = count
+    for added, where in ((1, "a new folder"), (1000, "a new folder"), (1000, "1,000 folders, one each")):
         items = [synthetic_item(first + i, np.arange(first + added)) for i in range(added)]
+        if where == "a new folder":  # an import: the catalog's path index grows at one place, not 1,000
+            items = [replace(item, path=f"/photos/new-{first}/{item.id:08d}.jpg") for item in items]
         vectors = space.array(added, stream=7 + added)
         change = Change(items, lambda out, v=vectors: np.copyto(out, v), first + added, layout)
         seconds, written = _commit(directory, change)
-        rows.append([f"add {added:,}", added, seconds, format_size(written), f"{written / added / 1024:.1f} KB"])
-    deleted = Change([], lambda out: None, count + 1001, layout, removed=list(range(1000)), replaced={1: list(range(1000))})
+        rows.append([f"add {added:,} into {where}", added, seconds, format_size(written), f"{written / added / 1024:.1f} KB"])
+        first += added
+    deleted = Change([], lambda out: None, first, layout, removed=list(range(1000)), replaced={1: list(range(1000))})
     seconds, written = _commit(directory, deleted)
     rows.append(["delete 1,000", 1000, seconds, format_size(written), f"{written / 1000 / 1024:.1f} KB"])
     catalog = Catalog(directory / CATALOG)
