@@ -258,7 +258,7 @@ def report_updates(directory: Path, count: int, index_type: str, space: ClipLike
         change = Change(items, lambda out, v=vectors: np.copyto(out, v), first + added, layout)
         seconds, written = _commit(directory, change)
         rows.append([f"add {added:,}", added, seconds, format_size(written), f"{written / added / 1024:.1f} KB"])
-    deleted = Change([], lambda out: None, count + 1001, layout, removed=list(range(1000)), replaced={1: list(range(1000))})
+    deleted = Change([], lambda out: None, count + 1001, layout, replaced={1: list(range(1000))})
     seconds, written = _commit(directory, deleted)
     rows.append(["delete 1,000", 1000, seconds, format_size(written), f"{written / 1000 / 1024:.1f} KB"])
     catalog = Catalog(directory / CATALOG)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -69,37 +69,30 @@ class Skipped:
     reason: str
 
 
-def scan(
-    paths: list[str | os.PathLike], progress: bool = True, known: Iterable[ImageRecord] = ()
-) -> tuple[dict[str, SourceFile], list[Skipped]]:
+Known = Callable[[str], Iterable[ImageRecord]]
+"""The previous catalog's items whose path starts with a prefix (Catalog.items_under), from any thread."""
+
+
+def scan(paths: list[str | os.PathLike], progress: bool = True, known: Known | None = None) -> tuple[dict[str, SourceFile], list[Skipped]]:
     """Every image under `paths` by catalog path, and those that could not be looked at.
 
     `known` (the previous catalog) lets a shard whose stamp has not changed be taken from
     the catalog without reading it: listing a remote shard means downloading it.
     """
     specs = expand_paths([os.fspath(path) for path in paths])
-    shards_known = _known_shards(known)
     found: dict[str, SourceFile] = {}
     skipped: list[Skipped] = []
     with tqdm(desc="scanning", unit=" files", disable=not progress, leave=False) as bar:
-        for source in _sources(specs, shards_known, skipped):
+        for source in _sources(specs, known or (lambda prefix: ()), skipped):
             bar.update()
             kill_point("scan")
             found[source.path] = source
     return dict(sorted(found.items())), skipped
 
 
-def _known_shards(known: Iterable[ImageRecord]) -> dict[str, list[ImageRecord]]:
-    by_shard: dict[str, list[ImageRecord]] = {}
-    for item in known:
-        if item.change_key and item.change_key.startswith(SHARD_KEY):
-            by_shard.setdefault(item.path.rpartition(MEMBER_SEPARATOR)[0], []).append(item)
-    return by_shard
-
-
-def _sources(specs: list[str], shards_known: dict[str, list[ImageRecord]], skipped: list[Skipped]) -> Iterator[SourceFile]:
+def _sources(specs: list[str], known: Known, skipped: list[Skipped]) -> Iterator[SourceFile]:
     """What each spec holds, in spec order, looked at SCAN_THREADS specs at a time."""
-    look = partial(_look, shards_known=shards_known)
+    look = partial(_look, known=known)
     with ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="scan") as pool:
         for start in range(0, len(specs), SCAN_WINDOW):
             for found, problems in pool.map(look, specs[start : start + SCAN_WINDOW]):
@@ -107,10 +100,10 @@ def _sources(specs: list[str], shards_known: dict[str, list[ImageRecord]], skipp
                 yield from found
 
 
-def _look(spec: str, shards_known: dict[str, list[ImageRecord]]) -> tuple[list[SourceFile], list[Skipped]]:
+def _look(spec: str, known: Known) -> tuple[list[SourceFile], list[Skipped]]:
     skipped: list[Skipped] = []
     if is_shard(spec):
-        found = list(_shard(spec if is_url(spec) else os.path.abspath(spec), shards_known, skipped))
+        found = list(_shard(spec if is_url(spec) else os.path.abspath(spec), known, skipped))
     elif is_url(spec):
         found = _remote(spec, skipped)
     else:
@@ -118,14 +111,14 @@ def _look(spec: str, shards_known: dict[str, list[ImageRecord]]) -> tuple[list[S
     return found, skipped
 
 
-def _shard(shard: str, shards_known: dict[str, list[ImageRecord]], skipped: list[Skipped]) -> Iterator[SourceFile]:
+def _shard(shard: str, known: Known, skipped: list[Skipped]) -> Iterator[SourceFile]:
     try:
         info = remote_info(shard) if is_url(shard) else None
         key = SHARD_KEY + (remote_key(info) if info is not None else local_key(os.stat(shard)))
     except Exception as exc:
         skipped.append(Skipped(shard, error_reason(shard, exc)))
         return
-    previous = shards_known.get(shard, [])
+    previous = [item for item in known(shard + MEMBER_SEPARATOR) if item.change_key and item.change_key.startswith(SHARD_KEY)]
     if previous and all(item.change_key == key for item in previous):
         for item in previous:
             yield SourceFile(item.path, item.size, item.mtime_ns, key, shard)
