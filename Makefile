@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PYTHON) -m bench.build_throughput
 	$(PYTHON) -m bench.index_types
 	$(PYTHON) -m bench.store
+	$(PYTHON) -m bench.build_memory
 
 # Retrain the shipped demo model (about 14 minutes on 2 CPU cores) and re-measure it.
 demo-model: $(STAMP)
