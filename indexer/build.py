@@ -41,6 +41,7 @@ from retrieval.store.catalog import SEGMENTS_DIR, Catalog
 from retrieval.store.faults import kill_point
 from retrieval.store.manifest import MANIFEST, check_model, read_manifest, rebuild_hint
 from retrieval.store.model_ref import ModelRef, cast
+from retrieval.store.records import SHARD_MEMBER, CatalogItem
 from retrieval.store.segment import check_segments
 from retrieval.store.store import CATALOG, Store, open_store
 
@@ -147,7 +148,7 @@ def _update(plan: BuildPlan, engine: Engine, previous: Store | None) -> BuildSum
     built = _built_layout(previous) if previous else None
     layout = plan.layout(built)
     model, ref = _load_model(plan, previous)
-    files, skipped = scan(plan.paths, progress=plan.progress, known=previous.catalog.items_under if previous else None)
+    files, skipped = scan(plan.paths, progress=plan.progress, known=previous.catalog.keys_under if previous else None)
     if not files:
         shown = ", ".join(str(p) for p in plan.paths)
         raise TusouError(f"no images found under {shown} (looked for {describe_extensions()})")
@@ -228,18 +229,29 @@ class Compared:
 
 def compare(files: dict[str, SourceFile], catalog: Catalog | None) -> Compared:
     """The index's items, streamed, against the scan's `files`, which become the pending ones: an
-    unchanged file leaves them. Holds nothing an item but the rows it replaces (8 bytes each)."""
+    unchanged file leaves them, as does a shard kept as it is. Holds nothing an item but the rows it
+    replaces (8 bytes each)."""
     unchanged = indexed = 0
     replaced: dict[int, array] = {}
     for item, segment, row in catalog.all_items() if catalog else ():
         indexed += 1
-        source = files.get(item.path)
-        if source is not None and source.stamp == item.stamp:
-            del files[item.path]
+        if _unchanged(item, files):
+            files.pop(item.path, None)
             unchanged += 1
         else:
             replaced.setdefault(segment, array("q")).append(row)
+    for kept in [path for path, source in files.items() if source.kept]:
+        del files[kept]
     return Compared(files, unchanged, indexed, replaced)
+
+
+def _unchanged(item: CatalogItem, files: dict[str, SourceFile]) -> bool:
+    """Whether the scan found `item`'s file with the stamp the index has, or its shard kept as it is."""
+    source = files.get(item.path)
+    if source is not None:
+        return source.stamp == item.stamp
+    shards = (files.get(item.path[: found.start()]) for found in SHARD_MEMBER.finditer(item.path))
+    return any(shard is not None and shard.kept and shard.change_key == item.change_key for shard in shards)
 
 
 def _work(pending: dict[str, SourceFile], staging: Staging) -> Work:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -32,7 +32,6 @@ from indexer.shards import list_images, member_path
 from retrieval.images import IMAGE_EXTENSIONS, file_error_reason, is_image_path
 from retrieval.locations import MEMBER_SEPARATOR, error_reason, is_shard, is_url
 from retrieval.store.faults import kill_point
-from retrieval.store.index_store import ImageRecord
 
 SCAN_THREADS = 16
 """Specs looked at at once. A remote one costs a round trip (a HEAD request per URL, a download
@@ -57,6 +56,9 @@ class SourceFile:
     whole: bool = False
     """A remote shard not listed at scan time (listing it means downloading it): it stands for its
     members until the build reads it, and lists it in the same pass."""
+    kept: bool = False
+    """A shard whose stamp is the one each of its members in the index has: it stands for them,
+    unchanged, not listed (a hundred million listed would cost the driver some 40 GB)."""
 
     @property
     def stamp(self) -> tuple[int, int, str | None]:
@@ -69,21 +71,21 @@ class Skipped:
     reason: str
 
 
-Known = Callable[[str], Iterable[ImageRecord]]
-"""The previous catalog's items whose path starts with a prefix (Catalog.items_under), from any thread."""
+Known = Callable[[str], set[str | None]]
+"""The change keys of the previous catalog's items whose path starts with a prefix (Catalog.keys_under), from any thread."""
 
 
 def scan(paths: list[str | os.PathLike], progress: bool = True, known: Known | None = None) -> tuple[dict[str, SourceFile], list[Skipped]]:
     """Every image under `paths` by catalog path, and those that could not be looked at.
 
-    `known` (the previous catalog) lets a shard whose stamp has not changed be taken from
-    the catalog without reading it: listing a remote shard means downloading it.
+    `known` (the previous catalog) lets a shard whose stamp has not changed be taken as the
+    catalog has it (`kept`) without reading it: listing a remote shard means downloading it.
     """
     specs = expand_paths([os.fspath(path) for path in paths])
     found: dict[str, SourceFile] = {}
     skipped: list[Skipped] = []
     with tqdm(desc="scanning", unit=" files", disable=not progress, leave=False) as bar:
-        for source in _sources(specs, known or (lambda prefix: ()), skipped):
+        for source in _sources(specs, known or (lambda prefix: set()), skipped):
             bar.update()
             kill_point("scan")
             found[source.path] = source
@@ -118,10 +120,8 @@ def _shard(shard: str, known: Known, skipped: list[Skipped]) -> Iterator[SourceF
     except Exception as exc:
         skipped.append(Skipped(shard, error_reason(shard, exc)))
         return
-    previous = [item for item in known(shard + MEMBER_SEPARATOR) if item.change_key and item.change_key.startswith(SHARD_KEY)]
-    if previous and all(item.change_key == key for item in previous):
-        for item in previous:
-            yield SourceFile(item.path, item.size, item.mtime_ns, key, shard)
+    if {found for found in known(shard + MEMBER_SEPARATOR) if found and found.startswith(SHARD_KEY)} == {key}:
+        yield SourceFile(shard, 0, 0, key, shard, kept=True)
         return
     if info is not None:
         yield SourceFile(shard, int(info.get("size") or 0), 0, key, shard, whole=True)

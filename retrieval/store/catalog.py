@@ -271,12 +271,11 @@ class Catalog:
                 row = item_row(values)
                 yield stored_item(row), row["segment"], row["row"]
 
-    def items_under(self, prefix: str) -> list[CatalogItem]:
-        """The items whose path starts with `prefix` (`SHARD#`: a tar shard's members), in path order."""
+    def keys_under(self, prefix: str) -> set[str | None]:
+        """The change keys of the items whose path starts with `prefix` (`SHARD#`: a tar shard's members)."""
         where, params = paths_under(prefix)
         with self.checked():
-            rows = self.db.execute(f"SELECT {', '.join(ITEM_COLUMNS)} FROM items WHERE {where} ORDER BY path", params).fetchall()
-        return [stored_item(item_row(values)) for values in rows]
+            return {key for (key,) in self.db.execute(f"SELECT DISTINCT change_key FROM items WHERE {where}", params)}
 
     def items(self, ids: Iterable[int]) -> dict[int, dict]:
         """The rows of `ids` (those still in the catalog), by id."""
