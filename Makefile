@@ -17,7 +17,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PYTHON) -m ui.demo
 
-# The performance tables of docs/performance.md (about 33 minutes on 2 CPU cores).
+# The performance tables of docs/performance.md (about 40 minutes on 2 CPU cores).
 bench: $(STAMP)
 	$(PYTHON) -m bench.startup
 	$(PYTHON) -m bench.query_latency
