@@ -17,13 +17,14 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PYTHON) -m ui.demo
 
-# The performance tables of docs/performance.md (about 33 minutes on 2 CPU cores).
+# The performance tables of docs/performance.md (about 40 minutes on 2 CPU cores).
 bench: $(STAMP)
 	$(PYTHON) -m bench.startup
 	$(PYTHON) -m bench.query_latency
 	$(PYTHON) -m bench.build_throughput
 	$(PYTHON) -m bench.index_types
 	$(PYTHON) -m bench.store
+	$(PYTHON) -m bench.build_memory
 
 # Retrain the shipped demo model (about 14 minutes on 2 CPU cores) and re-measure it.
 demo-model: $(STAMP)

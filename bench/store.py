@@ -325,7 +325,7 @@ def report_updates(directory: Path, count: int, index_type: str, space: ClipLike
         seconds, written = _commit(directory, change)
         rows.append([f"add {added:,} into {where}", added, seconds, format_size(written), f"{written / added / 1024:.1f} KB"])
         first += added
-    deleted = Change([], lambda out: None, first, layout, removed=list(range(1000)), replaced={1: list(range(1000))})
+    deleted = Change([], lambda out: None, first, layout, replaced={1: list(range(1000))})
     seconds, written = _commit(directory, deleted)
     rows.append(["delete 1,000", 1000, seconds, format_size(written), f"{written / 1000 / 1024:.1f} KB"])
     catalog = Catalog(directory / CATALOG)
