@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import sqlite3
-from pathlib import Path
 
 from bench.build_memory import DIM, MODEL, old_path, scanned, write_inputs
 from indexer.build import commit_staged, compare
