@@ -252,7 +252,7 @@ def _filter_row(name: str, filters: Filters, store, view, vectors: np.ndarray, q
     view.search(queries[0], 10, filters)  # warm: SQLite pages and FAISS structures
     first, times, recalls = [], [], []
     for query, true in zip(queries, truth):
-        view.matching.cache_clear()
+        view.matched.clear()
         first.append(timed(lambda: view.search(query, 10, filters))[0])
         seconds, (_, found) = timed(lambda: view.search(query, 10, filters))
         times.append(seconds)
@@ -271,7 +271,7 @@ def fetched_against_post_filtered(directory: Path, queries: np.ndarray, spec: di
         for query in queries:
             for share, seconds in times.items():
                 store_module.FETCH_SHARE = share
-                view.matching.cache_clear()
+                view.matched.clear()
                 seconds.append(timed(lambda: view.search(query, 10, filters))[0])
     finally:
         store_module.FETCH_SHARE = fetch_share
@@ -392,7 +392,7 @@ def report_tiled(store_dir: Path, copies: int, space: ClipLikeSpace, queries: in
         view.search(asked[0], 10, filters)
         first = []
         for query in asked:
-            view.matching.cache_clear()
+            view.matched.clear()
             first.append(timed(lambda: view.search(query, 10, filters))[0])
         further = [timed(lambda: view.search(query, 10, filters))[0] for query in asked]
         rows.append([name, np.median(first) * 1000, np.median(further) * 1000])
