@@ -17,13 +17,14 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PYTHON) -m ui.demo
 
-# The performance tables of docs/performance.md (about 33 minutes on 2 CPU cores, and 16 more for OCR and text search).
+# The performance tables of docs/performance.md (about 40 minutes on 2 CPU cores, and 16 more for OCR and text search).
 bench: $(STAMP)
 	$(PYTHON) -m bench.startup
 	$(PYTHON) -m bench.query_latency
 	$(PYTHON) -m bench.build_throughput
 	$(PYTHON) -m bench.index_types
 	$(PYTHON) -m bench.store
+	$(PYTHON) -m bench.build_memory
 	$(PYTHON) -m bench.ocr
 	$(PYTHON) -m bench.text_search
 

@@ -6,6 +6,10 @@ are dropped. Embeddings are staged in chunks as they are made, so an interrupted
 resumes where it stopped. The commit (indexer.commit) writes one new segment of the embedded
 vectors and deletion records for the rows they replace, so what a build writes grows with what
 changed. An index of format 1 is converted first (indexer.convert).
+
+The driver holds the scan's list of files and nothing else an image: the comparison with the index
+streams its catalog, the commit streams the staged records and the ids they keep out of SQLite
+(indexer.staged_items), so a build of 100M images costs no 100 GB of memory (bench/build_memory.py).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import errno
 import fcntl
 import os
 import shutil
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from indexer import space
@@ -28,15 +33,15 @@ from indexer.leftovers import CATALOG_FILES, TEMPORARY_FILE, remove_leftovers, r
 from indexer.merge import merge_all, merge_as_policy_says
 from indexer.plan import BuildPlan, Layout
 from indexer.sources import SourceFile, describe_extensions, scan
+from indexer.staged_items import staged_items
 from indexer.staging import Staging
 from retrieval.errors import TusouError
-from retrieval.locations import MEMBER_SEPARATOR
 from retrieval.models.model import EmbeddingModel
 from retrieval.store.catalog import SEGMENTS_DIR, Catalog
 from retrieval.store.faults import kill_point
 from retrieval.store.manifest import MANIFEST, check_model, read_manifest, rebuild_hint
 from retrieval.store.model_ref import ModelRef, cast
-from retrieval.store.records import CatalogItem, ImageRecord
+from retrieval.store.records import SHARD_MEMBER, CatalogItem
 from retrieval.store.segment import check_segments
 from retrieval.store.store import CATALOG, Store, open_store
 
@@ -143,21 +148,19 @@ def _update(plan: BuildPlan, engine: Engine, previous: Store | None) -> BuildSum
     built = _built_layout(previous) if previous else None
     layout = plan.layout(built)
     model, ref = _load_model(plan, previous)
-    old = {item.path: (item, segment, row) for item, segment, row in previous.catalog.all_items()} if previous else {}
-    files, skipped = scan(plan.paths, progress=plan.progress, known=[item for item, _, _ in old.values()])
+    files, skipped = scan(plan.paths, progress=plan.progress, known=previous.catalog.keys_under if previous else None)
     if not files:
         shown = ", ".join(str(p) for p in plan.paths)
         raise TusouError(f"no images found under {shown} (looked for {describe_extensions()})")
+    compared = compare(files, previous.catalog if previous else None)
     staging = Staging(out / "staging", ref)
-    scanned = _Scanned.against(files, old)
-    space.expect(_expected_bytes(scanned, model.dim, layout, plan.checkpoint_every))
+    space.expect(_expected_bytes(compared.pending, model.dim, layout, plan.checkpoint_every))
     try:
         try:
-            skipped += engine.embed(model, ref, _work(scanned, staging), staging)
+            skipped += engine.embed(model, ref, _work(compared.pending, staging), staging)
         finally:
             staging.flush()
-        scanned = replace(scanned, files=_listed(files, _staged_members(files, staging)))
-        summary = _commit(out, previous, ref, model.dim, scanned, staging, layout, built, plan.progress)
+        summary = commit_staged(out, previous, ref, model.dim, compared, staging, layout, built, plan.progress)
         summary.embedded = staging.added
         summary.resumed = max(0, summary.added + summary.updated - staging.added)  # a retried Ray task can deliver twice
         kill_point("committed")
@@ -169,13 +172,12 @@ def _update(plan: BuildPlan, engine: Engine, previous: Store | None) -> BuildSum
     return summary
 
 
-def _expected_bytes(scanned: _Scanned, dim: int, layout: Layout, chunk_rows: int) -> int:
-    """What the rest of the build writes at most: every new or changed image staged, then the segment
-    and catalog rows of the commit (the merges after it say what they need themselves)."""
-    changed = [path for path in scanned.files if path not in scanned.unchanged]
-    paths = space.path_bytes(changed)
-    commit = space.segment_bytes(len(changed), dim, layout.requested) + space.sqlite_bytes(len(changed), paths)
-    return space.staging_bytes(len(changed), paths, dim, chunk_rows) + commit
+def _expected_bytes(pending: dict[str, SourceFile], dim: int, layout: Layout, chunk_rows: int) -> int:
+    """What the rest of the build writes at most: every pending image staged, then the segment and
+    catalog rows of the commit (the merges after it say what they need themselves)."""
+    paths = space.path_bytes(pending)
+    commit = space.segment_bytes(len(pending), dim, layout.requested) + space.sqlite_bytes(len(pending), paths)
+    return space.staging_bytes(len(pending), paths, dim, chunk_rows) + commit
 
 
 def _merge(out: Path, layout: Layout, built: Layout | None, progress: bool) -> None:
@@ -212,102 +214,78 @@ def _load_model(plan: BuildPlan, previous: Store | None) -> tuple[EmbeddingModel
 
 
 @dataclass(frozen=True)
-class _Scanned:
+class Compared:
     """The collection as scanned, against the index as it was."""
 
-    files: dict[str, SourceFile]
-    old: dict[str, tuple[CatalogItem, int, int]]
-    """Item and (segment, row) of each path in the index as it was."""
-    unchanged: set[str]
-    """Paths whose stamp is the one the index has: their items and vectors stay as they are."""
-
-    @classmethod
-    def against(cls, files: dict[str, SourceFile], old: dict[str, tuple[CatalogItem, int, int]]) -> _Scanned:
-        return cls(files, old, {path for path, source in files.items() if path in old and old[path][0].stamp == source.stamp})
-
-
-def _work(scanned: _Scanned, staging: Staging) -> Work:
-    """What is left to embed: the files neither unchanged nor staged, and of each shard not listed yet,
-    the members that an interrupted build did not stage."""
-    files = scanned.files
-    to_embed = [source for path, source in files.items() if path not in scanned.unchanged and staging.get(source) is None]
-    staged = _staged_members(files, staging)
-    skip = {shard: tuple(r.path[len(shard) + len(MEMBER_SEPARATOR) :] for r in records) for shard, records in staged.items()}
-    images = None if any(source.whole for source in to_embed) else len(to_embed)
-    return Work(units_of(to_embed, skip), images, files)
+    pending: dict[str, SourceFile]
+    """The scanned files the index does not hold as they are (new, changed, shards to list): what the
+    build embeds and commits."""
+    unchanged: int
+    indexed: int
+    """Items of the index as it was."""
+    replaced: dict[int, array]
+    """Segment → rows of the items not unchanged (changed, or gone): the commit deletes them."""
 
 
-def _staged_members(files: dict[str, SourceFile], staging: Staging) -> dict[str, list[ImageRecord]]:
-    """For each shard of `files` that was not listed at scan time (`whole`), its members staged so far."""
-    whole = {path: source for path, source in files.items() if source.whole}
-    found: dict[str, list[ImageRecord]] = {}
-    if whole:
-        for record in staging.records():
-            shard = whole.get(record.path.rpartition(MEMBER_SEPARATOR)[0])
-            if shard is not None and record.change_key == shard.change_key:
-                found.setdefault(shard.path, []).append(record)
-    return found
+def compare(files: dict[str, SourceFile], catalog: Catalog | None) -> Compared:
+    """The index's items, streamed, against the scan's `files`, which become the pending ones: an
+    unchanged file leaves them, as does a shard kept as it is. Holds nothing an item but the rows it
+    replaces (8 bytes each)."""
+    unchanged = indexed = 0
+    replaced: dict[int, array] = {}
+    for item, segment, row in catalog.all_items() if catalog else ():
+        indexed += 1
+        if _unchanged(item, files):
+            files.pop(item.path, None)
+            unchanged += 1
+        else:
+            replaced.setdefault(segment, array("q")).append(row)
+    for kept in [path for path, source in files.items() if source.kept]:
+        del files[kept]
+    return Compared(files, unchanged, indexed, replaced)
 
 
-def _listed(files: dict[str, SourceFile], staged: dict[str, list[ImageRecord]]) -> dict[str, SourceFile]:
-    """`files` with each whole shard replaced by the members read from it, in path order."""
-    if not any(source.whole for source in files.values()):
-        return files
-    listed = {path: source for path, source in files.items() if not source.whole}
-    for shard, records in staged.items():
-        listed |= {r.path: SourceFile(r.path, r.size, r.mtime_ns, r.change_key, shard) for r in records}
-    return dict(sorted(listed.items()))
+def _unchanged(item: CatalogItem, files: dict[str, SourceFile]) -> bool:
+    """Whether the scan found `item`'s file with the stamp the index has, or its shard kept as it is."""
+    source = files.get(item.path)
+    if source is not None:
+        return source.stamp == item.stamp
+    shards = (files.get(item.path[: found.start()]) for found in SHARD_MEMBER.finditer(item.path))
+    return any(shard is not None and shard.kept and shard.change_key == item.change_key for shard in shards)
 
 
-def _commit(
+def _work(pending: dict[str, SourceFile], staging: Staging) -> Work:
+    """What is left to embed: the pending files not staged, and of each shard not listed yet, the
+    members that an interrupted build did not stage."""
+    to_embed = [source for source in pending.values() if staging.get(source) is None]
+    skip = {source.path: tuple(staging.members(source)) for source in to_embed if source.whole}
+    return Work(units_of(to_embed, skip), None if skip else len(to_embed), pending)
+
+
+def commit_staged(
     out: Path,
     previous: Store | None,
     ref: ModelRef,
     dim: int,
-    scanned: _Scanned,
+    compared: Compared,
     staging: Staging,
     layout: Layout,
     built: Layout | None,
     progress: bool,
 ) -> BuildSummary:
-    """Commit what changed (nothing changed, nothing written: no new generation)."""
+    """Commit what changed (nothing changed, nothing written: no new generation): the staged images of
+    the pending files become the new segment's items in path order (changed ones keep their ids, new
+    ones get new ids), and the rows of every item not unchanged are deleted. Streamed from the staging
+    and the catalog (indexer.staged_items): nothing an image is held but its id."""
     kill_point("commit")
-    summary = BuildSummary(index=str(out))
     next_id = int(previous.catalog.setting("next_id", 0)) if previous else 0
-    change = _change(scanned, staging, next_id, layout, built, summary)
-    summary.removed = sum(1 for path in scanned.old if path not in scanned.files)
+    items = staged_items(staging, compared.pending.values(), out / CATALOG if previous else None, next_id)
+    change = Change(items, items.fill, items.next_id, layout, built, replaced=compared.replaced)
+    summary = BuildSummary(added=items.added, updated=items.updated, unchanged=compared.unchanged, index=str(out))
+    summary.removed = compared.indexed - compared.unchanged - items.known
     summary.total = summary.unchanged + summary.added + summary.updated
     if previous is None:
         create_index(out, ref, dim, change, progress)
     elif not change.empty:  # a new layout alone is recorded by the merge it asks for (_merge)
         commit_change(out, previous.catalog, dim, change, progress)
     return summary
-
-
-def _change(scanned: _Scanned, staging: Staging, next_id: int, layout: Layout, built: Layout | None, summary: BuildSummary) -> Change:
-    """What the build changes: staged images become the new segment's items in path order (changed
-    ones keep their ids, new ones get new ids); every other image not unchanged leaves, and the old
-    rows of both are deleted. Counted into `summary`."""
-    items: list[CatalogItem] = []
-    for path, source in scanned.files.items():
-        if path in scanned.unchanged:
-            summary.unchanged += 1
-            continue
-        record = staging.get(source)
-        if record is None:
-            continue
-        if path in scanned.old:
-            item_id = scanned.old[path][0].id
-            summary.updated += 1
-        else:
-            item_id, next_id = next_id, next_id + 1
-            summary.added += 1
-        items.append(CatalogItem(id=item_id, **asdict(record)))
-    change = Change(items, lambda out: staging.copy_vectors({item.path: row for row, item in enumerate(items)}, out), next_id, layout, built)
-    staged = {item.id for item in items}
-    for path, (item, segment, row) in scanned.old.items():
-        if path not in scanned.unchanged:
-            change.replaced.setdefault(segment, []).append(row)
-            if item.id not in staged:
-                change.removed.append(item.id)
-    return change

@@ -1,9 +1,10 @@
 """A build's change of the store, committed: a new index created, or one change of an index in place.
 
 A change is what one build found: the images it embedded (new ones and changed ones, which keep
-their ids), and the items it removes. It becomes one new segment holding only the embedded
-vectors, a new deletion record for each segment whose rows it replaces or removes, and one
-catalog transaction naming them: the bytes written grow with the change, not the collection.
+their ids), and the rows it replaces (of changed and removed images). It becomes one new segment
+holding only the embedded vectors, a new deletion record for each segment whose rows it replaces,
+and one catalog transaction naming them: the bytes written grow with the change, not the collection.
+An item still on a replaced row once the new items are in leaves the index.
 A new index commits by its manifest, written last: until then the directory is no index, and
 whatever a killed creation left is swept away by the next build (indexer.leftovers).
 """
@@ -11,9 +12,10 @@ whatever a killed creation left is swept away by the next build (indexer.leftove
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -22,7 +24,7 @@ from indexer.merge_policy import segment_type
 from indexer.plan import Layout
 from indexer.segment_writer import write_deletions, write_segment
 from retrieval.errors import TusouError
-from retrieval.store.catalog import Catalog, SegmentRow, bump_generation, drop_items, item_values, put_items, put_segment, put_setting
+from retrieval.store.catalog import Catalog, SegmentRow, bump_generation, drop_rows, item_values, put_items, put_segment, put_setting
 from retrieval.store.faults import kill_point
 from retrieval.store.manifest import Manifest, rebuild_hint, write_manifest
 from retrieval.store.model_ref import ModelRef
@@ -30,9 +32,17 @@ from retrieval.store.records import CatalogItem
 from retrieval.store.store import CATALOG
 
 
+class Items(Protocol):
+    """Items a commit reads a few times over (a list, or indexer.staged_items streaming them from SQLite)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[CatalogItem]: ...
+
+
 @dataclass
 class Change:
-    items: list[CatalogItem]
+    items: Items
     """Items whose vectors this change adds (new and changed images), in the new segment's row order."""
     fill: Callable[[np.ndarray], None]
     """Writes those vectors into the new segment's float16 rows (indexer.segment_writer.write_segment)."""
@@ -44,14 +54,13 @@ class Change:
     """The layout setting the commit leaves (None: `layout`). A build asked for a new layout records the
     one the segments are built as until the merge of everything into the new one records that: a build
     interrupted between the two (killed, out of space) still asks for the merge when run again."""
-    removed: list[int] = field(default_factory=list)
-    """Ids of items that leave the index."""
-    replaced: dict[int, list[int]] = field(default_factory=dict)
-    """Segment → rows of the vectors that changed and removed items leave behind."""
+    replaced: dict[int, Sequence[int]] = field(default_factory=dict)
+    """Segment → rows of the vectors that changed and removed items leave behind: a removed item is one
+    still on such a row once `items` are in."""
 
     @property
     def empty(self) -> bool:
-        return not (self.items or self.removed or self.replaced)
+        return not (len(self.items) or self.replaced)
 
 
 def create_index(directory: Path, model: ModelRef, dim: int, change: Change, progress: bool) -> None:
@@ -89,7 +98,7 @@ def commit_change(directory: Path, catalog: Catalog, dim: int, change: Change, p
     written += [write_deletions(directory, segments[s], rows, generation) for s, rows in sorted(change.replaced.items())]
     with catalog.transaction() as db:
         _put(db, change, written, number)
-        drop_items(db, change.removed)
+        drop_rows(db, change.replaced)
         put_settings(db, {"next_segment": number + 1 if change.items else number})
         bump_generation(db)
     for old in (segments[s].files.get("deleted") for s in sorted(change.replaced)):
@@ -105,7 +114,7 @@ def _change_bytes(change: Change, dim: int, kind: str) -> int:
 
 
 def _ids(change: Change) -> np.ndarray:
-    return np.array([item.id for item in change.items], dtype=np.int64)
+    return np.fromiter((item.id for item in change.items), dtype=np.int64, count=len(change.items))
 
 
 def _put(db: sqlite3.Connection, change: Change, segments: list[SegmentRow], segment: int) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -32,7 +32,6 @@ from indexer.shards import list_images, member_path
 from retrieval.images import IMAGE_EXTENSIONS, file_error_reason, is_image_path
 from retrieval.locations import MEMBER_SEPARATOR, error_reason, is_shard, is_url
 from retrieval.store.faults import kill_point
-from retrieval.store.index_store import ImageRecord
 
 SCAN_THREADS = 16
 """Specs looked at at once. A remote one costs a round trip (a HEAD request per URL, a download
@@ -57,6 +56,9 @@ class SourceFile:
     whole: bool = False
     """A remote shard not listed at scan time (listing it means downloading it): it stands for its
     members until the build reads it, and lists it in the same pass."""
+    kept: bool = False
+    """A shard whose stamp is the one each of its members in the index has: it stands for them,
+    unchanged, not listed (a hundred million listed would cost the driver some 40 GB)."""
 
     @property
     def stamp(self) -> tuple[int, int, str | None]:
@@ -69,37 +71,30 @@ class Skipped:
     reason: str
 
 
-def scan(
-    paths: list[str | os.PathLike], progress: bool = True, known: Iterable[ImageRecord] = ()
-) -> tuple[dict[str, SourceFile], list[Skipped]]:
+Known = Callable[[str], set[str | None]]
+"""The change keys of the previous catalog's items whose path starts with a prefix (Catalog.keys_under), from any thread."""
+
+
+def scan(paths: list[str | os.PathLike], progress: bool = True, known: Known | None = None) -> tuple[dict[str, SourceFile], list[Skipped]]:
     """Every image under `paths` by catalog path, and those that could not be looked at.
 
-    `known` (the previous catalog) lets a shard whose stamp has not changed be taken from
-    the catalog without reading it: listing a remote shard means downloading it.
+    `known` (the previous catalog) lets a shard whose stamp has not changed be taken as the
+    catalog has it (`kept`) without reading it: listing a remote shard means downloading it.
     """
     specs = expand_paths([os.fspath(path) for path in paths])
-    shards_known = _known_shards(known)
     found: dict[str, SourceFile] = {}
     skipped: list[Skipped] = []
     with tqdm(desc="scanning", unit=" files", disable=not progress, leave=False) as bar:
-        for source in _sources(specs, shards_known, skipped):
+        for source in _sources(specs, known or (lambda prefix: set()), skipped):
             bar.update()
             kill_point("scan")
             found[source.path] = source
     return dict(sorted(found.items())), skipped
 
 
-def _known_shards(known: Iterable[ImageRecord]) -> dict[str, list[ImageRecord]]:
-    by_shard: dict[str, list[ImageRecord]] = {}
-    for item in known:
-        if item.change_key and item.change_key.startswith(SHARD_KEY):
-            by_shard.setdefault(item.path.rpartition(MEMBER_SEPARATOR)[0], []).append(item)
-    return by_shard
-
-
-def _sources(specs: list[str], shards_known: dict[str, list[ImageRecord]], skipped: list[Skipped]) -> Iterator[SourceFile]:
+def _sources(specs: list[str], known: Known, skipped: list[Skipped]) -> Iterator[SourceFile]:
     """What each spec holds, in spec order, looked at SCAN_THREADS specs at a time."""
-    look = partial(_look, shards_known=shards_known)
+    look = partial(_look, known=known)
     with ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="scan") as pool:
         for start in range(0, len(specs), SCAN_WINDOW):
             for found, problems in pool.map(look, specs[start : start + SCAN_WINDOW]):
@@ -107,10 +102,10 @@ def _sources(specs: list[str], shards_known: dict[str, list[ImageRecord]], skipp
                 yield from found
 
 
-def _look(spec: str, shards_known: dict[str, list[ImageRecord]]) -> tuple[list[SourceFile], list[Skipped]]:
+def _look(spec: str, known: Known) -> tuple[list[SourceFile], list[Skipped]]:
     skipped: list[Skipped] = []
     if is_shard(spec):
-        found = list(_shard(spec if is_url(spec) else os.path.abspath(spec), shards_known, skipped))
+        found = list(_shard(spec if is_url(spec) else os.path.abspath(spec), known, skipped))
     elif is_url(spec):
         found = _remote(spec, skipped)
     else:
@@ -118,17 +113,15 @@ def _look(spec: str, shards_known: dict[str, list[ImageRecord]]) -> tuple[list[S
     return found, skipped
 
 
-def _shard(shard: str, shards_known: dict[str, list[ImageRecord]], skipped: list[Skipped]) -> Iterator[SourceFile]:
+def _shard(shard: str, known: Known, skipped: list[Skipped]) -> Iterator[SourceFile]:
     try:
         info = remote_info(shard) if is_url(shard) else None
         key = SHARD_KEY + (remote_key(info) if info is not None else local_key(os.stat(shard)))
     except Exception as exc:
         skipped.append(Skipped(shard, error_reason(shard, exc)))
         return
-    previous = shards_known.get(shard, [])
-    if previous and all(item.change_key == key for item in previous):
-        for item in previous:
-            yield SourceFile(item.path, item.size, item.mtime_ns, key, shard)
+    if {found for found in known(shard + MEMBER_SEPARATOR) if found and found.startswith(SHARD_KEY)} == {key}:
+        yield SourceFile(shard, 0, 0, key, shard, kept=True)
         return
     if info is not None:
         yield SourceFile(shard, int(info.get("size") or 0), 0, key, shard, whole=True)

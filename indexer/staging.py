@@ -7,13 +7,15 @@
 A flush writes its chunk first, then its records in one SQLite transaction, the commit point:
 a build killed between the two left a chunk no row names, and opening the staging deletes it.
 A staged record counts for an image only while it still has the stamp (size, mtime, change
-key) it had when embedded. Neither the records nor the vectors are held in memory: `get` is a
-lookup by path, `records` streams, and the commit copies vectors one chunk at a time, so a
-hundred million staged images cost the driver a checkpoint's worth, not a gigabyte per million.
+key) it had when embedded: the commit takes the records of the files it commits with the stamps
+they have then (indexer.staged_items). Neither the records nor the vectors are held in memory:
+`get` is a lookup by path, `records` streams, and the commit reads them and copies the vectors a
+chunk at a time, so a hundred million staged images cost the driver a checkpoint's worth, not a
+gigabyte per million.
 
 A staging left by a tusou that kept the records inside the chunks (no records.sqlite) is
-discarded, as is one whose records have other fields than ImageRecord now: its images are
-embedded again.
+discarded, as is one whose records have other fields than ImageRecord now or that keyed them
+otherwise (its `user_version`): its images are embedded again.
 """
 
 from __future__ import annotations
@@ -24,15 +26,15 @@ import shutil
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import fields
-from itertools import groupby
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
 
 from indexer.sources import SourceFile
+from retrieval.locations import MEMBER_SEPARATOR
 from retrieval.store.atomic import atomic_write, atomic_write_text, fsync_dir
-from retrieval.store.catalog import transaction
+from retrieval.store.catalog import name_of, name_value, paths_under, transaction
 from retrieval.store.faults import kill_point
 from retrieval.store.model_ref import ModelRef
 from retrieval.store.records import ImageRecord
@@ -40,14 +42,17 @@ from retrieval.store.records import ImageRecord
 RECORDS = "records.sqlite"
 FIELDS = tuple(field.name for field in fields(ImageRecord))
 COLUMNS = (*FIELDS, "chunk", "row")
+VERSION = 1
+"""Of the records' keys (`user_version`): 1, paths stored as the catalog stores them (name_value), so the
+commit joins them with the index's items; 0, before, kept every path as UTF-8 bytes."""
 SCHEMA = f"""
 BEGIN;
 CREATE TABLE records (path PRIMARY KEY, {", ".join(COLUMNS[1:])});
 CREATE INDEX records_by_place ON records (chunk, row);
+PRAGMA user_version = {VERSION};
 COMMIT;
 """
-"""Columns without types: SQLite keeps each value as the record had it (text, integer, real or none),
-but the path: UTF-8 bytes (`_key`)."""
+"""Columns without types: SQLite keeps each value as the record had it (text, integer, real or none)."""
 CHUNK = re.compile(r"chunk-(\d+)\.npz")
 SELECT = f"SELECT {', '.join(FIELDS)} FROM records"
 INSERT = f"INSERT OR REPLACE INTO records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -59,10 +64,13 @@ class Staging:
         self.directory = directory
         self.model = model.to_dict()
         """The model entry of the index being built: a staging of another model's is not this build's."""
-        self.pending: list[tuple[ImageRecord, np.ndarray]] = []
+        self.unflushed: list[tuple[ImageRecord, np.ndarray]] = []
         self.added = 0
         """Vectors added by this build (the rest were staged by an interrupted one)."""
-        self._db = self._resume()
+        resumed = self._resume()
+        self._on_disk = resumed is not None
+        self.db = resumed or _no_records()
+        """The records: on disk once anything is staged, until then an empty database in memory."""
         self._next_chunk = self._last_chunk() + 1
 
     def _resume(self) -> sqlite3.Connection | None:
@@ -89,52 +97,55 @@ class Staging:
     def _last_chunk(self) -> int:
         """The highest chunk number on disk or named by a record (0: none), so a new chunk's name is new."""
         on_disk = [int(found[1]) for chunk in self.directory.glob("chunk-*.npz") if (found := CHUNK.fullmatch(chunk.name))]
-        named = self._db.execute("SELECT max(chunk) FROM records").fetchone()[0] if self._db else None
+        named = self.db.execute("SELECT max(chunk) FROM records").fetchone()[0]
         return max(on_disk + [named or 0])
 
-    def _chunk(self, number: int) -> Path:
+    def chunk(self, number: int) -> Path:
         return self.directory / f"chunk-{number:06d}.npz"
 
     def get(self, source: SourceFile) -> ImageRecord | None:
         """The staged record of `source`, if it was embedded from the file as it is now."""
-        if self._db is None:
-            return None
-        found = self._db.execute(f"{SELECT} WHERE path = ?", (_key(source.path),)).fetchone()
+        found = self.db.execute(f"{SELECT} WHERE path = ?", (name_value(source.path),)).fetchone()
         record = _record(found) if found else None
         return record if record and record.stamp == source.stamp else None
 
     def add(self, item: ImageRecord, vector: np.ndarray) -> None:
         """Keep a vector until the next flush; it counts as staged from then on."""
-        self.pending.append((item, vector))
+        self.unflushed.append((item, vector))
         self.added += 1
 
     def records(self) -> Iterator[ImageRecord]:
         """Every staged record (the latest of a path staged twice), streamed from the database."""
-        if self._db is not None:
-            for found in self._db.execute(SELECT):
-                yield _record(found)
+        for found in self.db.execute(SELECT):
+            yield _record(found)
+
+    def members(self, shard: SourceFile) -> list[str]:
+        """The names in `shard` of the members staged from it as it is now (by a build it interrupted)."""
+        where, params = paths_under(shard.path + MEMBER_SEPARATOR)
+        found = self.db.execute(f"SELECT path FROM records WHERE {where} AND change_key IS ?", [*params, shard.change_key])
+        return [name_of(path)[len(shard.path) + len(MEMBER_SEPARATOR) :] for (path,) in found]
 
     def flush(self) -> None:
         """Write what was added since the last flush as one more chunk, then commit its records."""
-        if not self.pending:
+        if not self.unflushed:
             return
-        db = self._db or self._create()
+        db = self.db if self._on_disk else self._create()
         number, self._next_chunk = self._next_chunk, self._next_chunk + 1
-        vectors = np.stack([vector for _, vector in self.pending]).astype(np.float16)
+        vectors = np.stack([vector for _, vector in self.unflushed]).astype(np.float16)
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as handle:
                 np.savez(handle, vectors=vectors)
 
-        atomic_write(self._chunk(number), write)
+        atomic_write(self.chunk(number), write)
         kill_point("chunk")  # the chunk is in place, no record names it yet
         try:
             with transaction(db):
-                db.executemany(INSERT, ((*_values(item), number, row) for row, (item, _) in enumerate(self.pending)))
+                db.executemany(INSERT, ((*_values(item), number, row) for row, (item, _) in enumerate(self.unflushed)))
         except BaseException:  # a full disk, say: the chunk no record names goes now, not at the next build
-            self._chunk(number).unlink(missing_ok=True)
+            self.chunk(number).unlink(missing_ok=True)
             raise
-        self.pending = []
+        self.unflushed = []
         kill_point("staged")
 
     def _create(self) -> sqlite3.Connection:
@@ -152,54 +163,35 @@ class Staging:
                 db.close()
             shutil.rmtree(self.directory, ignore_errors=True)
             raise
-        self._db = db
+        self.db.close()
+        self.db, self._on_disk = db, True
         return db
-
-    def copy_vectors(self, rows: dict[str, int], out: np.ndarray) -> None:
-        """out[rows[path]] = the staged vector of path, for every path in `rows`, reading each chunk once."""
-        copied = 0
-        places = self._db.execute("SELECT chunk, row, path FROM records ORDER BY chunk, row") if self._db else ()
-        for number, staged in groupby(places, key=itemgetter(0)):
-            wanted = [(row, rows[path]) for _, row, key in staged if (path := _path(key)) in rows]
-            if wanted:
-                sources, destinations = (list(side) for side in zip(*wanted))
-                with np.load(self._chunk(number)) as data:
-                    out[destinations] = data["vectors"][sources]
-                copied += len(wanted)
-        if copied != len(rows):
-            raise KeyError(f"{len(rows) - copied} of the images to copy are not staged")
 
     def close(self) -> None:
         """Close the records (what was flushed stays staged for the next build)."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        self.db.close()
 
     def clear(self) -> None:
         self.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _key(path: str) -> bytes:
-    """A path as the table keys it: UTF-8 with its surrogates kept (a file name that is not UTF-8 has
-    them, and SQLite text cannot), so every path Python can name comes back exactly."""
-    return path.encode("utf-8", "surrogatepass")
-
-
-def _path(key: bytes) -> str:
-    return key.decode("utf-8", "surrogatepass")
-
-
 _rest = attrgetter(*FIELDS[1:])
 
 
 def _values(item: ImageRecord) -> tuple:
-    return (_key(item.path), *_rest(item))
+    return (name_value(item.path), *_rest(item))
 
 
 def _record(found: tuple) -> ImageRecord:
     key, *rest = found
-    return ImageRecord(_path(key), **dict(zip(FIELDS[1:], rest)))
+    return ImageRecord(name_of(key), **dict(zip(FIELDS[1:], rest)))
+
+
+def _no_records() -> sqlite3.Connection:
+    db = sqlite3.connect(":memory:")
+    db.executescript(SCHEMA)
+    return db
 
 
 def _open_records(path: Path) -> sqlite3.Connection | None:
@@ -207,7 +199,8 @@ def _open_records(path: Path) -> sqlite3.Connection | None:
     db = None
     try:
         db = _connect(path)
-        if tuple(column for _, column, *_ in db.execute("PRAGMA table_info(records)")) == COLUMNS:
+        columns = tuple(column for _, column, *_ in db.execute("PRAGMA table_info(records)"))
+        if columns == COLUMNS and db.execute("PRAGMA user_version").fetchone()[0] == VERSION:
             return db
     except sqlite3.DatabaseError:
         pass  # not a database any more: what it staged is embedded again

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 
 from retrieval.errors import TusouError
 from retrieval.search.filters import make_filters
-from retrieval.store.catalog import ITEM_COLUMNS, Catalog
+from retrieval.store.catalog import ITEM_COLUMNS, Catalog, name_value
 
 
 def row(item_id: int, segment: int, row_: int, **metadata) -> tuple:
@@ -37,6 +38,18 @@ def test_items_and_segments_are_queries_and_filters_give_rows_per_segment(tmp_pa
     found = catalog.matching_rows(make_filters(after="2024-06"))
     assert {segment: rows.tolist() for segment, rows in found.items()} == {1: [0], 2: [0]}
     assert catalog.matching_rows(make_filters(types="gif")) == {}
+
+
+def test_the_keys_under_a_shard_are_its_members_whatever_their_names(tmp_path):
+    """A shard's members, found by a range of the path index: a member name that is not UTF-8 is stored as
+    bytes, and so are all the members of a shard whose own name is not UTF-8."""
+    odd = os.fsdecode(b"\xff\xfe")
+    paths = {"/s/a.tar#x.jpg": "a1", f"/s/a.tar#{odd}.jpg": "a2", "/s/a.tar#x#y.jpg": "a3", "/s/a.tarx#z.jpg": "other",
+             "/s/a.tar": "the shard itself", "/s/b.tar#x.jpg": "b", f"/s/{odd}.tar#m.jpg": "odd"}
+    catalog = Catalog(tmp_path / "catalog.sqlite", create=True)
+    fill(catalog, [row(i, 1, i, path=name_value(path), change_key=key) for i, (path, key) in enumerate(paths.items())])
+    assert catalog.keys_under("/s/a.tar#") == {"a1", "a2", "a3"}
+    assert catalog.keys_under(f"/s/{odd}.tar#") == {"odd"} and catalog.keys_under("/s/c.tar#") == set()
 
 
 def test_a_failed_transaction_changes_nothing(tmp_path):

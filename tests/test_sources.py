@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 
 from indexer import BuildPlan, build_index
+from indexer.sources import scan
 from retrieval import Searcher
+from retrieval.store.store import open_store
 from tests.stored import read_back
 from tests.imagegen import draw
 
@@ -88,6 +90,11 @@ def test_local_shards_by_brace_pattern_are_indexed_once_and_searchable(tmp_path,
 
     assert counts(build([str(shards / "{000000..000001}.tar")], out, tiny_model)) == (0, 0, 0, 10, 10)
     assert read_back(out).generation == 1, "an unchanged collection rewrites nothing"
+    store = open_store(out)
+    files, _ = scan([str(shards / "{000000..000001}.tar")], progress=False, known=store.catalog.keys_under)
+    store.close()
+    assert [(source.path, source.kept) for source in files.values()] == [(str(shards / f"{s:06d}.tar"), True) for s in range(2)], \
+        "an unchanged shard stands for its members, not listed"
 
     searcher = Searcher(out, model=tiny_model)
     found = searcher.search_image(data, k=1)[0]

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from indexer.sources import SourceFile
+from indexer.staged_items import staged_items
 from indexer.staging import Staging
 from retrieval.store.model_ref import ModelRef
 from retrieval.store.records import ImageRecord
@@ -52,8 +53,10 @@ def stage(directory: Path, records: list[ImageRecord], every: int = 2) -> Stagin
 
 
 def staged_vectors(staging: Staging, records: list[ImageRecord]) -> np.ndarray:
-    out = np.zeros((len(records), 8), np.float16)
-    staging.copy_vectors({item.path: row for row, item in enumerate(records)}, out)
+    """What a commit of the files `records` stamp takes from `staging`: the vectors staged for them as they are, in path order."""
+    items = staged_items(staging, [source(item) for item in records], None, 0)
+    out = np.zeros((len(items), 8), np.float16)
+    items.fill(out)
     return out[:, 0]
 
 
@@ -72,8 +75,7 @@ def test_records_and_vectors_come_back_from_disk_and_a_restaged_image_keeps_its_
     assert staging.get(source(records[1])) is None, "the stamp it was staged with is not the file's any more"
     assert staging.get(source(record(7))) is None and staging.added == 0
     assert staged_vectors(staging, latest).tolist() == [0, 1, 2, 3, 4]
-    with pytest.raises(KeyError):
-        staging.copy_vectors({record(7).path: 0}, np.zeros((1, 8), np.float16))
+    assert staged_vectors(staging, [records[1], record(7)]).tolist() == [], "neither is staged as the file is now"
     staging.clear()
     assert not (tmp_path / "staging").exists()
 

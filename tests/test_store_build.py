@@ -109,7 +109,7 @@ def test_an_update_writes_bytes_in_proportion_to_the_change_not_the_collection(t
         """Bytes written by a commit adding k images and removing item `generation` (row `generation` of segment 1)."""
         items = [CatalogItem(f"/photos/new/{first_id + i:07d}.jpg", 1, 1, "0" * 64, 640, 480, id=first_id + i) for i in range(k)]
         vectors = space.array(k, stream=generation).astype(np.float16)
-        change = Change(items, lambda out: np.copyto(out, vectors), first_id + k, Layout("flat", None), removed=[generation], replaced={1: [generation]})
+        change = Change(items, lambda out: np.copyto(out, vectors), first_id + k, Layout("flat", None), replaced={1: [generation]})
         return _written(lambda: commit_change(tmp_path / "index", catalog, DIM, change, progress=False))
 
     written = {1: add(1, 20_000, 2), 1000: add(1000, 20_001, 3)}
@@ -204,7 +204,7 @@ def test_info_answers_from_the_manifest_and_the_catalog_counts(tmp_path, capsys)
     catalog = _index(tmp_path / "index", 300, space)
     new = [CatalogItem("/photos/new.jpg", 1, 1, "0", 1, 1, id=300)]
     vector = space.array(1, stream=5).astype(np.float16)
-    change = Change(new, lambda out: np.copyto(out, vector), 301, Layout("flat", None), removed=[7, 8], replaced={1: [7, 8]})
+    change = Change(new, lambda out: np.copyto(out, vector), 301, Layout("flat", None), replaced={1: [7, 8]})
     commit_change(tmp_path / "index", catalog, DIM, change, progress=False)
     catalog.close()
 

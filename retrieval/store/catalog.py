@@ -103,9 +103,9 @@ def item_values(item: CatalogItem, segment: int, row: int, format_guess: str | N
     """An items-table row (in ITEM_COLUMNS order): the record, where its vector is, `taken` (EXIF, else
     the file's mtime) and its folder; `format_guess` stands in for a format the record does not know."""
     return (
-        item.id, _name_value(item.path), item.size, item.mtime_ns, item.sha256, item.width, item.height, item.change_key,
+        item.id, name_value(item.path), item.size, item.mtime_ns, item.sha256, item.width, item.height, item.change_key,
         segment, row, item.taken or mtime_taken(item.mtime_ns), "exif" if item.taken else "mtime", item.taken_offset,
-        item.camera, item.latitude, item.longitude, item.orientation, item.format or format_guess, _name_value(folder_of(item.path)),
+        item.camera, item.latitude, item.longitude, item.orientation, item.format or format_guess, name_value(folder_of(item.path)),
     )
 
 
@@ -114,7 +114,8 @@ NAMES = ("path", "folder")
 SQLite text cannot hold; it is stored as its bytes instead (a BLOB), and read back the same."""
 
 
-def _name_value(name: str) -> str | bytes:
+def name_value(name: str) -> str | bytes:
+    """A file name as the catalog (and a build's staging) stores it: text, or its bytes."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
@@ -122,12 +123,27 @@ def _name_value(name: str) -> str | bytes:
     return name
 
 
+def name_of(value: str | bytes) -> str:
+    """A stored file name (name_value) as Python has it."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def paths_under(prefix: str) -> tuple[str, list[str | bytes]]:
+    """A condition on `path` (and its parameters) for the names that start with `prefix`, which ends in
+    `#` (a tar shard's members): ranges an index on `path` answers, one of text and one of bytes, since a
+    member's name that is not UTF-8 is stored as bytes (name_value) and SQLite orders those apart."""
+    stored: list[str | bytes] = [os.fsencode(prefix)]
+    if isinstance(name_value(prefix), str):
+        stored.insert(0, prefix)
+    after = lambda value: value[:-1] + (chr(ord(value[-1]) + 1) if isinstance(value, str) else bytes([value[-1] + 1]))  # noqa: E731
+    return f"({' OR '.join(['(path >= ? AND path < ?)'] * len(stored))})", [bound for value in stored for bound in (value, after(value))]
+
+
 def item_row(values: Iterable) -> dict:
     """An items-table row by column name, its file names as Python has them."""
     row = dict(zip(ITEM_COLUMNS, values))
     for name in NAMES:
-        if isinstance(row[name], bytes):
-            row[name] = os.fsdecode(row[name])
+        row[name] = name_of(row[name])
     return row
 
 
@@ -260,6 +276,12 @@ class Catalog:
                 row = item_row(values)
                 yield stored_item(row), row["segment"], row["row"]
 
+    def keys_under(self, prefix: str) -> set[str | None]:
+        """The change keys of the items whose path starts with `prefix` (`SHARD#`: a tar shard's members)."""
+        where, params = paths_under(prefix)
+        with self.checked():
+            return {key for (key,) in self.db.execute(f"SELECT DISTINCT change_key FROM items WHERE {where}", params)}
+
     def items(self, ids: Iterable[int]) -> dict[int, dict]:
         """The rows of `ids` (those still in the catalog), by id."""
         wanted = list(ids)
@@ -332,6 +354,11 @@ def put_items(db: sqlite3.Connection, rows: Iterable[tuple]) -> None:
 
 def drop_items(db: sqlite3.Connection, ids: Iterable[int]) -> None:
     db.executemany("DELETE FROM items WHERE id = ?", ((int(i),) for i in ids))
+
+
+def drop_rows(db: sqlite3.Connection, rows: dict[int, Iterable[int]]) -> None:
+    """Delete the items still on these rows (segment → rows)."""
+    db.executemany("DELETE FROM items WHERE segment = ? AND row = ?", ((segment, int(row)) for segment, found in rows.items() for row in found))
 
 
 def put_segment(db: sqlite3.Connection, segment: SegmentRow) -> None:

@@ -12,10 +12,10 @@ next build converts it on disk (indexer.convert).
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -60,13 +60,14 @@ class View:
     generation: int
     segments: list[Segment]
     bases: np.ndarray = field(init=False)
-    matching: Callable[[Filters], Matching] = field(init=False, repr=False)
-    """What the catalog says a filter matches, as of this view (cached: a filter applied to query
-    after query, or page after page, reads the catalog once; the view's segments never change)."""
+    matched: OrderedDict[Filters, Matching] = field(default_factory=OrderedDict, init=False, repr=False)
+    """What the catalog said the last PLANS_KEPT filters match, as of this view: a filter applied to
+    query after query, or page after page, reads the catalog once. (A dict, not functools.lru_cache on
+    a method, which would tie the view to itself in a cycle and keep its mapped files until a GC.)"""
+    _guard: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.bases = np.cumsum([0] + [len(s.ids) for s in self.segments])
-        self.matching = functools.lru_cache(maxsize=PLANS_KEPT)(self._matching)
 
     def __len__(self) -> int:
         """Live items."""
@@ -146,6 +147,19 @@ class View:
             empty = np.empty(0, np.int64)
             return None if matching is None else lambda segment: {"allowed": matching.get(segment.id, empty)}
         return lambda segment: {"passes": lambda rows: self.catalog.passing(filters, segment.id, rows), "share": matching}
+
+    def matching(self, filters: Filters) -> Matching:
+        """What `filters` match (kept for the view's later searches)."""
+        with self._guard:
+            if filters in self.matched:
+                self.matched.move_to_end(filters)
+                return self.matched[filters]
+        found = self._matching(filters)
+        with self._guard:
+            self.matched[filters] = found
+            while len(self.matched) > PLANS_KEPT:
+                self.matched.popitem(last=False)
+        return found
 
     def _matching(self, filters: Filters) -> Matching:
         count = self.catalog.count_matching(filters, SCAN_ROWS + 1)
