@@ -58,6 +58,8 @@ class BuildSummary:
     skipped: list[dict] = field(default_factory=list)
     embedded: int = 0
     """Images embedded by this run; `resumed` more were staged by an interrupted one before it."""
+    read: int = 0
+    """Images whose text this commit put in the index (read by this run or staged by an interrupted one)."""
     resumed: int = 0
     total: int = 0
     index: str = ""
@@ -148,20 +150,22 @@ def _update(plan: BuildPlan, engine: Engine, previous: Store | None) -> BuildSum
     built = _built_layout(previous) if previous else None
     layout = plan.layout(built)
     model, ref = _load_model(plan, previous)
+    ocr = plan.reads_text(previous.catalog if previous else None)
     files, skipped = scan(plan.paths, progress=plan.progress, known=previous.catalog.keys_under if previous else None)
     if not files:
         shown = ", ".join(str(p) for p in plan.paths)
         raise TusouError(f"no images found under {shown} (looked for {describe_extensions()})")
-    compared = compare(files, previous.catalog if previous else None)
+    compared = compare(files, previous.catalog if previous else None, set(previous.catalog.unread()) if ocr and previous else None)
     staging = Staging(out / "staging", ref)
     space.expect(_expected_bytes(compared.pending, model.dim, layout, plan.checkpoint_every))
     try:
         try:
-            skipped += engine.embed(model, ref, _work(compared.pending, staging), staging)
+            skipped += engine.embed(model, ref, _work(compared, staging, ocr), staging)
         finally:
             staging.flush()
-        summary = commit_staged(out, previous, ref, model.dim, compared, staging, layout, built, plan.progress)
+        summary = commit_staged(out, previous, ref, model.dim, compared, staging, layout, built, plan.progress, ocr)
         summary.embedded = staging.added
+        summary.read = len(staging.texts)
         summary.resumed = max(0, summary.added + summary.updated - staging.added)  # a retried Ray task can deliver twice
         kill_point("committed")
     finally:
@@ -225,24 +229,35 @@ class Compared:
     """Items of the index as it was."""
     replaced: dict[int, array]
     """Segment → rows of the items not unchanged (changed, or gone): the commit deletes them."""
+    to_read: dict[str, SourceFile] = field(default_factory=dict)
+    """Unchanged items whose text was not read yet, when the build reads text: read, not embedded."""
 
 
-def compare(files: dict[str, SourceFile], catalog: Catalog | None) -> Compared:
+def compare(files: dict[str, SourceFile], catalog: Catalog | None, unread: set[int] | None = None) -> Compared:
     """The index's items, streamed, against the scan's `files`, which become the pending ones: an
-    unchanged file leaves them, as does a shard kept as it is. Holds nothing an item but the rows it
-    replaces (8 bytes each)."""
+    unchanged file leaves them, as does a shard kept as it is; an unchanged one of `unread` (ids)
+    is to be read. Holds nothing an item but the rows it replaces (8 bytes each) and those to read."""
     unchanged = indexed = 0
     replaced: dict[int, array] = {}
+    to_read: dict[str, SourceFile] = {}
     for item, segment, row in catalog.all_items() if catalog else ():
         indexed += 1
         if _unchanged(item, files):
             files.pop(item.path, None)
             unchanged += 1
+            if unread is not None and item.id in unread:
+                to_read[item.path] = _source_of(item)
         else:
             replaced.setdefault(segment, array("q")).append(row)
     for kept in [path for path, source in files.items() if source.kept]:
         del files[kept]
-    return Compared(files, unchanged, indexed, replaced)
+    return Compared(files, unchanged, indexed, replaced, to_read)
+
+
+def _source_of(item: CatalogItem) -> SourceFile:
+    """Where an indexed image is read from again: its file, URL, or its shard's member."""
+    shard = SHARD_MEMBER.search(item.path)
+    return SourceFile(item.path, item.size, item.mtime_ns, item.change_key, item.path[: shard.start()] if shard else None)
 
 
 def _unchanged(item: CatalogItem, files: dict[str, SourceFile]) -> bool:
@@ -254,12 +269,19 @@ def _unchanged(item: CatalogItem, files: dict[str, SourceFile]) -> bool:
     return any(shard is not None and shard.kept and shard.change_key == item.change_key for shard in shards)
 
 
-def _work(pending: dict[str, SourceFile], staging: Staging) -> Work:
+def _work(compared: Compared, staging: Staging, ocr: bool) -> Work:
     """What is left to embed: the pending files not staged, and of each shard not listed yet, the
-    members that an interrupted build did not stage."""
+    members that an interrupted build did not stage. Reading text, what is left to read alone: the
+    unchanged images not read yet, and the pending ones an interrupted build staged without their text."""
+    pending = compared.pending
     to_embed = [source for source in pending.values() if staging.get(source) is None]
     skip = {source.path: tuple(staging.members(source)) for source in to_embed if source.whole}
-    return Work(units_of(to_embed, skip), None if skip else len(to_embed), pending)
+    if not ocr:
+        return Work(units_of(to_embed, skip), None if skip else len(to_embed), pending)
+    staged = (source for source in pending.values() if not source.whole and staging.get(source) is not None)
+    to_read = {source.path: source for source in (*compared.to_read.values(), *staged) if not staging.has_text(source)}
+    units = units_of(to_embed, skip) + units_of(list(to_read.values()), read_only=True)
+    return Work(units, None if skip else len(to_embed) + len(to_read), pending, True, to_read)
 
 
 def commit_staged(
@@ -272,20 +294,22 @@ def commit_staged(
     layout: Layout,
     built: Layout | None,
     progress: bool,
+    ocr: bool = False,
 ) -> BuildSummary:
     """Commit what changed (nothing changed, nothing written: no new generation): the staged images of
     the pending files become the new segment's items in path order (changed ones keep their ids, new
-    ones get new ids), and the rows of every item not unchanged are deleted. Streamed from the staging
-    and the catalog (indexer.staged_items): nothing an image is held but its id."""
+    ones get new ids), and the rows of every item not unchanged are deleted; the text staged goes in
+    with them, and `ocr` is remembered. Streamed from the staging and the catalog
+    (indexer.staged_items): nothing an image is held but its id."""
     kill_point("commit")
     next_id = int(previous.catalog.setting("next_id", 0)) if previous else 0
     items = staged_items(staging, compared.pending.values(), out / CATALOG if previous else None, next_id)
-    change = Change(items, items.fill, items.next_id, layout, built, replaced=compared.replaced)
+    change = Change(items, items.fill, items.next_id, layout, built, replaced=compared.replaced, texts=staging.texts, ocr=ocr)
     summary = BuildSummary(added=items.added, updated=items.updated, unchanged=compared.unchanged, index=str(out))
     summary.removed = compared.indexed - compared.unchanged - items.known
     summary.total = summary.unchanged + summary.added + summary.updated
     if previous is None:
         create_index(out, ref, dim, change, progress)
-    elif not change.empty:  # a new layout alone is recorded by the merge it asks for (_merge)
+    elif not change.empty or bool(previous.catalog.setting("ocr", False)) != ocr:  # a new layout alone is recorded by the merge it asks for (_merge)
         commit_change(out, previous.catalog, dim, change, progress)
     return summary

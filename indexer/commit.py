@@ -28,7 +28,9 @@ from retrieval.store.catalog import Catalog, SegmentRow, bump_generation, drop_r
 from retrieval.store.faults import kill_point
 from retrieval.store.manifest import Manifest, rebuild_hint, write_manifest
 from retrieval.store.model_ref import ModelRef
+from retrieval.ocr.engine import OcrResult
 from retrieval.store.records import CatalogItem
+from retrieval.store.text_lines import drop_lines, put_lines
 from retrieval.store.store import CATALOG
 
 
@@ -38,6 +40,14 @@ class Items(Protocol):
     def __len__(self) -> int: ...
 
     def __iter__(self) -> Iterator[CatalogItem]: ...
+
+
+class Texts(Protocol):
+    """Texts read: (path as the catalog stores it, size, mtime_ns, change_key, OcrResult's JSON)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[str | bytes, int, int, str | None, str]]: ...
 
 
 @dataclass
@@ -57,10 +67,14 @@ class Change:
     replaced: dict[int, Sequence[int]] = field(default_factory=dict)
     """Segment → rows of the vectors that changed and removed items leave behind: a removed item is one
     still on such a row once `items` are in."""
+    texts: Texts = ()
+    """The text read in images (indexer.staging.StagedTexts): of `items`, and of unchanged items read alone."""
+    ocr: bool = False
+    """Whether the index reads text (its `ocr` setting, which the commit leaves)."""
 
     @property
     def empty(self) -> bool:
-        return not (len(self.items) or self.replaced)
+        return not (len(self.items) or self.replaced or len(self.texts))
 
 
 def create_index(directory: Path, model: ModelRef, dim: int, change: Change, progress: bool) -> None:
@@ -123,7 +137,20 @@ def _put(db: sqlite3.Connection, change: Change, segments: list[SegmentRow], seg
     for row in segments:
         put_segment(db, row)
     put_items(db, (item_values(item, segment, row) for row, item in enumerate(change.items)))
-    put_settings(db, {"next_id": change.next_id, "layout": asdict(change.recorded or change.layout)})
+    if change.replaced:  # a changed image (it left a row behind) keeps its id, but its old text is not its text now
+        drop_lines(db, (item.id for item in change.items))
+    put_texts(db, change.texts)
+    put_settings(db, {"next_id": change.next_id, "layout": asdict(change.recorded or change.layout), "ocr": change.ocr})
+
+
+def put_texts(db: sqlite3.Connection, texts: Texts) -> None:
+    """Each text read, as the lines of the item at its path with its stamp (one changed or gone since
+    it was read has none)."""
+    for path, size, mtime_ns, change_key, text in texts:
+        found = db.execute("SELECT id FROM items WHERE path = ? AND size = ? AND mtime_ns = ? AND change_key IS ?", (path, size, mtime_ns, change_key))
+        for (item,) in found.fetchall():
+            read = OcrResult.from_json(text)
+            put_lines(db, item, read.lines, read.reason)
 
 
 def put_settings(db: sqlite3.Connection, values: dict[str, object]) -> None:

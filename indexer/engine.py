@@ -12,7 +12,7 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -35,6 +35,10 @@ class Work:
     """How many images the units hold; None: not known before their tar shards are read."""
     files: dict[str, SourceFile]
     """The scan's files, from which each embedded image's catalog record is made."""
+    ocr: bool = False
+    """Read the text in each image embedded, and in the images of the `read_only` units."""
+    to_read: dict[str, SourceFile] = field(default_factory=dict)
+    """The images read for their text alone (held by the index, unchanged), by path: their stamps."""
 
 
 class Engine(Protocol):
@@ -57,22 +61,33 @@ class Embedded:
     vectors: np.ndarray
     """One row per image of `ok`."""
     failed: list[Decoded]
+    read: list[Decoded] = field(default_factory=list)
+    """Images read for their text alone."""
 
 
 def stage(batches: Iterable[Embedded], work: Work, staging: Staging, checkpoint_every: int, bar: tqdm) -> list[Skipped]:
-    """Stage each batch's vectors, saving a chunk at least every `checkpoint_every` images (the most a
-    killed build loses); returns the images that could not be read."""
+    """Stage each batch's vectors and texts, saving a chunk at least every `checkpoint_every` images (the
+    most a killed build loses); returns the images that could not be read. The bar counts the text read."""
     skipped: list[Skipped] = []
-    since_flush = 0
+    since_flush = read = lines = 0
     for batch in batches:
         skipped += [Skipped(item.path, item.error or "unreadable") for item in batch.failed]
         for item, vector in zip(batch.ok, batch.vectors):
-            staging.add(item.record(work.files), vector)
-        since_flush += len(batch.ok)
+            record = item.record(work.files)
+            staging.add(record, vector)
+            if item.text is not None:
+                staging.add_text(record.path, record.stamp, item.text)
+        for item in batch.read:
+            staging.add_text(item.path, work.to_read[item.path].stamp, item.text)
+        texts = [item.text for item in batch.ok + batch.read if item.text is not None]
+        read, lines = read + len(texts), lines + sum(len(text.lines) for text in texts)
+        since_flush += len(batch.ok) + len(batch.read)
         if since_flush >= checkpoint_every:
             staging.flush()
             since_flush = 0
-        bar.update(len(batch.ok) + len(batch.failed))
+        if work.ocr:
+            bar.set_postfix_str(f"text read in {read} ({lines} lines)", refresh=False)
+        bar.update(len(batch.ok) + len(batch.failed) + len(batch.read))
         kill_point("embedded")
     return skipped
 
@@ -97,10 +112,17 @@ class LocalEngine:
         if not work.units:
             return []
         workers = default_workers() if self.workers is None else max(0, self.workers)
-        with tqdm(total=work.images, desc="embedding", unit=" img", disable=not self.progress) as bar:
-            return stage(self._batches(model, work.units, workers), work, staging, self.checkpoint_every, bar)
+        with tqdm(total=work.images, desc=progress_label("embedding", work), unit=" img", disable=not self.progress) as bar:
+            return stage(self._batches(model, work, workers), work, staging, self.checkpoint_every, bar)
 
-    def _batches(self, model: EmbeddingModel, units: list[Unit], workers: int) -> Iterator[Embedded]:
-        for batch in decoded_batches(units, model.preprocess, model.image_size, self.batch_size, workers):
+    def _batches(self, model: EmbeddingModel, work: Work, workers: int) -> Iterator[Embedded]:
+        for batch in decoded_batches(work.units, model.preprocess, model.image_size, self.batch_size, workers, work.ocr):
             vectors = model.encode_pixels(batch.pixels) if batch.pixels is not None else np.zeros((0, model.dim), np.float32)
-            yield Embedded(batch.ok, vectors, batch.failed)
+            yield Embedded(batch.ok, vectors, batch.failed, batch.read)
+
+
+def progress_label(embedding: str, work: Work) -> str:
+    """What the bar says the build does: embedding, reading text, or both."""
+    if not work.ocr:
+        return embedding
+    return "reading text" if all(unit.read_only for unit in work.units) else f"{embedding} + reading text"

@@ -11,6 +11,8 @@ from indexer.ray_engine import RayEngine, RayOptions
 from retrieval.errors import TusouError
 from retrieval.models.model import EmbeddingModel
 from retrieval.models.registry import DEFAULT_MODEL
+from retrieval.ocr.engine import require_ocr
+from retrieval.store.catalog import Catalog
 from retrieval.store.model_ref import ModelRef
 
 
@@ -52,6 +54,9 @@ class BuildPlan:
     progress: bool = True
     ray: RayOptions | None = None
     """Embed on a Ray cluster (indexer.ray_engine) instead of in this process; the rest is the same."""
+    ocr: bool | None = None
+    """Read the text in the images (`--ocr`), or stop reading it (`--no-ocr`); None: as the index was
+    built (a new index: no). The index remembers it."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -74,6 +79,13 @@ class BuildPlan:
             text_weights=_text(self.text_weights) or (built.text_weights if built else None),
             image_weights=_text(self.image_weights) or (built.image_weights if built else None),
         )
+
+    def reads_text(self, catalog: Catalog | None) -> bool:
+        """Whether this build reads text: as asked, else as the index remembers; checked to be installed."""
+        ocr = self.ocr if self.ocr is not None else bool(catalog and catalog.setting("ocr", False))
+        if ocr:
+            require_ocr()
+        return ocr
 
     def layout(self, built: Layout | None) -> Layout:
         """The index type and memory budget: as asked, else as the index was built."""

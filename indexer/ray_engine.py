@@ -31,12 +31,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from indexer.decode import Decoded, Unit, decode_unit
-from indexer.engine import Embedded, Work, stage
+from indexer.engine import Embedded, Work, progress_label, stage
 from indexer.metadata import ImageMetadata
 from indexer.sources import Skipped
 from indexer.staging import Staging
 from retrieval.errors import TusouError
 from retrieval.models.model import EmbeddingModel
+from retrieval.ocr.engine import OcrResult
 from retrieval.store.model_ref import ModelRef, OtherWeights
 
 if TYPE_CHECKING:
@@ -48,10 +49,10 @@ IMAGES_PER_TASK = 256
 """Files read by one decode task (a tar shard is always one task: it is read in one pass)."""
 CONNECT_TIMEOUT = 10
 """Seconds to wait for the cluster's head to accept a connection."""
-RECORD_COLUMNS = ("path", "sha256", "width", "height", "error", "size", "mtime_ns", "metadata")
+RECORD_COLUMNS = ("path", "sha256", "width", "height", "error", "size", "mtime_ns", "metadata", "text", "read_only")
 """Decoded's fields, in its order, each a column of plain values: `error` "" for none, `metadata` as JSON
-text of its known fields (through Ray Data a missing value comes back as NaN, and a column missing
-in every row of a batch as a column of float NaNs)."""
+text of its known fields, `text` as OcrResult's JSON ("" when not read) (through Ray Data a missing value
+comes back as NaN, and a column missing in every row of a batch as a column of float NaNs)."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class RayEngine:
             return []
         gpus, starting, workers = _actors(ray.cluster_resources(), self.options, self.workers, self.device)
         dataset = self._dataset(ray, model, ref, work, gpus, starting, workers)
-        desc = f"embedding on ray ({workers} actor{'s' * (workers > 1)}{f', {gpus:g} GPU each' if gpus else ''})"
+        desc = progress_label(f"embedding on ray ({workers} actor{'s' * (workers > 1)}{f', {gpus:g} GPU each' if gpus else ''})", work)
         try:
             with tqdm(total=work.images, desc=desc, unit=" img", disable=not self.progress) as bar:
                 batches = dataset.iter_batches(batch_size=None, batch_format="numpy")
@@ -130,7 +131,10 @@ class RayEngine:
         pixel_shape = tuple(model.preprocess(Image.new("RGB", (model.image_size, model.image_size))).shape)
         items = [{"unit": json.dumps(asdict(unit))} for unit in work.units]
         blocks = _tasks(len(work.units), work.images or len(work.units), workers, self.checkpoint_every)
-        decode_options = {"preprocess": model.preprocess, "min_size": model.image_size, "shape": pixel_shape, "batch_size": self.batch_size}
+        decode_options = {
+            "preprocess": model.preprocess, "min_size": model.image_size, "shape": pixel_shape, "batch_size": self.batch_size,
+            "ocr": 1 if work.ocr else None,  # a decode task holds one CPU: onnxruntime on one thread
+        }
         return (
             ray.data.from_items(items, override_num_blocks=blocks)
             .map_batches(_decode_units, batch_size=None, fn_kwargs=decode_options)
@@ -171,14 +175,17 @@ def _check_reachable(address: str) -> None:
 def _embedded(batch: dict[str, np.ndarray]) -> Embedded:
     """A batch as the actors return it: the records' columns, one vector per row (zeros where unreadable)."""
     records = [_from_row(row) for row in zip(*(batch[key].tolist() for key in RECORD_COLUMNS))]
-    ok = batch["error"] == ""
-    return Embedded([item for item in records if not item.error], batch["vector"][ok], [item for item in records if item.error])
+    ok = (batch["error"] == "") & ~batch["read_only"]
+    return Embedded(
+        [item for item in records if not (item.error or item.read_only)], batch["vector"][ok],
+        [item for item in records if item.error], [item for item in records if item.read_only],
+    )
 
 
 def _from_row(row: tuple) -> Decoded:
-    """A Decoded from its values of RECORD_COLUMNS (metadata the last)."""
-    *fields, metadata = row
-    return Decoded(*fields, metadata=ImageMetadata(**json.loads(metadata)))
+    """A Decoded from its values of RECORD_COLUMNS (metadata, text and read_only the last)."""
+    *fields, metadata, text, read_only = row
+    return Decoded(*fields, metadata=ImageMetadata(**json.loads(metadata)), text=OcrResult.from_json(text) if text else None, read_only=bool(read_only))
 
 
 def _actors(resources: dict, options: RayOptions, workers: int | None, device: str) -> tuple[float, int, int]:
@@ -205,15 +212,16 @@ def _tasks(units: int, images: int, workers: int, checkpoint_every: int) -> int:
 
 
 def _decode_units(
-    batch: dict[str, np.ndarray], preprocess: Callable, min_size: int, shape: tuple[int, ...], batch_size: int
+    batch: dict[str, np.ndarray], preprocess: Callable, min_size: int, shape: tuple[int, ...], batch_size: int, ocr: int | None
 ) -> Iterator[dict[str, np.ndarray]]:
-    """A decode task: its units' images in batches (an unreadable one keeps its row, zero pixels and a reason)."""
+    """A decode task: its units' images in batches (an unreadable one keeps its row, zero pixels and a reason;
+    one read for its text alone, zero pixels), their text read when `ocr` is not None, as the local workers do."""
     rows: list[tuple[Decoded, torch.Tensor | None]] = []
     for encoded in batch["unit"]:
         fields = json.loads(encoded)
         members, skip = fields.pop("members"), fields.pop("skip")
         unit = Unit(**fields, members=None if members is None else tuple(members), skip=tuple(skip))
-        rows += decode_unit(unit, preprocess, min_size)
+        rows += decode_unit(unit, preprocess, min_size, ocr)
         while len(rows) >= batch_size:
             yield _columns(rows[:batch_size], shape)
             rows = rows[batch_size:]
@@ -227,9 +235,13 @@ def _columns(rows: list[tuple[Decoded, torch.Tensor | None]], shape: tuple[int, 
         if image is not None:
             pixels[number] = image.numpy()
     items = [item for item, _ in rows]
-    columns = {key: np.array([getattr(item, key) for item in items]) for key in RECORD_COLUMNS[:-1] if key != "error"}
+    columns = {key: np.array([getattr(item, key) for item in items]) for key in RECORD_COLUMNS[:-3] if key != "error"}
     metadata = [json.dumps({key: value for key, value in asdict(item.metadata).items() if value is not None}) for item in items]
-    return columns | {"error": np.array([item.error or "" for item in items]), "metadata": np.array(metadata), "pixels": pixels}
+    return columns | {
+        "error": np.array([item.error or "" for item in items]), "metadata": np.array(metadata), "pixels": pixels,
+        "text": np.array([item.text.to_json() if item.text else "" for item in items]),
+        "read_only": np.array([item.read_only for item in items], dtype=bool),
+    }
 
 
 class _Embedder:
@@ -245,7 +257,7 @@ class _Embedder:
             ) from None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ok = batch["error"] == ""
+        ok = (batch["error"] == "") & ~batch["read_only"]
         vectors = np.zeros((len(ok), self.model.dim), np.float32)
         if ok.any():
             vectors[ok] = self.model.encode_pixels(torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok])))

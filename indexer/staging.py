@@ -2,7 +2,8 @@
 
     staging/model.json         the model that embedded them: a staging of another model's is not this build's
     staging/chunk-NNNNNN.npz   one flush's vectors (`vectors`, float16), written once, atomically
-    staging/records.sqlite     one row per staged image: its record, and the chunk and row of its vector
+    staging/records.sqlite     one row per staged image: its record, and the chunk and row of its vector;
+                               and (`texts`) the text read in each image read, with the stamp it had
 
 A flush writes its chunk first, then its records in one SQLite transaction, the commit point:
 a build killed between the two left a chunk no row names, and opening the staging deletes it.
@@ -15,7 +16,10 @@ gigabyte per million.
 
 A staging left by a tusou that kept the records inside the chunks (no records.sqlite) is
 discarded, as is one whose records have other fields than ImageRecord now or that keyed them
-otherwise (its `user_version`): its images are embedded again.
+otherwise, or that had no texts (its `user_version`): its images are embedded again.
+
+Text read in an image (`tusou index --ocr`) is staged beside its record, in the same transaction;
+an image the index holds unchanged, read for its text alone, has its text staged and no record.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np
 
 from indexer.sources import SourceFile
 from retrieval.locations import MEMBER_SEPARATOR
+from retrieval.ocr.engine import OcrResult
 from retrieval.store.atomic import atomic_write, atomic_write_text, fsync_dir
 from retrieval.store.catalog import name_of, name_value, paths_under, transaction
 from retrieval.store.faults import kill_point
@@ -42,13 +47,14 @@ from retrieval.store.records import ImageRecord
 RECORDS = "records.sqlite"
 FIELDS = tuple(field.name for field in fields(ImageRecord))
 COLUMNS = (*FIELDS, "chunk", "row")
-VERSION = 1
-"""Of the records' keys (`user_version`): 1, paths stored as the catalog stores them (name_value), so the
-commit joins them with the index's items; 0, before, kept every path as UTF-8 bytes."""
+VERSION = 2
+"""Of the records' keys (`user_version`): 2, with the texts table; 1, paths stored as the catalog stores
+them (name_value), so the commit joins them with the index's items; 0, before, kept every path as UTF-8 bytes."""
 SCHEMA = f"""
 BEGIN;
 CREATE TABLE records (path PRIMARY KEY, {", ".join(COLUMNS[1:])});
 CREATE INDEX records_by_place ON records (chunk, row);
+CREATE TABLE texts (path PRIMARY KEY, size, mtime_ns, change_key, text);
 PRAGMA user_version = {VERSION};
 COMMIT;
 """
@@ -57,6 +63,22 @@ CHUNK = re.compile(r"chunk-(\d+)\.npz")
 SELECT = f"SELECT {', '.join(FIELDS)} FROM records"
 INSERT = f"INSERT OR REPLACE INTO records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 """A path staged again (a retried Ray task, an image changed while a build was killed) keeps its latest row."""
+INSERT_TEXT = "INSERT OR REPLACE INTO texts VALUES (?, ?, ?, ?, ?)"
+TEXT_STAMPED = "path = ? AND size = ? AND mtime_ns = ? AND change_key IS ?"
+
+
+class StagedTexts:
+    """The staged texts (path as the catalog stores it, stamp, OcrResult's JSON), read again at each
+    pass, never held (indexer.commit.Items)."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT count(*) FROM texts").fetchone()[0]
+
+    def __iter__(self) -> Iterator[tuple[str | bytes, int, int, str | None, str]]:
+        yield from self._db.execute("SELECT path, size, mtime_ns, change_key, text FROM texts")
 
 
 class Staging:
@@ -65,6 +87,7 @@ class Staging:
         self.model = model.to_dict()
         """The model entry of the index being built: a staging of another model's is not this build's."""
         self.unflushed: list[tuple[ImageRecord, np.ndarray]] = []
+        self.unflushed_texts: list[tuple] = []
         self.added = 0
         """Vectors added by this build (the rest were staged by an interrupted one)."""
         resumed = self._resume()
@@ -114,6 +137,18 @@ class Staging:
         self.unflushed.append((item, vector))
         self.added += 1
 
+    def add_text(self, path: str, stamp: tuple[int, int, str | None], text: OcrResult) -> None:
+        """Keep the text read in the image at `path` as `stamp` says it was, until the next flush."""
+        self.unflushed_texts.append((name_value(path), *stamp, text.to_json()))
+
+    def has_text(self, source: SourceFile) -> bool:
+        """Whether the text of `source` as it is now was staged."""
+        return self.db.execute(f"SELECT 1 FROM texts WHERE {TEXT_STAMPED}", (name_value(source.path), *source.stamp)).fetchone() is not None
+
+    @property
+    def texts(self) -> StagedTexts:
+        return StagedTexts(self.db)
+
     def records(self) -> Iterator[ImageRecord]:
         """Every staged record (the latest of a path staged twice), streamed from the database."""
         for found in self.db.execute(SELECT):
@@ -126,10 +161,24 @@ class Staging:
         return [name_of(path)[len(shard.path) + len(MEMBER_SEPARATOR) :] for (path,) in found]
 
     def flush(self) -> None:
-        """Write what was added since the last flush as one more chunk, then commit its records."""
-        if not self.unflushed:
+        """Write what was added since the last flush as one more chunk, then commit its records and texts."""
+        if not self.unflushed and not self.unflushed_texts:
             return
         db = self.db if self._on_disk else self._create()
+        number = self._write_chunk() if self.unflushed else None
+        try:
+            with transaction(db):
+                db.executemany(INSERT, ((*_values(item), number, row) for row, (item, _) in enumerate(self.unflushed)))
+                db.executemany(INSERT_TEXT, self.unflushed_texts)
+        except BaseException:  # a full disk, say: the chunk no record names goes now, not at the next build
+            if number is not None:
+                self.chunk(number).unlink(missing_ok=True)
+            raise
+        self.unflushed, self.unflushed_texts = [], []
+        kill_point("staged")
+
+    def _write_chunk(self) -> int:
+        """The unflushed vectors as the next chunk; its number."""
         number, self._next_chunk = self._next_chunk, self._next_chunk + 1
         vectors = np.stack([vector for _, vector in self.unflushed]).astype(np.float16)
 
@@ -139,14 +188,7 @@ class Staging:
 
         atomic_write(self.chunk(number), write)
         kill_point("chunk")  # the chunk is in place, no record names it yet
-        try:
-            with transaction(db):
-                db.executemany(INSERT, ((*_values(item), number, row) for row, (item, _) in enumerate(self.unflushed)))
-        except BaseException:  # a full disk, say: the chunk no record names goes now, not at the next build
-            self.chunk(number).unlink(missing_ok=True)
-            raise
-        self.unflushed = []
-        kill_point("staged")
+        return number
 
     def _create(self) -> sqlite3.Connection:
         """A new staging: its model first (a records file only counts beside it), then the empty records.

@@ -85,7 +85,7 @@ def decode(
 
     `opened` is shown the image as opened from `source`, before it is reduced, transposed or
     converted: the build reads its EXIF there, from the same open file. A JPEG decodes at a reduced
-    scale whose shorter side still reaches `min_size`, or (for OCR) whose longer side reaches `longest`.
+    scale whose shorter side still reaches `min_size` and (for OCR) whose longer side reaches `longest`.
     """
     if isinstance(source, Image.Image):
         return _to_rgb(source), source.size
@@ -103,7 +103,8 @@ def decode(
             if image.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8):
                 width, height = height, width
             if (min_size or longest) and image.format == "JPEG":
-                image.draft("RGB", (min_size, min_size) if min_size else fitted_size(image.size, longest))
+                wanted = fitted_size(image.size, longest) if longest else (0, 0)
+                image.draft("RGB", (max(wanted[0], min_size or 0), max(wanted[1], min_size or 0)))
             image.load()
             return _to_rgb(ImageOps.exif_transpose(image)), (width, height)
     except ImageError:

@@ -45,7 +45,7 @@ def test_index_json_summary_of_first_and_second_run(tmp_path, capsys):
     code, stdout, _ = run(capsys, "index", folder, "--out", out, "--model", "test-tiny", "--workers", "0", "--json")
     assert code == 0
     (summary,) = json_lines(stdout)
-    assert set(summary) == {"added", "updated", "removed", "unchanged", "skipped", "embedded", "resumed", "total", "index"}
+    assert set(summary) == {"added", "updated", "removed", "unchanged", "skipped", "embedded", "read", "resumed", "total", "index"}
     assert (summary["added"], summary["embedded"], summary["resumed"], summary["total"], summary["index"]) == (12, 12, 0, 12, str(out))
     assert summary["skipped"] == [{"path": str(folder / "broken.png"), "reason": summary["skipped"][0]["reason"]}]
 

@@ -190,6 +190,7 @@ def cmd_index(args: argparse.Namespace) -> None:
         max_index_memory=_budget(args),
         precision=args.precision,
         ray=ray,
+        ocr=args.ocr,
     )
     summary = build_index(plan)
     if args.json:
@@ -201,7 +202,8 @@ def cmd_index(args: argparse.Namespace) -> None:
         f"{summary.index}: {summary.total} images "
         f"(added {summary.added}, updated {summary.updated}, removed {summary.removed}, "
         f"unchanged {summary.unchanged}, skipped {len(summary.skipped)}; embedded {summary.embedded}"
-        + (f", {summary.resumed} more staged by an interrupted run)" if summary.resumed else ")")
+        + (f", {summary.resumed} more staged by an interrupted run" if summary.resumed else "")
+        + (f"; text read in {summary.read}" if summary.read else "") + ")"
     )
 
 
@@ -435,6 +437,9 @@ def _index_options(index: argparse.ArgumentParser) -> None:
     index.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster to embed on (default: RAY_ADDRESS, else one started on this machine)")
     index.add_argument("--gpus-per-worker", type=_number(float, 0), metavar="N",
                        help="GPUs per embedding actor (default: 1 when the cluster has GPUs, else 0)")
+    index.add_argument("--ocr", action=argparse.BooleanOptionalAction, default=None,
+                       help="read the Chinese (and other) text in the images, to search it (needs pip install 'tusou[ocr]'); "
+                       "--no-ocr stops it; the index remembers (default: as it was built, a new index without)")
     _add_index_type(index, default=None)
     _add_precision(index)
     _add_device(index)

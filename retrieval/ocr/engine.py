@@ -17,6 +17,7 @@ an error, one line naming the fix.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -53,17 +54,26 @@ class OcrResult:
     lines: tuple[OcrLine, ...] = ()
     reason: str | None = None
 
+    def to_json(self) -> str:
+        """As a build stages it and a Ray task returns it: one text value."""
+        return json.dumps({"lines": [[line.text, line.box, line.confidence] for line in self.lines], "reason": self.reason}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> OcrResult:
+        found = json.loads(text)
+        lines = (OcrLine(line, tuple((x, y) for x, y in box), confidence) for line, box, confidence in found["lines"])
+        return cls(tuple(lines), found["reason"])
+
 
 @functools.cache
 def ocr_engine(max_side: int = MAX_SIDE, threads: int = 0):
     """The process's RapidOCR engine for images of at most `max_side` pixels, whose detector reads
     them at that size, never scaled up (RapidOCR's default scales a short side up to 736 px);
     `threads` for onnxruntime (0: its default, every core)."""
-    try:
-        import onnxruntime
-        from rapidocr import RapidOCR
-    except ImportError as exc:
-        raise TusouError(f"reading text in images needs rapidocr and onnxruntime ({exc.name} is missing): {OCR_FIX}") from None
+    require_ocr()
+    import onnxruntime
+    from rapidocr import RapidOCR
+
     onnxruntime.set_default_logger_severity(3)  # its warnings (thread affinity, graph fusions) are not the user's business
     logging.getLogger("RapidOCR").setLevel(logging.ERROR)
     settings: dict[str, object] = {"Global.log_level": "error", "Det.limit_type": "max", "Det.limit_side_len": max_side}
@@ -85,13 +95,30 @@ def _stout(image: Image.Image) -> Image.Image:
     return padded
 
 
+def require_ocr() -> None:
+    """A missing package is one line now, before a build scans or starts its workers."""
+    try:
+        import onnxruntime  # noqa: F401
+        import rapidocr  # noqa: F401
+    except ImportError as exc:
+        raise TusouError(f"reading text in images needs rapidocr and onnxruntime ({exc.name} is missing): {OCR_FIX}") from None
+
+
 def read_text(source: str | Path | bytes | Image.Image, max_side: int = MAX_SIDE, threads: int = 0) -> OcrResult:
     """The lines of text in one image, read at most `max_side` pixels on its longer side."""
-    engine = ocr_engine(max_side, threads)  # a missing package is one line before any image is opened
+    ocr_engine(max_side, threads)  # a missing package is one line before any image is opened
     try:
-        image, (width, height) = decode(source, longest=max_side)
+        image, size = decode(source, longest=max_side)
     except ImageError as exc:
         return OcrResult(reason=str(exc))
+    return read_decoded(image, size, max_side, threads)
+
+
+def read_decoded(image: Image.Image, size: tuple[int, int], max_side: int = MAX_SIDE, threads: int = 0) -> OcrResult:
+    """The lines of an image decoded already (a build's worker decodes once, for the model and the
+    OCR), whose original is `size` (upright): shrunk to `max_side` first, boxes in the original's pixels."""
+    engine = ocr_engine(max_side, threads)
+    width, height = size
     if max(image.size) > max_side:
         image = image.resize(fitted_size(image.size, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
     try:

@@ -29,7 +29,7 @@ from retrieval.search.text_match import within_one_edit
 from retrieval.store.full_disk import DiskFull, is_full_disk
 from retrieval.store.manifest import IndexEntry, check_index_entry, plain_name, rebuild_hint
 from retrieval.store.records import CatalogItem, folder_of, mtime_taken
-from retrieval.store.text_lines import create_text_tables
+from retrieval.store.text_lines import create_text_tables, unread_items
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS items (
@@ -275,6 +275,11 @@ class Catalog:
             for values in self.db.execute(f"SELECT {', '.join(ITEM_COLUMNS)} FROM items ORDER BY path"):
                 row = item_row(values)
                 yield stored_item(row), row["segment"], row["row"]
+
+    def unread(self) -> Iterator[int]:
+        """The items whose text was not read yet (retrieval.store.text_lines)."""
+        with self.checked():
+            yield from unread_items(self.db)
 
     def keys_under(self, prefix: str) -> set[str | None]:
         """The change keys of the items whose path starts with `prefix` (`SHARD#`: a tar shard's members)."""

@@ -14,8 +14,8 @@ without a scan. At 1M lines (bench/text_search.py) two characters take 0.5 ms (p
 `ocr_read` records which items were read (and why one gave no lines), so an image without text
 is not read again. Triggers keep the FTS index in step with `ocr_lines`, and drop an item's lines
 with the item: the build's `drop_items` needs no change. `put_items` replacing a changed item's
-row keeps its lines (its id stays; SQLite fires no delete trigger for REPLACE): the build that
-reads the changed image again replaces them with `put_lines` in the same transaction.
+row keeps its lines (its id stays; SQLite fires no delete trigger for REPLACE): the build's commit
+drops them (`drop_lines`) and puts what it read in the changed image, in the same transaction.
 
 The tables come with every new on-disk catalog; an older catalog gets them on its first
 `put_lines`. A catalog without them has no text to match, and behaves as it always did.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from retrieval.errors import TusouError
 from retrieval.search.filters import Filters
@@ -99,9 +99,17 @@ def put_lines(db: sqlite3.Connection, item: int, lines: Iterable, reason: str | 
 def drop_lines(db: sqlite3.Connection, items: Iterable[int]) -> None:
     """Forget what was read in `items` (they are read again by the next build that reads text)."""
     if has_text_tables(db):
-        ids = [(int(i),) for i in items]
-        db.executemany("DELETE FROM ocr_lines WHERE item = ?", ids)
-        db.executemany("DELETE FROM ocr_read WHERE item = ?", ids)
+        for item in items:  # streamed: a commit's items are read from SQLite as it goes
+            db.execute("DELETE FROM ocr_lines WHERE item = ?", (int(item),))
+            db.execute("DELETE FROM ocr_read WHERE item = ?", (int(item),))
+
+
+def unread_items(db: sqlite3.Connection) -> Iterator[int]:
+    """The items whose text was not read yet (every item of a catalog without the tables)."""
+    if has_text_tables(db):
+        yield from (item for (item,) in db.execute("SELECT id FROM items WHERE id NOT IN (SELECT item FROM ocr_read)"))
+    else:
+        yield from (item for (item,) in db.execute("SELECT id FROM items"))
 
 
 def read_items(db: sqlite3.Connection) -> dict[int, str | None]:
