@@ -266,7 +266,8 @@ def cmd_search(args: argparse.Namespace) -> None:
     # checked (and an empty query or a bad filter refused) before torch and the model load
     filters = make_filters(args.after, args.before, args.folders, args.types, args.camera, args.near)
     query = Query(text=args.query, image=args.image, weight=IMAGE_WEIGHT if args.weight is None else args.weight,
-                  negatives=args.negatives, min_score=args.min_score, dedupe=args.dedupe, filters=filters, sort=args.sort)
+                  negatives=args.negatives, min_score=args.min_score, dedupe=args.dedupe, filters=filters, sort=args.sort,
+                  match=args.match)
     from retrieval.search.searcher import Searcher
 
     searcher = Searcher(args.index, device=args.device, precision=args.precision)
@@ -281,6 +282,8 @@ def cmd_search(args: argparse.Namespace) -> None:
             folded = f"  (+{result.duplicates} near-duplicate{'s' * (result.duplicates > 1)})" if result.duplicates else ""
             taken = f"{(result.taken or '')[:10]:<10}  " if query.sort != "score" else ""  # the order's reason, shown
             print(f"{result.rank:>3}  {result.score:.4f}  {taken}{result.path}{folded}")
+            if result.ocr is not None:
+                print(f"     text: {result.ocr.text}")
 
 
 def cmd_label(args: argparse.Namespace) -> None:
@@ -462,7 +465,7 @@ def _info_options(information: argparse.ArgumentParser) -> None:
 
 def _search_options(search: argparse.ArgumentParser) -> None:
     # the ranges of --weight, --min-score and --dedupe are Query's own, checked by it in cmd_search
-    from retrieval.search.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT
+    from retrieval.search.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT, MATCHES
 
     search.add_argument("index", metavar="DIR", type=_index_dir)
     search.add_argument("query", nargs="?", help="Chinese text query")
@@ -473,6 +476,9 @@ def _search_options(search: argparse.ArgumentParser) -> None:
     search.add_argument("--min-score", type=float, help="drop results scoring below this (-1..1)")
     search.add_argument("--dedupe", type=float, nargs="?", const=DEDUPE_THRESHOLD, metavar="THRESHOLD",
                         help=f"fold near-duplicate results (stored-vector cosine >= THRESHOLD, default {DEDUPE_THRESHOLD}) into one")
+    search.add_argument("--match", choices=MATCHES,
+                        help="find images by how they look (visual), by the text read in them (text), or both in one ranking "
+                        "(default: both when the index was built with --ocr, else visual)")
     search.add_argument("-k", type=_number(int, 1), default=10, help="number of results (default: 10)")
     search.add_argument("--offset", type=_number(int, 0), default=0, help="skip this many results first (the next page)")
     _filter_options(search)

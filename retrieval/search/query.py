@@ -20,6 +20,7 @@ from PIL import Image
 
 from retrieval.errors import TusouError
 from retrieval.search.filters import Filters
+from retrieval.search.fusion import FUSIONS
 
 MAX_QUERY_CHARS = 2000
 """A query is cut here before tokenizing: the text towers read at most 77 tokens (far fewer
@@ -34,6 +35,10 @@ DEDUPE_THRESHOLD = 0.95
 POOL_FACTOR = 4
 """Candidates fetched per result wanted when negatives or de-duplication may drop some; the
 pool grows by this factor until the top k are settled."""
+
+MATCHES = ("both", "visual", "text")
+"""How a text query finds images: by how they look (visual: CLIP), by the text read in them (text), or
+both in one ranking (retrieval.search.fusion)."""
 
 SORTS = ("score", "newest", "oldest")
 SORT_POOL = 200
@@ -83,6 +88,9 @@ class Query:
     - `filters`: which items may be returned (retrieval.search.filters); the top k within them are
       exact where few match, the index's tuned recall where many do.
     - `sort`: `score`, or `newest` / `oldest` first among the best SORT_POOL results by score.
+    - `match`: `visual`, `text` or `both` (MATCHES); None: `both` when the index has text read
+      (`tusou index --ocr`), else `visual`. Only a text query can match text.
+    - `fusion`: how `both` merges the two rankings (retrieval.search.fusion.FUSIONS).
     """
 
     text: str | None = None
@@ -93,6 +101,8 @@ class Query:
     dedupe: float | None = None
     filters: Filters = field(default_factory=Filters)
     sort: str = "score"
+    match: str | None = None
+    fusion: str = "calibrated"
 
     def __post_init__(self) -> None:
         if self.text is not None:
@@ -109,6 +119,12 @@ class Query:
         _check_range("min-score", self.min_score, -1, 1, "scores are cosines (minus the negative terms' push)")
         if self.sort not in SORTS:
             raise TusouError(f"sort {self.sort!r}: choose one of {', '.join(SORTS)}")
+        if self.match is not None and self.match not in MATCHES:
+            raise TusouError(f"match {self.match!r}: choose one of {', '.join(MATCHES)}")
+        if self.match == "text" and self.text is None:
+            raise TusouError("match text finds the words read in images: give a text query")
+        if self.fusion not in FUSIONS:
+            raise TusouError(f"fusion {self.fusion!r}: choose one of {', '.join(FUSIONS)}")
         if self.dedupe is not None and not (isinstance(self.dedupe, (int, float)) and 0 < self.dedupe <= 1):
             raise TusouError(f"dedupe threshold {self.dedupe!r} is outside (0, 1]: it is the cosine above which two images count as one")
 
@@ -157,6 +173,13 @@ class Hit:
     folded: list[int] = field(default_factory=list)
 
 
+def pushed(scores: np.ndarray, vectors: np.ndarray | None, negatives: np.ndarray) -> np.ndarray:
+    """`scores` less the negative terms' push on the items of `vectors` (unit rows; see `rank`)."""
+    if not len(negatives):
+        return scores
+    return scores - NEGATIVE_WEIGHT * np.clip(vectors @ negatives.T, 0, None).max(axis=1)
+
+
 def rank(
     query: Query, scores: np.ndarray, rows: np.ndarray, stored: Callable[[np.ndarray], np.ndarray], negatives: np.ndarray, k: int
 ) -> tuple[list[Hit], bool]:
@@ -184,9 +207,7 @@ def rank(
     found = rows >= 0
     rows, positive = rows[found], np.asarray(scores[found], dtype=np.float64)
     vectors = unit(stored(rows)) if query.reranks else None
-    final_scores = positive
-    if len(negatives):
-        final_scores = positive - NEGATIVE_WEIGHT * np.clip(vectors @ negatives.T, 0, None).max(axis=1)
+    final_scores = pushed(positive, vectors, negatives)
     hits: list[Hit] = []
     kept = np.empty((min(k, len(rows)), vectors.shape[1]) if query.dedupe is not None else (0, 0), dtype=np.float32)
     for i in np.argsort(-final_scores, kind="stable"):

@@ -15,16 +15,20 @@ from retrieval.images import load_query_image
 from retrieval.models.model import EmbeddingModel
 from retrieval.errors import TusouError
 from retrieval.search.filters import Filters
-from retrieval.search.query import POOL_FACTOR, SORT_POOL, Hit, Query, QueryImage, clean_query, mix, rank, unit
+from retrieval.search.fusion import Candidate, fuse, text_lift
+from retrieval.search.query import POOL_FACTOR, SORT_POOL, Hit, Query, QueryImage, clean_query, mix, pushed, rank, unit
+from retrieval.search.text_match import TextMatch, match_text
 from retrieval.store.model_ref import IMAGE, TEXT, cast
 from retrieval.store.store import StaleView, Store, View, open_store
+from retrieval.store.text_lines import has_lines
 from retrieval.search.zero_shot import LabelScore, label_images
 
 
 @dataclass(frozen=True)
 class SearchResult:
     """One result. `score` is its cosine to the query, less the negative terms' push when the
-    query has any (retrieval.search.query.rank)."""
+    query has any (retrieval.search.query.rank); a search matching text ranks by the fused score
+    (`both`: retrieval.search.fusion) or the text match's (`text`), and that is the score."""
 
     rank: int
     score: float
@@ -38,6 +42,8 @@ class SearchResult:
     width: int | None = None
     height: int | None = None
     camera: str | None = None
+    ocr: TextMatch | None = None
+    """The line of text read in the image that matched the query (a search matching text)."""
 
     @property
     def duplicates(self) -> int:
@@ -52,9 +58,15 @@ class SearchResult:
         }
         if self.camera:
             fields["camera"] = self.camera
+        if self.ocr is not None:
+            fields["ocr"] = self.ocr.to_dict()
         if dedupe:
             fields.update(duplicates=self.duplicates, duplicate_paths=list(self.duplicate_paths))
         return fields
+
+
+FUSE_POOL = 100
+"""Candidates taken from each ranking, the visual and the text, before they are merged."""
 
 
 class QueryCache:
@@ -120,8 +132,9 @@ class Searcher:
         """Items in the index as its last commit left it."""
         return len(self.store.view())
 
-    def _results(self, view: View, hits: Sequence[Hit]) -> list[SearchResult]:
-        """Results for `hits` (positions in `view`), their catalog rows read in one query."""
+    def _results(self, view: View, hits: Sequence[Hit], keep_missing: bool = False) -> list[SearchResult]:
+        """Results for `hits` (positions in `view`), their catalog rows read in one query; an item deleted
+        since is left out (`keep_missing`: None in its place, so the list stays in step with `hits`)."""
         ids = view.ids(np.array([h.row for h in hits] + [f for h in hits for f in h.folded], dtype=np.int64))
         rows = self.store.catalog.items(ids.tolist())
         hit_ids, folded_ids = ids[: len(hits)], iter(ids[len(hits) :])
@@ -129,6 +142,8 @@ class Searcher:
         for number, (hit, item_id) in enumerate(zip(hits, hit_ids), 1):
             row = rows.get(int(item_id))
             if row is None:  # deleted by a commit after this view was taken: its vector is still here, its row not
+                if keep_missing:
+                    results.append(None)
                 continue
             folded = [rows[int(f)]["path"] for f in (next(folded_ids) for _ in hit.folded) if int(f) in rows]
             results.append(SearchResult(
@@ -194,19 +209,37 @@ class Searcher:
             image = model.encode_images([picture])[0] if query.uses_image else None
         return mix(text, image, query.weight), negatives
 
+    def has_text(self) -> bool:
+        """Whether the index holds text read in its images (`tusou index --ocr`)."""
+        return self.store.manifest.segmented and has_lines(self.store.catalog.db)
+
+    def match_of(self, query: Query) -> str:
+        """How `query` finds images (Query.match): as asked, else `both` for a text query when the index has text."""
+        if query.match == "text" and not self.has_text():
+            raise TusouError(f"{self.store.directory} has no text read in its images: index it with `tusou index ... --ocr` first")
+        if query.text is None:
+            return "visual"
+        return query.match or ("both" if self.has_text() else "visual")
+
     def search(self, query: Query, k: int = 10, offset: int = 0) -> list[SearchResult]:
         """Results `offset + 1` … `offset + k` of a composed query (retrieval.search.query): fetches more
-        candidates than wanted when negatives or de-duplication can drop some, until they are settled."""
+        candidates than wanted when negatives or de-duplication can drop some, until they are settled;
+        merged with the text matches as `match_of` says."""
         if not (isinstance(offset, int) and offset >= 0):
             raise TusouError(f"offset {offset!r}: give a whole number of results to skip, 0 or more")
-        positive, negatives = self.query_vectors(query)
-        results = self._on_current_view(lambda view: self._ranked(view, query, positive, negatives, offset + max(1, int(k))))
+        match = self.match_of(query)
+        positive, negatives = self.query_vectors(query) if match != "text" else (None, None)
+        wanted = offset + max(1, int(k))
+        if match == "visual":
+            results = self._on_current_view(lambda view: self._results(view, self._ranked(view, query, positive, negatives, wanted)))
+        else:
+            results = self._on_current_view(lambda view: self._matched(view, query, positive, negatives, wanted))
         if query.sort != "score":
             results.sort(key=lambda r: r.taken or "", reverse=query.sort == "newest")
         return [replace(r, rank=number) for number, r in enumerate(results[offset : offset + max(1, int(k))], offset + 1)]
 
-    def _ranked(self, view: View, query: Query, positive: np.ndarray, negatives: np.ndarray, wanted: int) -> list[SearchResult]:
-        """The query's best `wanted` results by score (SORT_POOL of them when sorted by date) in `view`."""
+    def _ranked(self, view: View, query: Query, positive: np.ndarray, negatives: np.ndarray, wanted: int) -> list[Hit]:
+        """The query's best `wanted` visual hits by score (SORT_POOL of them when sorted by date) in `view`."""
         total = len(view)
         if total == 0:
             return []
@@ -216,8 +249,42 @@ class Searcher:
             scores, positions = view.search(positive[None], pool, query.filters)
             hits, final = rank(query, scores[0], positions[0], view.vectors, negatives, wanted)
             if final or pool >= total or (positions[0] < 0).any():  # settled, or every match fetched
-                return self._results(view, hits)
+                return hits
             pool = min(total, pool * POOL_FACTOR)
+
+    def _matched(self, view: View, query: Query, positive: np.ndarray | None, negatives: np.ndarray | None, wanted: int) -> list[SearchResult]:
+        """The best `wanted` of the visual hits and the text matches in one ranking (`text`: the
+        text matches alone, by their own score), each found by its text carrying its line."""
+        pool = max(FUSE_POOL, wanted if query.sort == "score" else SORT_POOL)
+        visual = [] if positive is None else self._ranked(view, query, positive, negatives, pool)
+        matches = match_text(self.store.catalog.db, query.text, query.filters, pool)
+        candidates = {hit.row: Candidate(hit.row, hit.score, number, None, None) for number, hit in enumerate(visual, 1)}
+        rows = self.store.catalog.items([m.item for m in matches])
+        found = [(view.position_of(rows.get(m.item)), number, m) for number, m in enumerate(matches, 1)]
+        found = [(position, number, m) for position, number, m in found if position is not None]  # a commit since the view
+        unseen = np.array([position for position, _, _ in found if position not in candidates], dtype=np.int64)
+        cosines = dict(zip(unseen.tolist(), self._visual_scores(view, positive, negatives, unseen)))
+        for position, number, m in found:
+            known = candidates.get(position)
+            if known is None and query.min_score is not None and cosines[position] < query.min_score:
+                continue
+            visual_score = cosines[position] if known is None else known.visual
+            candidates[position] = Candidate(position, visual_score, known.visual_rank if known else None, m, number)
+        if positive is None:
+            ranked = [(c, text_lift(c.text)) for c in sorted(candidates.values(), key=lambda c: c.text_rank)]
+        else:
+            ranked = fuse(list(candidates.values()), query.fusion)
+        folded = {hit.row: hit.folded for hit in visual}
+        hits = [Hit(c.position, score, folded.get(c.position, [])) for c, score in ranked[:wanted]]
+        texts = {c.position: c.text for c, _ in ranked[:wanted]}
+        return [replace(result, ocr=texts[hit.row]) for hit, result in zip(hits, self._results(view, hits, keep_missing=True)) if result]
+
+    def _visual_scores(self, view: View, positive: np.ndarray | None, negatives: np.ndarray | None, positions: np.ndarray) -> np.ndarray:
+        """The visual scores (as `rank` gives them) of items the visual search did not fetch; 0 without a query vector."""
+        if positive is None or not len(positions):
+            return np.zeros(len(positions))
+        vectors = unit(view.vectors(positions))
+        return pushed(vectors @ positive, vectors, negatives)
 
     def label(
         self, image: str | Path | Image.Image, labels: str | Sequence[str], templates: Sequence[str] | None = None

@@ -82,6 +82,11 @@ def has_text_tables(db: sqlite3.Connection) -> bool:
     return db.execute("SELECT 1 FROM sqlite_master WHERE name = 'ocr_lines'").fetchone() is not None
 
 
+def has_lines(db: sqlite3.Connection) -> bool:
+    """Whether any text was read in the catalog's images."""
+    return has_text_tables(db) and db.execute("SELECT 1 FROM ocr_lines LIMIT 1").fetchone() is not None
+
+
 def put_lines(db: sqlite3.Connection, item: int, lines: Iterable, reason: str | None = None) -> None:
     """Record that `item` was read: its lines (anything with text, box and confidence) replace any it
     had; `reason` says why an image gave none (unreadable, OCR failed)."""
