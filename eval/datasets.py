@@ -173,7 +173,8 @@ RETRIEVAL_READERS: dict[str, dict[str, Callable[[Path, str], RetrievalSet]]] = {
     "coco-cn": {"cnclip": read_cnclip},
     "wukong50k": {"csv": read_wukong},
 }
-DATASETS = [*RETRIEVAL_READERS, "imagenet-cn"]
+DATASETS = [*RETRIEVAL_READERS, "imagenet-cn", "ocr-synthetic"]
+"""ocr-synthetic: text→image search by the text in pictures (eval.ocr_search), drawn by eval.ocr_synthetic."""
 
 
 def reader(dataset: str, fmt: str | None) -> Callable[[Path, str], RetrievalSet]:

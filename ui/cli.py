@@ -349,7 +349,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from eval.datasets import reader
 
-    if args.dataset != "imagenet-cn":
+    if args.dataset not in ("imagenet-cn", "ocr-synthetic"):
         reader(args.dataset, args.format)  # a wrong --format is one line before any model code
     from eval.compare import check_weights, evaluate_each
     from eval.features import default_cache_dir
@@ -363,6 +363,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     def evaluate(model: EmbeddingModel) -> EvalResult:
         if args.dataset == "imagenet-cn":
             return evaluate_zero_shot(model, args.data, args.split, args.templates, cache, args.batch_size)
+        if args.dataset == "ocr-synthetic":
+            from eval.ocr_search import evaluate_ocr_search
+
+            return evaluate_ocr_search(model, args.data, args.batch_size)
         return evaluate_retrieval(model, args.dataset, args.data, args.split, args.format, cache, args.batch_size)
 
     if len(names) == 1:
@@ -551,7 +555,8 @@ def _eval_options(evaluation: argparse.ArgumentParser) -> None:
     evaluation.description = ("Evaluate one model, or several: --model a,b,c runs each in turn (one in memory at a time) "
                               "and prints one table of all of them, with the published figures beneath each.")
     evaluation.add_argument("--dataset", required=True, choices=DATASETS)
-    evaluation.add_argument("--data", required=True, type=_existing("folder"), help="the dataset folder (layouts: see docs/evaluation.md)")
+    evaluation.add_argument("--data", required=True, type=_existing("folder"),
+                            help="the dataset folder (layouts: see docs/evaluation.md; ocr-synthetic: drawn into it when empty)")
     evaluation.add_argument("--format", help="flickr30k-cn: cnclip (default) or cna; coco-cn: cnclip; wukong50k: csv")
     evaluation.add_argument("--split", default=None, help="default: test (imagenet-cn: val)")
     evaluation.add_argument("--templates", type=_existing("file"), help="imagenet-cn: a file of prompt templates, one per line with {}")

@@ -1,0 +1,89 @@
+"""`tusou eval --dataset ocr-synthetic`: text→image search on the OCR benchmark set, each way and merged.
+
+The set (eval.ocr_synthetic; drawn into --data first when the folder holds none) is indexed with
+`--ocr` by the build itself, into the data folder, once per model (a re-run reads nothing again).
+Each query runs four ways: `text` (the text matches alone), `visual` (CLIP alone), `both` (one
+ranking, the calibrated lift: retrieval.search.fusion) and `both_rrf` (reciprocal rank fusion). A
+query is a hit at k when any picture holding its target is in the first k. Reported, in percent:
+hit@1/5/10 of each way over all queries, over those whose source line is 20 px or more, and by
+kind (exact, short, traditional, typo); and the OCR's own reading of the set (eval.ocr_reading).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from eval.ocr_reading import LARGE_PX, score_reading
+from eval.ocr_synthetic import generate
+from retrieval.models.model import EmbeddingModel
+from retrieval.search.query import Query
+from retrieval.search.searcher import Searcher
+from retrieval.store.catalog import Catalog
+from retrieval.store.store import CATALOG
+
+KS = (1, 5, 10)
+WAYS = {"text": ("text", "calibrated"), "visual": ("visual", "calibrated"), "both": ("both", "calibrated"), "both_rrf": ("both", "rrf")}
+"""Each way a query runs: Query.match and Query.fusion."""
+KINDS = ("exact", "short", "traditional", "typo")
+DRAWN = 200
+"""Pictures drawn into an empty --data folder (seed 0; `python -m eval.ocr_synthetic` draws others)."""
+
+
+def evaluate_ocr_search(model: EmbeddingModel, data: Path, batch_size: int = 32, progress: bool = True):
+    """The figures of `model` on the set in `data`, as eval.run.EvalResult (no predictions)."""
+    from eval.run import EvalResult, _settings
+    from indexer import BuildPlan, build_index
+
+    if not (data / "queries.jsonl").is_file():
+        generate(data, DRAWN)
+    pictures, queries = _jsonl(data / "images.jsonl"), _jsonl(data / "queries.jsonl")
+    index = data / f"index-{model.name}-{model.fingerprint()[:12]}"
+    build_index(BuildPlan([data / "images"], index, model=model, batch_size=batch_size, ocr=True, progress=progress))
+    searcher = Searcher(index, model=model)
+    try:
+        ranks = {way: [_first_hit(searcher, query, *how) for query in queries] for way, how in WAYS.items()}
+    finally:
+        searcher.close()
+    metrics = {}
+    groups = {"": [True] * len(queries), f"_{LARGE_PX}px": [q["size"] >= LARGE_PX for q in queries]}
+    groups |= {f"_{kind}": [q["kind"] == kind for q in queries] for kind in KINDS}
+    for group, chosen in groups.items():
+        for way, found in ranks.items():
+            picked = [rank for rank, keep in zip(found, chosen) if keep]
+            metrics |= {f"{way}_hit@{k}{group}": 100 * sum(r is not None and r <= k for r in picked) / max(1, len(picked)) for k in KS}
+    reading = score_reading(pictures, _lines_read(index))
+    metrics |= {"ocr_exact_read": 100 * reading["exact_read"], "ocr_char_accuracy": 100 * reading["char_accuracy"],
+                f"ocr_char_accuracy_{LARGE_PX}px": 100 * reading[f"char_accuracy_{LARGE_PX}px"]}
+    counts = {"pictures": len(pictures), "photos": reading["photos"], "lines": reading["lines"], "queries": len(queries)}
+    counts |= {kind: sum(q["kind"] == kind for q in queries) for kind in KINDS}
+    results = {
+        "dataset": "ocr-synthetic", "split": "all", "model": {"name": model.name, "fingerprint": model.fingerprint()},
+        "counts": counts, "metrics": metrics, "published": {}, "published_source": None, "missing": [],
+        "settings": _settings(model) | {"index": str(index), "lines_per_photo": reading["lines_per_photo"]},
+    }
+    return EvalResult(results, [])
+
+
+def _first_hit(searcher: Searcher, query: dict, match: str, fusion: str) -> int | None:
+    """The rank of the first result holding the query's target, within the first max(KS)."""
+    results = searcher.search(Query(text=query["query"], match=match, fusion=fusion), k=max(KS))
+    answers = set(query["answers"])
+    return next((r.rank for r in results if Path(r.path).name in answers), None)
+
+
+def _lines_read(index: Path) -> dict[str, list[str]]:
+    """Picture name → the lines the build read in it."""
+    catalog = Catalog(index / CATALOG)
+    try:
+        rows = catalog.db.execute("SELECT i.path, l.text FROM ocr_lines l JOIN items i ON i.id = l.item ORDER BY l.item, l.line")
+        read: dict[str, list[str]] = {}
+        for path, text in rows:
+            read.setdefault(Path(path).name, []).append(text)
+        return read
+    finally:
+        catalog.close()
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
