@@ -99,3 +99,20 @@ def test_search_match_flag_and_json(indexes, capsys):
     assert code == 0 and out.splitlines()[0].endswith("menu.png") and "text: 牛肉拉面十八元" in out
     code, _, err = run(capsys, "search", indexes["plain"], "牛肉", "--match", "text", "--device", "cpu")
     assert code == 2 and "--ocr" in err and err.count("\n") == 1
+
+
+def test_the_app_shows_the_line_that_found_a_result_and_reads_uploads(searcher, collection):
+    from ui.app import BOX_COLOUR, SearchApp
+
+    app = SearchApp(searcher)
+    gallery, results, status = app.search_text("老王火鍋", 4)
+    assert len(gallery) == 4 and results[0]["file"].endswith("sign.png") and "老王火锅" in results[0]["ocr"]["text"]
+    thumbnail, shown = gallery[0]
+    assert "\n文字：" in shown and "老王火锅" in shown.split("\n文字：")[1]
+    assert BOX_COLOUR in {colour for _, colour in thumbnail.getcolors(1 << 16)}  # the line's box, drawn
+    assert all("ocr" not in r for r in app.search_text("老王火锅", 4, match="visual")[1])
+    picture, lines, status = app.ocr(str(collection / "posters" / "menu.png"))
+    assert [line["text"] for line in lines] == ["牛肉拉面十八元"] and set(lines[0]) == {"text", "confidence", "box"}
+    assert status == "1 行文字" and BOX_COLOUR in {colour for _, colour in picture.getcolors(1 << 16)}
+    assert app.ocr(None)[2].startswith("请上传") and app.ocr(b"not an image")[2].startswith("无法使用这张图片")
+    app.build()  # the tabs, 文字识别 among them, and their API endpoints

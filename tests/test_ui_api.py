@@ -322,3 +322,13 @@ def test_the_header_of_a_segment_store_counts_live_items_and_segments_by_type(se
     recall = hnsw.index_entry.search["recall_at_10"]
     assert f"**图片数** {len(block) - 2} · **索引** 2 段 `flat ×1、hnsw ×1, recall@10 ≥ {recall:.3f}`" in header
     assert "**查询精度** `float32`" in header and header.endswith("**更新时间** 2026-01-02T03:04:05+00:00")
+
+
+def test_ocr_api_reads_the_lines_of_an_upload(served, tmp_path):
+    from tests.test_ocr import NAME, sign
+
+    server, _, _ = served
+    sign(1)[0].save(tmp_path / "sign.png")
+    _, lines, status = Client(server.url, verbose=False).predict(handle_file(str(tmp_path / "sign.png")), api_name="/ocr")
+    assert NAME in [line["text"] for line in lines] and all(set(line) == {"text", "confidence", "box"} for line in lines)
+    assert status == f"{len(lines)} 行文字"

@@ -1,10 +1,12 @@
-"""The Gradio app: 文搜图, 图搜图 and 零样本标注 over one index.
+"""The Gradio app: 文搜图, 图搜图, 零样本标注 and 文字识别 over one index.
 
 Safe by default: it binds 127.0.0.1, and it never serves a file by a path that came in a
 request. Result images are read from the index's own catalog paths (files, URLs or tar shard
 members: retrieval.locations) and sent as thumbnails; "search by this result" uses the stored
 vector of the catalog row picked. Both search tabs filter by date, folder, type, camera and place,
-sort by score or date, and page (ui.controls); their status lines say so (ui.status).
+sort by score or date, and page (ui.controls); their status lines say so (ui.status). On an index
+built with --ocr, 文搜图 also finds pictures by their text: a result found so shows its line under
+it and its box drawn on the picture; 文字识别 shows the lines read in an uploaded image.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from pathlib import Path
 
 import gradio as gr
 from gradio.data_classes import ImageData
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from retrieval.errors import TusouError
 from retrieval.images import ImageError, load_query_image, open_image
 from retrieval.locations import Unreadable, read_item
+from retrieval.ocr.engine import read_text
 from retrieval.search.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT, Query, clean_query, strip_controls
 from retrieval.search.searcher import Searcher, SearchResult
 from retrieval.search.zero_shot import DEFAULT_TEMPLATES, check_templates, parse_labels, split_list
@@ -35,6 +38,17 @@ MAX_LABELS = 200
 GENERIC_EXAMPLES = ["海边的日落", "一只在草地上奔跑的小狗", "城市的夜景", "红色的花"]
 Gallery = list[tuple[Image.Image, str]]
 Answer = tuple[Gallery, list[dict], str]
+BOX_COLOUR = (230, 30, 30)
+MATCH_CHOICES = [("自动（有文字时两者）", ""), ("两者：外观与文字", "both"), ("只看外观", "visual"), ("只看图中文字", "text")]
+
+
+def draw_boxes(image: Image.Image, boxes: list, scale: float) -> Image.Image:
+    """`image` with each box (corners in the original's pixels, `scale` of them to this image's) outlined."""
+    pen = ImageDraw.Draw(image)
+    width = max(2, round(max(image.size) / 200))
+    for box in boxes:
+        pen.polygon([(x * scale, y * scale) for x, y in box], outline=BOX_COLOUR, width=width)
+    return image
 
 
 def image_message(exc: TusouError) -> str:
@@ -67,6 +81,8 @@ class SearchApp:
             except (ImageError, Unreadable):
                 thumbnail = Image.new("RGB", (THUMBNAIL, THUMBNAIL), (235, 235, 235))
             thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
+            if result.ocr is not None and result.width:
+                draw_boxes(thumbnail, [result.ocr.box], thumbnail.width / result.width)
             gallery.append((thumbnail, caption(result)))
         return gallery, [api_result(result, dedupe) for result in results]
 
@@ -100,13 +116,16 @@ class SearchApp:
         near: str = "",
         sort: str = "score",
         offset: int = 0,
+        match: str = "",
     ) -> Answer:
         """A text query, optionally mixed with a reference image, with negative terms (comma-separated),
         a minimum score (-1: none) and near-duplicate folding; a reference image alone also searches.
         Filtered by date (after inclusive, before exclusive: 2024, 2024-06, 2024-06-01), folders (path
         prefixes, comma- or newline-separated), types (jpg,png), camera and place (LAT,LON,KM); sorted
-        by score, or newest/oldest first among the best by score; results offset+1 … offset+k.
-        Every control has a default, so gradio_client callers may send only (query, k)."""
+        by score, or newest/oldest first among the best by score; results offset+1 … offset+k. `match`:
+        both, visual or text ("": both when the index has text read); a result found by its text has
+        `ocr` (its line's text, box and confidence). Every control has a default, so gradio_client
+        callers may send only (query, k)."""
         offset = int(offset or 0)
         try:
             text = clean_query(query)
@@ -120,11 +139,28 @@ class SearchApp:
         try:
             request = Query(text=text, image=picture, weight=float(weight), negatives=split_list(strip_controls(negatives or "")),
                             min_score=None if min_score <= -1 else float(min_score), dedupe=float(threshold) if dedupe else None,
-                            filters=read_filters(after, before, folders, types, camera, near), sort=sort)
+                            filters=read_filters(after, before, folders, types, camera, near), sort=sort, match=match or None)
             results = self._search(request, k, offset)
         except TusouError as exc:
             return [], [], str(exc)
         return *self._results(results, dedupe), describe_query(request, len(results), sum(r.duplicates for r in results), offset)
+
+    def ocr(self, upload: str | bytes | None) -> tuple[Image.Image | None, list[dict], str]:
+        """The lines of text in an uploaded image (text, confidence, box), and the image with their boxes drawn."""
+        if not upload:
+            return None, [], "请上传一张图片 (upload an image)."
+        try:
+            picture = load_query_image(upload)
+            result = read_text(picture)
+        except TusouError as exc:  # the upload, or the OCR's packages missing
+            return None, [], image_message(exc) if str(exc).startswith("cannot use image") else str(exc)
+        if result.reason:
+            return None, [], f"无法识别这张图片的文字: {result.reason}"
+        lines = [line.to_dict() for line in result.lines]
+        shown = picture.copy()
+        shown.thumbnail((1280, 1280))
+        draw_boxes(shown, [line["box"] for line in lines], shown.width / picture.width)
+        return shown, lines, f"{len(lines)} 行文字" if lines else "没有识别到文字"
 
     def search_image(self, upload: str | bytes | None, k: int, after: str = "", before: str = "", folders: str = "",
                      types: str = "", camera: str = "", near: str = "", sort: str = "score", offset: int = 0) -> Answer:
@@ -197,13 +233,15 @@ class SearchApp:
                 self._image_tab()
             with gr.Tab("零样本标注", id="label"):
                 self._label_tab()
+            with gr.Tab("文字识别", id="ocr"):
+                self._ocr_tab()
         return app
 
     def _text_tab(self) -> None:
         with gr.Row():
             query = gr.Textbox(label="查询", placeholder="例如：海边的日落", scale=4, elem_id="query")
             k = _k_slider()
-        with gr.Accordion("更多条件：参考图片、排除、最低分数、合并近似重复", open=False, elem_id="query-options"):
+        with gr.Accordion("更多条件：参考图片、排除、最低分数、合并近似重复、匹配方式", open=False, elem_id="query-options"):
             with gr.Row():
                 reference = _upload("参考图片（可选，与文字混合）", "reference-upload")
                 with gr.Column():
@@ -216,12 +254,13 @@ class SearchApp:
                         dedupe = gr.Checkbox(False, label="合并近似重复", elem_id="dedupe")
                         threshold = gr.Slider(0.5, 1, value=DEDUPE_THRESHOLD, step=0.01, label="近似阈值（余弦）",
                                               elem_id="dedupe-threshold")
+                    match = gr.Radio(MATCH_CHOICES, value="", label="匹配方式（图中文字需以 --ocr 建索引）", elem_id="match")
         narrow = filter_panel("text")
         go = gr.Button("搜索", variant="primary", elem_id="search-text")
         gr.Examples(self.examples, inputs=[query], label="示例查询")
-        status, gallery, shown = _results_panel("text", "结果（点选一张以它再搜）")
+        status, gallery, shown = _results_panel("text", "结果（点选一张以它再搜；按文字找到的标出文字所在）")
         pages = pager("text")
-        inputs = [query, k, reference, weight, negatives, min_score, dedupe, threshold, *narrow.filters, narrow.sort, pages.offset]
+        inputs = [query, k, reference, weight, negatives, min_score, dedupe, threshold, *narrow.filters, narrow.sort, pages.offset, match]
         outputs = [gallery, shown, status]
         connect_search(self.search_text, inputs, outputs, go, (query, negatives, *narrow.filters), pages, k, shown, "search_text")
         gallery.select(self.search_result, [shown, k, *narrow.filters], outputs, api_visibility="private")
@@ -249,6 +288,15 @@ class SearchApp:
         status = gr.Markdown(elem_id="label-status")
         out = gr.Label(label="概率", num_top_classes=10, elem_id="label-out")
         go.click(self.label, [upload, labels, template], [out, status], api_name="label")
+
+    def _ocr_tab(self) -> None:
+        with gr.Row():
+            upload = _upload("图片", "ocr-upload")
+            shown = gr.Image(label="识别出的文字（框出）", interactive=False, elem_id="ocr-image")
+        go = gr.Button("识别文字", variant="primary", elem_id="run-ocr")
+        status = gr.Markdown(elem_id="ocr-status")
+        lines = gr.JSON(label="文字行：text、confidence、box", elem_id="ocr-lines")
+        go.click(self.ocr, [upload], [shown, lines, status], api_name="ocr")
 
 
 def _k_slider() -> gr.Slider:

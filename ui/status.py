@@ -73,10 +73,12 @@ def describe_image_query(query: Query, found: int, offset: int = 0) -> str:
 
 
 def caption(result: SearchResult) -> str:
-    """Rank, score, the day it was taken (what a date order sorts by) and the file name."""
+    """Rank, score, the day it was taken (what a date order sorts by) and the file name; under it, the
+    line of text that found it, when its text did."""
     taken = f"  {result.taken[:10]}" if result.taken else ""
     folded = f"  +{result.duplicates} 张近似" if result.duplicates else ""
-    return f"#{result.rank}  {result.score:.3f}{taken}  {Path(result.path).name}{folded}"
+    line = f"\n文字：{result.ocr.text}" if result.ocr is not None else ""
+    return f"#{result.rank}  {result.score:.3f}{taken}  {Path(result.path).name}{folded}{line}"
 
 
 def index_line(searcher: Searcher) -> str:
