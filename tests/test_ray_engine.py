@@ -21,10 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from indexer import BuildPlan, build_index
 from indexer.staging import Staging
 from retrieval import Searcher
+from retrieval.search.normalise import normalise
 from retrieval.store.model_ref import ModelRef
 from tests.stored import read_back
 from tests.imagegen import draw, write_images
@@ -245,3 +247,23 @@ def test_a_cluster_that_is_not_there_is_one_line(tmp_path):
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "no Ray cluster answers at 127.0.0.1:9" in result.stderr and "ray start --head" in result.stderr
     assert not (tmp_path / "idx").exists()
+
+
+def test_ray_build_reads_text_in_its_decode_tasks(tmp_path, cluster):
+    """An index built locally without OCR, then `--ocr` on Ray with one image more: the new image is
+    embedded and read, the others are read alone, as the local engine does (tests/test_index_ocr.py)."""
+    from tests.test_index_ocr import MENU, poster, texts
+    from tests.test_ocr import NAME, sign
+
+    cluster, _ = cluster
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    sign(1)[0].save(photos / "sign.png")
+    Image.linear_gradient("L").convert("RGB").resize((300, 200)).save(photos / "plain.png")
+    local_reference([str(photos)], tmp_path / "index")
+    poster(MENU).save(photos / "menu.png")
+    code, summary, stderr = run(cluster, [str(photos)], tmp_path / "index", "--ocr")
+    assert code == 0, stderr
+    assert (summary["added"], summary["embedded"], summary["unchanged"], summary["read"]) == (1, 1, 2, 3)
+    read = texts(tmp_path / "index")
+    assert normalise(NAME) in read["sign.png"] and read["menu.png"] == {normalise(MENU)} and read["plain.png"] == set()

@@ -266,8 +266,8 @@ class Searcher:
         cosines = dict(zip(unseen.tolist(), self._visual_scores(view, positive, negatives, unseen)))
         for position, number, m in found:
             known = candidates.get(position)
-            if known is None and query.min_score is not None and cosines[position] < query.min_score:
-                continue
+            if known is None and positive is not None and query.min_score is not None and cosines[position] < query.min_score:
+                continue  # as the visual ranking drops what scores below it
             visual_score = cosines[position] if known is None else known.visual
             candidates[position] = Candidate(position, visual_score, known.visual_rank if known else None, m, number)
         if positive is None:
