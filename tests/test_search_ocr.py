@@ -116,3 +116,19 @@ def test_the_app_shows_the_line_that_found_a_result_and_reads_uploads(searcher, 
     assert status == "1 行文字" and BOX_COLOUR in {colour for _, colour in picture.getcolors(1 << 16)}
     assert app.ocr(None)[2].startswith("请上传") and app.ocr(b"not an image")[2].startswith("无法使用这张图片")
     app.build()  # the tabs, 文字识别 among them, and their API endpoints
+
+
+def test_the_calibrated_lift_puts_a_sure_text_match_first_where_rank_fusion_only_ties_it():
+    from retrieval.search.fusion import Candidate, fuse
+    from retrieval.search.text_match import TextMatch
+
+    sure = TextMatch(2, "老王火锅", [[0, 0], [1, 0], [1, 1], [0, 1]], 0.99, exact=True, score=0.99)
+    looks = Candidate(0, 0.35, 1, None, None)  # the visual first, no text
+    shows = Candidate(1, 0.10, None, sure, 1)  # only its text found it
+    both = Candidate(2, 0.20, 2, sure, 1)
+    assert [c.position for c, _ in fuse([looks, shows], "calibrated")] == [1, 0]
+    ranked = fuse([looks, shows], "rrf")
+    assert ranked[0][1] == ranked[1][1] and ranked[0][0] is looks  # 1/61 each: the tie goes to the looks
+    assert [c.position for c, _ in fuse([looks, shows, both], "rrf")] == [2, 0, 1]
+    fuzzy = Candidate(3, 0.10, None, TextMatch(3, "老王火锅", sure.box, 0.99, exact=False, score=0.99), 2)
+    assert [c.position for c, _ in fuse([fuzzy, shows], "calibrated")] == [1, 3]
