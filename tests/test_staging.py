@@ -200,3 +200,20 @@ def test_a_build_stages_what_each_image_says_about_itself(tmp_path, tiny_model, 
     build = subprocess.run([sys.executable, "-c", BUILD, *paths, str(out), str(workers)], env=env, cwd=ROOT)
     assert build.returncode == -signal.SIGKILL
     assert_staged_metadata(Staging(out / "staging", ModelRef.of(tiny_model)), tmp_path / "photos")
+
+
+def test_text_is_staged_beside_the_records_and_a_resumed_build_finds_it(tmp_path):
+    from retrieval.ocr.engine import OcrLine, OcrResult
+
+    read = OcrResult((OcrLine("老王火锅", ((1.0, 2.0), (30.0, 2.0), (30.0, 12.0), (1.0, 12.0)), 0.98),))
+    staging = stage(tmp_path / "staging", [record(1)])
+    staging.add_text(record(2).path, record(2).stamp, read)  # an image read alone: its text, no record
+    staging.add_text(record(3).path, record(3).stamp, OcrResult(reason="not an image"))
+    staging.flush()
+    staging.close()
+    again = Staging(tmp_path / "staging", MODEL)
+    assert again.get(source(record(1))) is not None and again.get(source(record(2))) is None
+    assert again.has_text(source(record(2))) and not again.has_text(source(record(2, size=7))) and not again.has_text(source(record(1)))
+    texts = {path: OcrResult.from_json(text) for path, *_, text in again.texts}
+    assert len(again.texts) == 2 and texts[record(2).path] == read and texts[record(3).path].reason == "not an image"
+    again.close()
