@@ -88,15 +88,19 @@ def test_without_the_fonts_it_is_one_line_naming_the_package(monkeypatch, tmp_pa
 def test_eval_measures_search_by_the_text_in_pictures_each_way(tmp_path, capsys):
     from tests.test_cli import json_lines, run
 
+    from eval.ocr_search import draw_shapes
+
     generate(tmp_path, 4, seed=2, distractors=0.25)
+    draw_shapes(tmp_path / "shapes", 3)
     code, out, _ = run(capsys, "eval", "--dataset", "ocr-synthetic", "--data", tmp_path, "--model", "test-tiny", "--device", "cpu", "--json")
     assert code == 0
     (results,) = json_lines(out)
     metrics = results["metrics"]
     queries = (tmp_path / "queries.jsonl").read_text(encoding="utf-8").splitlines()
-    assert results["counts"]["queries"] == len(queries) and results["counts"]["pictures"] == 4
+    assert results["counts"]["queries"] == len(queries) + 3 and results["counts"]["pictures"] == 4 and results["counts"]["shapes"] == 3
     for way in ("text", "visual", "both", "both_rrf"):
-        assert {f"{way}_hit@{k}{group}" for k in (1, 5, 10) for group in ("", "_20px", "_exact", "_short", "_traditional", "_typo")} <= set(metrics)
+        groups = ("", "_20px", "_exact", "_short", "_traditional", "_typo", "_shapes")
+        assert {f"{way}_hit@{k}{group}" for k in (1, 5, 10) for group in groups} <= set(metrics)
     # the real OCR reads the drawn text; test-tiny's random towers see nothing, and merging must not lose the text's hits
     assert metrics["ocr_char_accuracy_20px"] > 90 and metrics["text_hit@1_exact"] > 80
     assert metrics["both_hit@1"] >= metrics["text_hit@1"] - 5 and metrics["both_hit@1"] > metrics["visual_hit@1"]
