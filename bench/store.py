@@ -37,7 +37,7 @@ from indexer.segment_writer import segment_files, write_segment
 from retrieval.search.filters import Filters, make_filters
 from retrieval.sizes import format_size
 from retrieval.store.arrays import write_array
-from retrieval.store.catalog import INDEXES, SEGMENTS_DIR, Catalog, SegmentRow, bump_generation, item_values, put_items, put_segment, put_setting
+from retrieval.store.catalog import INDEXES, SEGMENTS_DIR, UNIQUE_PATHS, Catalog, SegmentRow, bump_generation, item_values, put_items, put_segment, put_setting
 from retrieval.store.manifest import Manifest, read_manifest, write_manifest
 from retrieval.store.model_ref import ModelRef
 from retrieval.store.records import CatalogItem
@@ -97,9 +97,11 @@ def tiled_store(directory: Path, source: Path, copies: int) -> Catalog:
     with catalog.transaction() as db:  # rows first, then the filter indexes, each built by one sort
         for name in re.findall(r"EXISTS (\w+) ON", INDEXES):
             db.execute(f"DROP INDEX {name}")
+        db.execute("DROP TRIGGER items_path_unique")  # its lookups would scan the table without items_by_path
         put_items(db, _items(rows))
         for statement in indexes:
             db.execute(statement)
+        db.execute(UNIQUE_PATHS)
         for segment in rows:
             put_segment(db, segment)
         put_setting(db, "next_segment", copies + 1)
@@ -309,22 +311,33 @@ def _commit(directory: Path, change: Change) -> tuple[float, int]:
         catalog.close()
 
 
+def _added(first: int, added: int, folders: str, space: ClipLikeSpace, layout: Layout) -> Change:
+    """`added` new images numbered from `first`: into one new folder (an import: the catalog's path
+    index grows at one place) or one into each of 1,000 folders (each a leaf page of the path index)."""
+    items = [synthetic_item(first + i, np.arange(first + added)) for i in range(added)]
+    if folders == "a new folder":
+        items = [replace(item, path=f"/photos/new-{first}/{item.id:08d}.jpg") for item in items]
+    vectors = space.array(added, stream=7 + added)
+    return Change(items, lambda out, v=vectors: np.copyto(out, v), first + added, layout)
+
+
 def report_updates(directory: Path, count: int, index_type: str, space: ClipLikeSpace) -> None:
     """Add 1 and 1,000 images and delete 1,000 on the index of `count` at `directory`, against rewriting
     it whole (what every build did before segments: all vectors copied, the FAISS index trained and
-    tuned again)."""
+    tuned again). The scattered add also on a copy whose catalog indexes are packed full: as a first
+    build in path order or one CREATE INDEX leaves them, so that each add splits a leaf page."""
     layout = Layout(index_type, None)
+    packed = tiled_store(directory.with_name(directory.name + "-packed"), directory, 1)
+    packed.close()
     rows = []
     first = count
-    for added, where in ((1, "a new folder"), (1000, "a new folder"), (1000, "1,000 folders, one each")):
-        items = [synthetic_item(first + i, np.arange(first + added)) for i in range(added)]
-        if where == "a new folder":  # an import: the catalog's path index grows at one place, not 1,000
-            items = [replace(item, path=f"/photos/new-{first}/{item.id:08d}.jpg") for item in items]
-        vectors = space.array(added, stream=7 + added)
-        change = Change(items, lambda out, v=vectors: np.copyto(out, v), first + added, layout)
-        seconds, written = _commit(directory, change)
-        rows.append([f"add {added:,} into {where}", added, seconds, format_size(written), f"{written / added / 1024:.1f} KB"])
+    for added, where, target in ((1, "a new folder", directory), (1000, "a new folder", directory),
+                                 (1000, "1,000 folders, one each", directory), (1000, "1,000 folders, one each", packed.path.parent)):
+        seconds, written = _commit(target, _added(first, added, where, space, layout))
+        packing = ", catalog indexes packed" if target != directory else ""
+        rows.append([f"add {added:,} into {where}{packing}", added, seconds, format_size(written), f"{written / added / 1024:.1f} KB"])
         first += added
+    shutil.rmtree(packed.path.parent)
     deleted = Change([], lambda out: None, first, layout, replaced={1: list(range(1000))})
     seconds, written = _commit(directory, deleted)
     rows.append(["delete 1,000", 1000, seconds, format_size(written), f"{written / 1000 / 1024:.1f} KB"])
