@@ -37,7 +37,7 @@ from indexer.segment_writer import segment_files, write_segment
 from retrieval.search.filters import Filters, make_filters
 from retrieval.sizes import format_size
 from retrieval.store.arrays import write_array
-from retrieval.store.catalog import INDEXES, SEGMENTS_DIR, Catalog, SegmentRow, bump_generation, item_values, put_items, put_segment, put_setting
+from retrieval.store.catalog import INDEXES, SEGMENTS_DIR, UNIQUE_PATHS, Catalog, SegmentRow, bump_generation, item_values, put_items, put_segment, put_setting
 from retrieval.store.manifest import Manifest, read_manifest, write_manifest
 from retrieval.store.model_ref import ModelRef
 from retrieval.store.records import CatalogItem
@@ -97,9 +97,11 @@ def tiled_store(directory: Path, source: Path, copies: int) -> Catalog:
     with catalog.transaction() as db:  # rows first, then the filter indexes, each built by one sort
         for name in re.findall(r"EXISTS (\w+) ON", INDEXES):
             db.execute(f"DROP INDEX {name}")
+        db.execute("DROP TRIGGER items_path_unique")  # its lookups would scan the table without items_by_path
         put_items(db, _items(rows))
         for statement in indexes:
             db.execute(statement)
+        db.execute(UNIQUE_PATHS)
         for segment in rows:
             put_segment(db, segment)
         put_setting(db, "next_segment", copies + 1)
@@ -188,7 +190,7 @@ def write_format1(directory: Path, store_dir: Path, count: int) -> None:
     write_manifest(directory, manifest)
 
 
-def open_and_query(directory: str, how: str) -> None:
+def open_and_query(directory: str, how: str) -> dict:
     """(Run in a fresh process.) Seconds to open the index and answer one query, and the peak memory
     that added beyond the FAISS index's own size. `how`: `store` (this tusou) or `format1` (the code that
     read format 1 before the store: the JSONL catalog parsed into objects, then the FAISS search)."""
@@ -200,13 +202,17 @@ def open_and_query(directory: str, how: str) -> None:
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")  # resets the peak resident set (VmHWM) to the current one
     before, mapped = _rss(), _rss("RssFile")
-    if how == "store":
-        seconds, _ = timed(lambda: open_store(directory).view().search(query, 10))
-    else:
-        seconds, _ = timed(lambda: open_index(directory).search(query, 10))
+
+    def first_query():
+        searcher = open_store(directory).view() if how == "store" else open_index(directory)
+        searcher.search(query, 10)
+        return searcher  # alive until its mapped pages are counted: freed, it would unmap them first
+
+    seconds, searcher = timed(first_query)
     read_whole = sum(p.stat().st_size for p in Path(directory).rglob("*.faiss")) if how == "format1" else 0
     beyond = _rss("VmHWM") - before - (_rss("RssFile") - mapped) - read_whole
-    print(json.dumps({"seconds": seconds, "rss_beyond_faiss": beyond}))
+    del searcher
+    return {"seconds": seconds, "rss_beyond_faiss": beyond}
 
 
 def _rss(field: str = "VmRSS") -> int:
@@ -217,10 +223,16 @@ def _rss(field: str = "VmRSS") -> int:
         return next(int(line.split()[1]) * 1024 for line in handle if line.startswith(field + ":"))
 
 
-def measure_open(directory: Path, how: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "bench.store", "--open", str(directory), "--how", how],
+def in_fresh_process(measure: str, directory: Path, *args: object) -> object:
+    """`measure` (a function of FRESH) run on `directory` in a new process: its figures owe nothing to
+    what this one built before (its heap, its page cache share, its BLAS and OpenMP threads)."""
+    out = subprocess.run([sys.executable, "-m", "bench.store", "--fresh", measure, str(directory), *map(str, args)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_open(directory: Path, how: str) -> dict:
+    return in_fresh_process("open", directory, how)
 
 
 @dataclass
@@ -235,15 +247,20 @@ class FilterRow:
     recall: float
 
 
-def measure_filters(directory: Path, queries: np.ndarray) -> tuple[float, list[FilterRow]]:
-    """Unfiltered recall@10 and, per selectivity, the filtered top-10's latency and recall@10 against
-    a brute-force scan of the matching items (the baseline)."""
+def _queries(count: int) -> np.ndarray:
+    """The filter measurements' CLIP-like text queries, the same in every process."""
+    return ClipLikeSpace(dim=DIM).array(int(count), queries=True, stream=3)
+
+
+def measure_filters(directory: str, queries: int) -> list[dict]:
+    """Per selectivity (none first), the filtered top-10's latency and recall@10 against a brute-force
+    scan of the matching items (the baseline)."""
     store = open_store(directory)
-    view = store.view()
+    view, asked = store.view(), _queries(queries)
     vectors = view.segments[0].vectors
-    rows = [_filter_row("none (unfiltered)", Filters(), store, view, vectors, queries)]
-    rows += [_filter_row(name, make_filters(**spec), store, view, vectors, queries) for name, spec in SELECTIVITIES.items()]
-    return rows[0].recall, rows
+    rows = [_filter_row("none (unfiltered)", Filters(), store, view, vectors, asked)]
+    rows += [_filter_row(name, make_filters(**spec), store, view, vectors, asked) for name, spec in SELECTIVITIES.items()]
+    return [vars(row) for row in rows]
 
 
 def _filter_row(name: str, filters: Filters, store, view, vectors: np.ndarray, queries: np.ndarray) -> FilterRow:
@@ -261,14 +278,14 @@ def _filter_row(name: str, filters: Filters, store, view, vectors: np.ndarray, q
     return FilterRow(name, len(matching), float(np.median(first) * 1000), float(p50), float(p90), float(np.mean(recalls)))
 
 
-def fetched_against_post_filtered(directory: Path, queries: np.ndarray, spec: dict) -> tuple[float, float, float]:
+def fetched_against_post_filtered(directory: str, queries: int, selectivity: str) -> tuple[float, float, float]:
     """p50 ms of a filter's first query with its rows fetched and selected in FAISS (the plan up to
     FETCH_SHARE) and post-filtered (the plan above it, the only one for many matches before), query by
     query in turn, and the median of their ratio: the speed-up of the plan, robust to a noisy machine."""
-    view, filters, fetch_share = open_store(directory).view(), make_filters(**spec), store_module.FETCH_SHARE
+    view, filters, fetch_share = open_store(directory).view(), make_filters(**SELECTIVITIES[selectivity]), store_module.FETCH_SHARE
     times: dict[float, list[float]] = {0.0: [], fetch_share: []}
     try:
-        for query in queries:
+        for query in _queries(queries):
             for share, seconds in times.items():
                 store_module.FETCH_SHARE = share
                 view.matched.clear()
@@ -309,22 +326,33 @@ def _commit(directory: Path, change: Change) -> tuple[float, int]:
         catalog.close()
 
 
+def _added(first: int, added: int, folders: str, space: ClipLikeSpace, layout: Layout) -> Change:
+    """`added` new images numbered from `first`: into one new folder (an import: the catalog's path
+    index grows at one place) or one into each of 1,000 folders (each a leaf page of the path index)."""
+    items = [synthetic_item(first + i, np.arange(first + added)) for i in range(added)]
+    if folders == "a new folder":
+        items = [replace(item, path=f"/photos/new-{first}/{item.id:08d}.jpg") for item in items]
+    vectors = space.array(added, stream=7 + added)
+    return Change(items, lambda out, v=vectors: np.copyto(out, v), first + added, layout)
+
+
 def report_updates(directory: Path, count: int, index_type: str, space: ClipLikeSpace) -> None:
     """Add 1 and 1,000 images and delete 1,000 on the index of `count` at `directory`, against rewriting
     it whole (what every build did before segments: all vectors copied, the FAISS index trained and
-    tuned again)."""
+    tuned again). The scattered add also on a copy whose catalog indexes are packed full: as a first
+    build in path order or one CREATE INDEX leaves them, so that each add splits a leaf page."""
     layout = Layout(index_type, None)
+    packed = tiled_store(directory.with_name(directory.name + "-packed"), directory, 1)
+    packed.close()
     rows = []
     first = count
-    for added, where in ((1, "a new folder"), (1000, "a new folder"), (1000, "1,000 folders, one each")):
-        items = [synthetic_item(first + i, np.arange(first + added)) for i in range(added)]
-        if where == "a new folder":  # an import: the catalog's path index grows at one place, not 1,000
-            items = [replace(item, path=f"/photos/new-{first}/{item.id:08d}.jpg") for item in items]
-        vectors = space.array(added, stream=7 + added)
-        change = Change(items, lambda out, v=vectors: np.copyto(out, v), first + added, layout)
-        seconds, written = _commit(directory, change)
-        rows.append([f"add {added:,} into {where}", added, seconds, format_size(written), f"{written / added / 1024:.1f} KB"])
+    for added, where, target in ((1, "a new folder", directory), (1000, "a new folder", directory),
+                                 (1000, "1,000 folders, one each", directory), (1000, "1,000 folders, one each", packed.path.parent)):
+        seconds, written = _commit(target, _added(first, added, where, space, layout))
+        packing = ", catalog indexes packed" if target != directory else ""
+        rows.append([f"add {added:,} into {where}{packing}", added, seconds, format_size(written), f"{written / added / 1024:.1f} KB"])
         first += added
+    shutil.rmtree(packed.path.parent)
     deleted = Change([], lambda out: None, first, layout, replaced={1: list(range(1000))})
     seconds, written = _commit(directory, deleted)
     rows.append(["delete 1,000", 1000, seconds, format_size(written), f"{written / 1000 / 1024:.1f} KB"])
@@ -342,7 +370,7 @@ def report_updates(directory: Path, count: int, index_type: str, space: ClipLike
     ))
 
 
-def report_open_and_filters(store_dir: Path, count: int, index_type: str, space: ClipLikeSpace, queries: int = QUERIES) -> None:
+def report_open_and_filters(store_dir: Path, count: int, index_type: str, queries: int = QUERIES) -> None:
     old_dir = store_dir.with_name(f"format1-{index_type}")
     write_format1(old_dir, store_dir, count)
     opened, baseline, legacy = measure_open(store_dir, "store"), measure_open(old_dir, "format1"), measure_open(old_dir, "store")
@@ -357,8 +385,8 @@ def report_open_and_filters(store_dir: Path, count: int, index_type: str, space:
          f"(the FAISS file the format-1 reader reads whole; the pages of mapped segment files that were touched). Machine: {machine()}."],
     ))
     shutil.rmtree(old_dir, ignore_errors=True)
-    asked = space.array(queries, queries=True, stream=3)
-    unfiltered, rows = measure_filters(store_dir, asked)
+    rows = [FilterRow(**row) for row in in_fresh_process("filters", store_dir, queries)]
+    unfiltered = rows[0].recall
     print(table(
         f"Filtered top-10 over {count:,} ({index_type}, unfiltered recall@10 {unfiltered:.3f})",
         ["filter", "matching", "first query p50 ms", "p50 ms", "p90 ms", "recall@10 in filter"],
@@ -367,7 +395,7 @@ def report_open_and_filters(store_dir: Path, count: int, index_type: str, space:
          f"with the same filter, whose matching rows the view keeps. Recall against a brute-force scan of the matching items. "
          f"Machine: {machine()}."],
     ))
-    fetched, post, ratio = fetched_against_post_filtered(store_dir, asked, SELECTIVITIES["10% (one year)"])
+    fetched, post, ratio = in_fresh_process("fetched", store_dir, queries, "10% (one year)")
     print(table(
         f"A filter's first query at 10% over {count:,} ({index_type}): its rows fetched and selected, against post-filtered",
         ["plan", "p50 ms", "speed-up"],
@@ -377,25 +405,34 @@ def report_open_and_filters(store_dir: Path, count: int, index_type: str, space:
     ))
 
 
-def report_tiled(store_dir: Path, copies: int, space: ClipLikeSpace, queries: int) -> None:
+def tiled_filters(directory: str, queries: int) -> list[list]:
+    """Per selectivity (none first): a filter's first query (its catalog reads included) and further
+    queries with it, p50 ms."""
+    view, rows = open_store(directory).view(), []
+    for name, spec in [("none (unfiltered)", None), *SELECTIVITIES.items()]:
+        filters = make_filters(**spec) if spec else Filters()
+        view.search(_queries(1)[0], 10, filters)
+        first = []
+        for query in _queries(queries):
+            view.matched.clear()
+            first.append(timed(lambda: view.search(query, 10, filters))[0])
+        further = [timed(lambda: view.search(query, 10, filters))[0] for query in _queries(queries)]
+        rows.append([name, np.median(first) * 1000, np.median(further) * 1000])
+    return rows
+
+
+FRESH = {"open": open_and_query, "filters": measure_filters, "fetched": fetched_against_post_filtered, "tiled": tiled_filters}
+"""What in_fresh_process runs, by name."""
+
+
+def report_tiled(store_dir: Path, copies: int, queries: int) -> None:
     """Opening and the first query, and filtered latency, at `copies` × the store at `store_dir` (tiled_store)."""
     tiled = store_dir.with_name(store_dir.name + f"-x{copies}")
     seconds, catalog = timed(lambda: tiled_store(tiled, store_dir, copies))
     count, kind = sum(row.count for row in catalog.segments()), catalog.segments()[0].index_entry.type
     catalog.close()
     opened = [measure_open(tiled, "store") for _ in range(3)]
-    view = open_store(tiled).view()
-    asked = space.array(queries, queries=True, stream=3)
-    rows = []
-    for name, spec in [("none (unfiltered)", None), *SELECTIVITIES.items()]:
-        filters = make_filters(**spec) if spec else Filters()
-        view.search(asked[0], 10, filters)
-        first = []
-        for query in asked:
-            view.matched.clear()
-            first.append(timed(lambda: view.search(query, 10, filters))[0])
-        further = [timed(lambda: view.search(query, 10, filters))[0] for query in asked]
-        rows.append([name, np.median(first) * 1000, np.median(further) * 1000])
+    rows = in_fresh_process("tiled", tiled, queries)
     built = (f"The store is {copies} copies of the {count // copies:,}-vector segment above (vectors and FAISS file hard-linked, "
              f"each copy its own ids and catalog rows; built in {seconds:.0f} s). Machine: {machine()}.")
     print(table(
@@ -442,19 +479,19 @@ def main() -> None:
     parser.add_argument("--no-updates", action="store_true", help="skip the updates and their whole-index rewrite (long at 10M)")
     parser.add_argument("--tile", type=int, default=0, help="also open an index of TILE copies of each store (10: 10M from 1M)")
     parser.add_argument("--dir", type=Path, help="where to write the stores (default: a temporary folder)")
-    parser.add_argument("--open", help=argparse.SUPPRESS)
-    parser.add_argument("--how", help=argparse.SUPPRESS)
+    parser.add_argument("--fresh", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.open:
-        return open_and_query(args.open, args.how)
+    if args.fresh:
+        measure, *rest = args.fresh
+        return print(json.dumps(FRESH[measure](*rest)))
     space = ClipLikeSpace(dim=DIM)
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         for index_type in args.types.split(","):
             store_dir = Path(folder) / f"store-{index_type}"
             synthetic_store(store_dir, space, [(args.count, index_type)]).close()
-            report_open_and_filters(store_dir, args.count, index_type, space, args.queries)
+            report_open_and_filters(store_dir, args.count, index_type, args.queries)
             if args.tile:
-                report_tiled(store_dir, args.tile, space, args.queries)
+                report_tiled(store_dir, args.tile, args.queries)
             if not args.no_updates:
                 report_updates(store_dir, args.count, index_type, space)
             shutil.rmtree(store_dir, ignore_errors=True)

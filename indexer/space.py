@@ -31,8 +31,9 @@ BLOCK = 4096
 """A file's last, partly filled block (and a .npy header)."""
 SQLITE_ROW = 400
 SQLITE_PATH_COPIES = 5
-"""An items row with its indexes takes about 300 bytes plus 4.5 per byte of its path (the table, its
-UNIQUE index and the path index each hold the path), measured at 20,000 rows; staging's records less."""
+"""An items row with its indexes takes about 300 bytes plus 4.5 per byte of its path (the table and
+the path index hold the path, and a catalog made before the trigger of catalog.py a UNIQUE index
+too), measured at 20,000 rows; staging's records less."""
 SQLITE_FIXED = 160 * 1024
 """A database's schema pages, again in its WAL, and the 32 KB WAL index (-shm)."""
 

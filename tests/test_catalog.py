@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 
 import numpy as np
 import pytest
 
 from retrieval.errors import TusouError
 from retrieval.search.filters import make_filters
-from retrieval.store.catalog import ITEM_COLUMNS, Catalog, name_value
+from retrieval.store.catalog import ITEM_COLUMNS, Catalog, name_value, put_items
 
 
 def row(item_id: int, segment: int, row_: int, **metadata) -> tuple:
@@ -59,6 +60,17 @@ def test_a_failed_transaction_changes_nothing(tmp_path):
             db.execute(f"INSERT INTO items VALUES ({', '.join('?' * len(ITEM_COLUMNS))})", row(0, 1, 0))
             raise RuntimeError("killed half-way")
     assert catalog.count() == 0
+
+
+def test_two_items_never_share_a_path_and_an_item_replaced_keeps_its_own(tmp_path):
+    catalog = Catalog(tmp_path / "catalog.sqlite", create=True)
+    fill(catalog, [row(0, 1, 0), row(1, 1, 1)])
+    with pytest.raises(sqlite3.IntegrityError, match="one path"):
+        with catalog.transaction() as db:
+            put_items(db, [row(7, 2, 0, path="/p/1/0.jpg")])
+    with catalog.transaction() as db:  # a changed image: the same id and path, on a new row
+        put_items(db, [row(0, 2, 0, path="/p/1/0.jpg", size=2)])
+    assert catalog.count() == 2 and catalog.items([0])[0]["size"] == 2 and catalog.items([7]) == {}
 
 
 def test_a_reader_sees_a_commit_whole_or_not_at_all(tmp_path):

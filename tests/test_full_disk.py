@@ -99,6 +99,8 @@ def sweep(disk: Path, start: Callable[[], None], attempt: Callable[[], T], faile
     the re-run with room resumes from it and `resumed(phase, result)` checks it. Returns each failure's phase."""
     phases: list[str] = []
     for free in range(0, limit, PAGE):
+        gc.collect()  # the last attempt's traceback still holds its frames, and they its mapped segment files:
+        # unlinked, those keep their space until released, and would hand it back in the middle of this attempt
         leave_free(disk, ROOM)
         start()
         leave_free(disk, free)
