@@ -282,7 +282,7 @@ def test_a_new_index_type_out_of_space_in_its_merge_still_gets_it_when_run_again
     """`tusou index --index-type hnsw` on a flat index: the build's commit, then the merge of everything
     into one hnsw segment, a transaction of its own. Run out between the two, the re-run still merges."""
     folder, out, reference, built = tmp_path / "photos", small_disk / "index", tmp_path / "reference", tmp_path / "built"
-    write_images(folder, 40)
+    write_images(folder, 100)  # the merge rewrites them all: it needs clearly more room than the commit of one
     build_index(plan(folder, built, tiny_model))
     shutil.copytree(built, reference)
     draw(500).save(folder / "one_more.png")
