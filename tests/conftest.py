@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from datetime import datetime, timedelta
 from functools import partial
@@ -13,6 +14,18 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from retrieval import EmbeddingModel, load_model  # noqa: E402
 from tests.imagegen import write_images  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temp_files_under_basetemp(tmp_path_factory):
+    """Temporary files of the test process go under pytest's basetemp, which pytest prunes.
+
+    gradio_client leaves a directory in the temp dir for every call, and a full run makes hundreds;
+    in /tmp they outlived the run and filled the disk over a day of runs.
+    """
+    tempfile.tempdir = str(tmp_path_factory.mktemp("tempfiles"))
+    yield
+    tempfile.tempdir = None
 
 
 @pytest.fixture
