@@ -42,6 +42,9 @@ PHOTOS = ("media_assets/images/cheetah.jpg", "media_assets/images/cheetah1.jpg",
 """Text-free photos inside the gradio package (those present are used)."""
 DISTRACTORS = 0.2
 TRADITIONAL = 0.2
+TYPO_SHORTEST = 4
+"""A typo query has at least this many characters, the fewest that are forgiven an edit (as
+retrieval.search.text_match.FUZZY_FROM: written here, so that the truth does not lean on the code it tests)."""
 
 
 @dataclass
@@ -164,11 +167,12 @@ def _rarest(key: str, answers, rng: random.Random) -> str:
 
 
 def _typo(piece: str, rng: random.Random, alphabet: list[str]) -> str:
-    """`piece` (4+ characters) with one character substituted, inserted or deleted."""
+    """`piece` (4+ characters) with one character substituted, inserted or deleted; deleted only from
+    a piece longer than TYPO_SHORTEST, so that the query keeps the length that is forgiven an edit."""
     at = rng.randrange(len(piece))
     other = rng.choice([c for c in alphabet if c != piece[at]])
     edit = rng.choice(("substitute", "insert", "delete"))
-    if edit == "substitute":
+    if edit == "substitute" or (edit == "delete" and len(piece) <= TYPO_SHORTEST):
         return piece[:at] + other + piece[at + 1 :]
     if edit == "insert":
         return piece[: max(1, at)] + other + piece[max(1, at) :]

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
 from eval import fonts
 from eval.ocr_reading import piece_distance, score_reading
-from eval.ocr_synthetic import fold, generate
+from eval.ocr_synthetic import _typo, fold, generate
 from retrieval.errors import TusouError
 from retrieval.search.normalise import normalise
+from retrieval.search.text_match import FUZZY_FROM
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,7 @@ def test_queries_are_answered_by_the_pictures_holding_their_target(drawn):
             assert 1 <= len(query["query"]) <= 2
         elif query["kind"] == "typo":
             assert len(query["target"]) >= 4 and piece_distance(query["query"], query["target"]) == 1
+            assert len(normalise(query["query"])) >= FUZZY_FROM  # as long as the text search forgives an edit at
             assert not any(query["query"] in text for text in keys.values())
         elif query["kind"] == "traditional":
             assert normalise(query["query"]) == normalise(query["target"])  # typed in the script not drawn:
@@ -104,3 +107,10 @@ def test_eval_measures_search_by_the_text_in_pictures_each_way(tmp_path, capsys)
     # the real OCR reads the drawn text; test-tiny's random towers see nothing, and merging must not lose the text's hits
     assert metrics["ocr_char_accuracy_20px"] > 90 and metrics["text_hit@1_exact"] > 80
     assert metrics["both_hit@1"] >= metrics["text_hit@1"] - 5 and metrics["both_hit@1"] > metrics["visual_hit@1"]
+
+
+def test_a_typo_query_keeps_the_length_that_is_forgiven_an_edit():
+    edited = {_typo("欢迎光临", random.Random(seed), list("天地人和")) for seed in range(60)}
+    assert all(len(typo) >= FUZZY_FROM and piece_distance(typo, "欢迎光临") == 1 for typo in edited)
+    assert len({len(typo) for typo in edited}) == 2  # substituted and inserted
+    assert any(len(_typo("欢迎光临啊", random.Random(seed), list("天地人和"))) == 4 for seed in range(60))  # deleted from a longer piece
