@@ -27,11 +27,12 @@ def short_name(metric: str) -> str:
 
 def table(results: dict) -> str:
     """Measured beside published, one metric per line."""
+    width = max(map(len, ["metric", *results["metrics"]])) + 2
     lines = [f"{results['dataset']} {results['split']} · model {results['model']['name']} · {_counts(results['counts'])}",
-             f"{'metric':<22}{'measured':>10}{'published':>11}"]
+             f"{'metric':<{width}}{'measured':>10}{'published':>11}"]
     for metric, value in results["metrics"].items():
         reference = results["published"].get(metric)
-        lines.append(f"{metric:<22}{value:>10.2f}{'' if reference is None else f'{reference:.2f}':>11}")
+        lines.append(f"{metric:<{width}}{value:>10.2f}{'' if reference is None else f'{reference:.2f}':>11}")
     if results["published_source"]:
         lines.append(f"published: {results['published_source']}")
     return "\n".join(lines)
