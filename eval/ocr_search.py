@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from eval.ocr_reading import LARGE_PX, score_reading
-from eval.ocr_synthetic import generate
+from eval.ocr_synthetic import generate, read_jsonl
 from retrieval.datasets.synthetic import make_split
 from retrieval.models.model import EmbeddingModel
 from retrieval.search.query import Query
@@ -46,7 +46,7 @@ def evaluate_ocr_search(model: EmbeddingModel, data: Path, batch_size: int = 32,
         generate(data, DRAWN)
     if not (data / "shapes" / "queries.jsonl").is_file():
         draw_shapes(data / "shapes", SHAPE_SCENES)
-    pictures, queries = _jsonl(data / "images.jsonl"), _jsonl(data / "queries.jsonl") + _jsonl(data / "shapes" / "queries.jsonl")
+    pictures, queries = read_jsonl(data / "images.jsonl"), read_jsonl(data / "queries.jsonl") + read_jsonl(data / "shapes" / "queries.jsonl")
     index = data / f"index-{model.name}-{model.fingerprint()[:12]}"
     build_index(BuildPlan([data / "images", data / "shapes"], index, model=model, batch_size=batch_size, ocr=True, progress=progress))
     searcher = Searcher(index, model=model)
@@ -102,7 +102,3 @@ def _lines_read(index: Path) -> dict[str, list[str]]:
         return read
     finally:
         catalog.close()
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

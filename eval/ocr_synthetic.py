@@ -179,6 +179,11 @@ def _typo(piece: str, rng: random.Random, alphabet: list[str]) -> str:
     return piece[:at] + piece[at + 1 :]
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a file the set was written as (images.jsonl, queries.jsonl); none when it is not there."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.exists() else []
+
+
 def _write_jsonl(path: Path, rows) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for row in rows:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from eval.ocr_synthetic import read_jsonl
 from retrieval import Searcher, load_model
 from retrieval.datasets.synthetic import write_collection
+from retrieval.search.normalise import normalise
 from retrieval.search.zero_shot import label_images
 from train.demo import DEMO_DIR, measure
 from ui.demo import example_queries, prepare
@@ -46,14 +49,19 @@ def test_zero_shot_labels_hold_on_full_size_collection_images(demo_model, tmp_pa
         assert all(abs(sum(s.probability for s in row) - 1) < 1e-4 for row in scores)
 
 
-def test_demo_setup_builds_once_and_answers(tmp_path):
-    index = prepare(tmp_path, count=60, device="cpu")
+def test_demo_setup_builds_once_and_finds_shapes_by_looks_and_text_by_its_words(tmp_path):
+    index = prepare(tmp_path, count=20, device="cpu", text_pictures=4)
     queries = example_queries(tmp_path)
-    assert len(queries) == 6
+    assert len(queries) == 7
     searcher = Searcher(index, device="cpu")
-    assert len(searcher) == 60 and searcher.store.manifest.model.name == "demo"
-    results = searcher.search_text(queries[0], k=5)
-    assert len(results) == 5
+    assert len(searcher) == 24 and searcher.store.manifest.model.name == "demo"
+    shapes = searcher.search_text(queries[0], k=5)  # a caption: found by its looks
+    assert len(shapes) == 5 and shapes[0].ocr is None and Path(shapes[0].path).name.startswith("shape_")
+    drawn = {row["name"]: row["keys"] for row in read_jsonl(tmp_path / "collection" / "text" / "images.jsonl")}
+    for query in queries[-3:]:  # a sign's, a chat's and a poster's words
+        first = searcher.search_text(query, k=3)[0]
+        assert query in drawn[Path(first.path).name] and first.ocr is not None, (query, first)
+        assert normalise(query) in normalise(first.ocr.text)  # the line that found it, as read
     generation = searcher.store.generation
-    prepare(tmp_path, count=60, device="cpu")
+    prepare(tmp_path, count=20, device="cpu", text_pictures=4)
     assert Searcher(index, device="cpu").store.generation == generation

@@ -47,7 +47,7 @@ def demo_server(tmp_path_factory):
             path = path.rename(collection / "album" / path.name)
         moment = datetime.fromisoformat(day_taken(number) + "T12:00:00").timestamp()
         os.utime(path, (moment, moment))
-    index = prepare(root, count=COUNT, device="cpu")
+    index = prepare(root, count=COUNT, device="cpu", text_pictures=0)
     server = UIServer(index, "--examples", "|".join(example_queries(root)))
     yield server, collection
     server.stop()
