@@ -98,7 +98,10 @@ def load_pretrained(directory: Path, architecture: str) -> PreTrainedModel:
 
     weights_only is transformers' default, passed here anyway: an implicit default is what
     TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD turns off, and a refused file must be one line, not a traceback.
+    Without transformers' "Loading weights" bar: it takes a second, and what a command prints is tusou's.
     """
+    bar = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
     try:
         return getattr(transformers, architecture).from_pretrained(str(directory), weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a refused pickle, missing, truncated or mismatched weights: one line
@@ -106,3 +109,6 @@ def load_pretrained(directory: Path, architecture: str) -> PreTrainedModel:
             pickled = directory / "pytorch_model.bin"
             raise unsafe_pickle("text weights", pickled if pickled.is_file() else directory, exc, DIRECTORY_FIX) from None
         raise TusouError(f"cannot load text weights from {directory}: {first_line(exc)}") from None
+    finally:
+        if bar:
+            transformers.utils.logging.enable_progress_bar()
