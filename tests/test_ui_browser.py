@@ -84,10 +84,13 @@ def test_text_search_fills_the_gallery(page: Page):
     settle(page, "text-search.png")
 
 
-def test_clicking_a_result_searches_by_it(page: Page):
+def test_a_clicked_result_is_enlarged_and_the_button_searches_by_it(page: Page):
     page.locator("#text-gallery img").nth(2).click()
+    expect(page.locator("#text-gallery .preview img").first).to_be_visible(timeout=10_000)
+    expect(page.locator("#text-status")).to_contain_text("12 个结果")  # enlarging searches nothing
+    page.click("#text-again")
     expect(page.locator("#text-status")).to_contain_text("与 #3 相似", timeout=30_000)
-    page.keyboard.press("Escape")
+    expect(page.locator("#text-gallery .preview")).to_have_count(0)  # the new results, as the grid
 
 
 def test_empty_query_shows_a_message(page: Page):

@@ -2,8 +2,8 @@
 
 Safe by default: it binds 127.0.0.1, and it never serves a file by a path that came in a
 request. Result images are read from the index's own catalog paths (files, URLs or tar shard
-members: retrieval.locations) and sent as thumbnails; "search by this result" uses the stored
-vector of the catalog row picked. Both search tabs filter by date, folder, type, camera and place,
+members: retrieval.locations) and sent as thumbnails; a click enlarges a result, and "search by the
+picked result" uses the stored vector of its catalog row. Both search tabs filter by date, folder, type, camera and place,
 sort by score or date, and page (ui.controls); their status lines say so (ui.status). On an index
 built with --ocr, 文搜图 also finds pictures by their text: a result found so shows its line under
 it and its box drawn on the picture; 文字识别 shows the lines read in an uploaded image.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -39,6 +40,8 @@ GENERIC_EXAMPLES = ["海边的日落", "一只在草地上奔跑的小狗", "城
 Gallery = list[tuple[Image.Image, str]]
 Answer = tuple[Gallery, list[dict], str]
 BOX_COLOUR = (230, 30, 30)
+CLOSE_ENLARGED = "() => document.querySelector('#%s-gallery .preview button[aria-label=Close]')?.click()"
+"""A gallery's enlarged view closed in the page: an update from the server leaves it open."""
 MATCH_CHOICES = [("自动（有文字时两者）", ""), ("两者：外观与文字", "both"), ("只看外观", "visual"), ("只看图中文字", "text")]
 
 
@@ -182,21 +185,22 @@ class SearchApp:
         with self._lock:
             return self.searcher.search(request, int(k), offset)
 
-    def search_result(self, results: list[dict], k: int, after: str, before: str, folders: str, types: str, camera: str, near: str,
-                      event: gr.SelectData) -> Answer:
-        """Search by a result picked in a gallery: by its catalog row's stored vector, not by a path,
+    def search_result(self, results: list[dict], picked: int | None, k: int, after: str, before: str, folders: str, types: str,
+                      camera: str, near: str) -> Answer:
+        """Search by the result picked in a gallery: by its catalog row's stored vector, not by a path,
         within the tab's filters."""
-        if not results or not (0 <= event.index < len(results)):
+        if not results or picked is None or not (0 <= picked < len(results)):
             return [], [], "请先搜索，再点选一个结果。"
+        picked = int(picked)
         try:
             filters = read_filters(after, before, folders, types, camera, near)
         except TusouError as exc:
             return [], [], str(exc)
-        vector = self.searcher.item_vector(int(results[event.index]["id"]))
+        vector = self.searcher.item_vector(int(results[picked]["id"]))
         if vector is None:
             return [], [], "这个结果已不在索引中。"
         found = self.searcher.search_vectors(vector[None], int(k), filters)[0]
-        return *self._results(found), f"与 #{results[event.index]['rank']} 相似{narrowing(filters)}: {len(found)} 个结果"
+        return *self._results(found), f"与 #{results[picked]['rank']} 相似{narrowing(filters)}: {len(found)} 个结果"
 
     def label(self, upload: str | bytes | None, labels: str, template: str) -> tuple[dict[str, float], str]:
         if not upload:
@@ -258,12 +262,11 @@ class SearchApp:
         narrow = filter_panel("text")
         go = gr.Button("搜索", variant="primary", elem_id="search-text")
         gr.Examples(self.examples, inputs=[query], label="示例查询")
-        status, gallery, shown = _results_panel("text", "结果（点选一张以它再搜；按文字找到的标出文字所在）")
+        panel = _results_panel("text", "结果（点选一张放大；按文字找到的，标出那行文字）")
         pages = pager("text")
         inputs = [query, k, reference, weight, negatives, min_score, dedupe, threshold, *narrow.filters, narrow.sort, pages.offset, match]
-        outputs = [gallery, shown, status]
-        connect_search(self.search_text, inputs, outputs, go, (query, negatives, *narrow.filters), pages, k, shown, "search_text")
-        gallery.select(self.search_result, [shown, k, *narrow.filters], outputs, api_visibility="private")
+        connect_search(self.search_text, inputs, panel.outputs, go, (query, negatives, *narrow.filters), pages, k, panel.shown, "search_text")
+        panel.again.click(self.search_result, [panel.shown, panel.picked, k, *narrow.filters], panel.outputs, api_visibility="private")
 
     def _image_tab(self) -> None:
         with gr.Row():
@@ -271,12 +274,11 @@ class SearchApp:
             k = _k_slider()
         narrow = filter_panel("image")
         go = gr.Button("以图搜图", variant="primary", elem_id="search-image")
-        status, gallery, shown = _results_panel("image", "结果（点选一张以它再搜）")
+        panel = _results_panel("image", "结果（点选一张放大）")
         pages = pager("image")
-        outputs = [gallery, shown, status]
-        connect_search(self.search_image, [upload, k, *narrow.filters, narrow.sort, pages.offset], outputs, go, tuple(narrow.filters),
-                       pages, k, shown, "search_image")
-        gallery.select(self.search_result, [shown, k, *narrow.filters], outputs, api_visibility="private")
+        connect_search(self.search_image, [upload, k, *narrow.filters, narrow.sort, pages.offset], panel.outputs, go, tuple(narrow.filters),
+                       pages, k, panel.shown, "search_image")
+        panel.again.click(self.search_result, [panel.shown, panel.picked, k, *narrow.filters], panel.outputs, api_visibility="private")
 
     def _label_tab(self) -> None:
         with gr.Row():
@@ -332,11 +334,37 @@ def _upload(label: str, elem_id: str) -> gr.Image:
     return image
 
 
-def _results_panel(prefix: str, label: str) -> tuple[gr.Markdown, gr.Gallery, gr.JSON]:
-    """Status line, result gallery, and the results as data (which rows a click refers to)."""
+@dataclass(frozen=True)
+class ResultsPanel:
+    """A tab's results: the status line, the gallery, the results as data (which row a pick refers
+    to), the picked result's position, and the button that searches by it."""
+
+    status: gr.Markdown
+    gallery: gr.Gallery
+    shown: gr.JSON
+    picked: gr.State
+    again: gr.Button
+
+    @property
+    def outputs(self) -> list:
+        return [self.gallery, self.shown, self.status]
+
+
+def _results_panel(prefix: str, label: str) -> ResultsPanel:
+    """A click on a result enlarges it (with the box of the line that found it) and picks it; the
+    button searches by the picked one. New results pick nothing."""
     status = gr.Markdown(elem_id=f"{prefix}-status")
     gallery = gr.Gallery(label=label, columns=6, height="auto", object_fit="contain", elem_id=f"{prefix}-gallery")
-    return status, gallery, gr.JSON(visible=False)
+    shown, picked = gr.JSON(visible=False), gr.State(None)
+    again = gr.Button("以选中的图再搜", size="sm", elem_id=f"{prefix}-again")
+    again.click(None, js=CLOSE_ENLARGED % prefix, api_visibility="private")  # the new results show as the grid
+    gallery.select(_picked, None, picked, queue=False, show_progress="hidden", api_visibility="private")
+    shown.change(lambda: None, None, picked, queue=False, show_progress="hidden", api_visibility="private")
+    return ResultsPanel(status, gallery, shown, picked, again)
+
+
+def _picked(event: gr.SelectData) -> int:
+    return event.index
 
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
