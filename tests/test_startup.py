@@ -199,7 +199,7 @@ QUERY_CHECKED = {("search", "--weight"), ("search", "--min-score"), ("search", "
 @pytest.mark.parametrize("name, options", [(name, options) for name, _, options in COMMANDS], ids=[name for name, _, _ in COMMANDS])
 def test_every_numeric_option_has_a_range(name, options):
     """A bare `type=int` or `type=float` accepts any number: each numeric option either gets a
-    range (ui.cli._number) or is one that Query checks."""
+    range (ui.options.number) or is one that Query checks."""
     parser = argparse.ArgumentParser()
     options(parser)
     bare = {(name, action.option_strings[0]) for action in parser._actions if action.type in (int, float)}
