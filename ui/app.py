@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import gradio as gr
@@ -26,14 +28,16 @@ from retrieval.ocr.engine import read_text
 from retrieval.search.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT, Query, clean_query, strip_controls
 from retrieval.search.searcher import Searcher, SearchResult
 from retrieval.search.zero_shot import DEFAULT_TEMPLATES, split_list
+from ui.access import CLIENT_CONCURRENCY, bound_host
+from ui.api.limits import MAX_UPLOAD_BYTES
 from ui.backend import Backend, checked_labels
+from ui.server import listen, run, service
 from ui.controls import connect_search, filter_panel, pager, read_filters
 from ui.status import caption, describe_image_query, describe_query, index_line, narrowing
 from ui.thumbnails import thumbnail
 
 THUMBNAIL = 256
-MAX_UPLOAD = "20mb"
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_UPLOAD = f"{MAX_UPLOAD_BYTES >> 20}mb"
 GENERIC_EXAMPLES = ["海边的日落", "一只在草地上奔跑的小狗", "城市的夜景", "红色的花"]
 Gallery = list[tuple[Image.Image, str]]
 Answer = tuple[Gallery, list[dict], str]
@@ -332,13 +336,20 @@ def _results_panel(prefix: str, label: str) -> tuple[gr.Markdown, gr.Gallery, gr
 
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
-          examples: list[str] | None = None, block: bool = True, precision: str = "auto") -> gr.Blocks:
-    """Load the index and its model once, then serve the app (binding 127.0.0.1 unless told)."""
+          examples: list[str] | None = None, precision: str = "auto", keys: Sequence[str] = (),
+          client_concurrency: int = CLIENT_CONCURRENCY) -> None:
+    """Load the index and its model once, then serve the UI and the JSON API until SIGTERM or Ctrl-C:
+    on 127.0.0.1 unless told otherwise, and only with a key when told otherwise (ui.access)."""
+    host, warning = bound_host(host, bool(keys))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    listener = listen(host, port)
     # tusou's decoder checks the declared size before decoding anything (MAX_PIXELS), and says
     # so; Pillow's own, lower bomb limit would make some images the index accepts an error here.
     Image.MAX_IMAGE_PIXELS = None
-    app = SearchApp(Backend(Searcher(index_dir, device=device, precision=precision)), examples).build()
-    app.queue(default_concurrency_limit=4)
-    app.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, prevent_thread_lock=not block,
-               show_error=False, quiet=not block)
-    return app
+    backend = Backend(Searcher(index_dir, device=device, precision=precision))
+    ui = SearchApp(backend, examples).build()
+    ui.queue(default_concurrency_limit=4)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"tusou: serving {index_dir} on http://{shown}:{port} (JSON API under /api/v1, docs at /docs)", flush=True)
+    run(service(backend, ui, keys, client_concurrency), listener)

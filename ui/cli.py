@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -312,14 +313,16 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from retrieval.store.manifest import check_model, read_manifest
+    from ui.access import KEYS_VARIABLE, read_keys  # a bad key is one line before anything loads
 
+    keys = read_keys(args.api_keys, os.environ.get(KEYS_VARIABLE, ""))
     if args.model:
         check_model(read_manifest(Path(args.index)), Path(args.index), args.model)
     from ui.app import serve  # gradio: after the checks
 
     examples = [q.strip() for q in args.examples.split("|") if q.strip()] if args.examples else None
-    print(f"tusou: serving {args.index} on http://{args.host}:{args.port}", flush=True)
-    serve(args.index, host=args.host, port=args.port, device=args.device, examples=examples, precision=args.precision)
+    serve(args.index, host=args.host, port=args.port, device=args.device, examples=examples, precision=args.precision,
+          keys=keys, client_concurrency=args.client_concurrency)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -515,9 +518,17 @@ def _train_options(training: argparse.ArgumentParser) -> None:
 
 
 def _serve_options(serving: argparse.ArgumentParser) -> None:
+    from ui.access import CLIENT_CONCURRENCY
+
     serving.add_argument("index", metavar="DIR", type=_index_dir)
-    serving.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serving.add_argument("--host", default="127.0.0.1",
+                         help="address to bind (default: 127.0.0.1, this machine only; another needs an API key)")
     serving.add_argument("--port", type=number(int, 1, 65535), default=7860)
+    serving.add_argument("--api-key", dest="api_keys", action="append", default=[], metavar="KEY",
+                         help="require this key (repeatable; also TUSOU_API_KEYS, comma-separated): the API wants "
+                         "`Authorization: Bearer KEY`, the UI a login at /login; see docs/api.md")
+    serving.add_argument("--client-concurrency", type=number(int, 1), default=CLIENT_CONCURRENCY, metavar="N",
+                         help=f"API requests one client (a key, else an address) may have in flight at once (default: {CLIENT_CONCURRENCY})")
     serving.add_argument("--examples", help="example queries separated by |")
     serving.add_argument("--model", type=_model_name, help="the model the index must have been built with (checked)")
     _add_precision(serving)
@@ -565,7 +576,7 @@ COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None]], ...]
     ("label", "zero-shot labels for images from a Chinese label list", _label_options),
     ("ocr", "the lines of text in images: text, confidence and box (needs pip install 'tusou[ocr]')", _ocr_options),
     ("train", "contrastive training on a Chinese-CLIP layout dataset", _train_options),
-    ("serve", "the Gradio search UI over an index", _serve_options),
+    ("serve", "the search UI and its JSON API over an index", _serve_options),
     ("eval", "Top-1/5/10 retrieval or zero-shot accuracy on a benchmark", _eval_options),
     ("models", "the models: dimension, parameters, where their weights come from", _models_options),
 )
