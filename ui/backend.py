@@ -74,7 +74,8 @@ class Backend:
             return searcher.search(query, int(k), offset)
 
     def label(self, picture: Image.Image, labels: Sequence[str], templates: Sequence[str] | None) -> list[LabelScore]:
-        """Labels checked by `checked_labels`, for a picture from `picture`."""
+        """The labels' probabilities for `picture` (decoded by `picture()`), labels and templates as
+        `checked_labels` gives them."""
         searcher = self.searcher
         with self._turn():
             return searcher.label(picture, labels, templates)
