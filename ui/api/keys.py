@@ -22,6 +22,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -70,25 +71,17 @@ class Keys:
         return matched
 
 
-def _bearer(scope: Scope) -> str | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"authorization":
-            scheme, _, credentials = value.decode("latin-1").partition(" ")
-            return credentials.strip() if scheme.lower() == "bearer" else ""
-    return None
+def _bearer(headers: Headers) -> str | None:
+    """The key an `Authorization` header carries ("" for another scheme), None without the header."""
+    if "authorization" not in headers:
+        return None
+    scheme, _, credentials = headers["authorization"].partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else ""
 
 
-def _cookie(scope: Scope) -> str | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"cookie":
-            return cookie_parser(value.decode("latin-1")).get(SESSION)
-    return None
-
-
-def _wants_page(scope: Scope) -> bool:
+def _wants_page(scope: Scope, headers: Headers) -> bool:
     """A browser opening a page (not a script fetching data): sent to the login form, not refused."""
-    accept = next((value for name, value in scope.get("headers", ()) if name == b"accept"), b"")
-    return scope.get("method") == "GET" and b"text/html" in accept
+    return scope.get("method") == "GET" and "text/html" in headers.get("accept", "")
 
 
 class RequireKey:
@@ -101,7 +94,8 @@ class RequireKey:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or not self.keys or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
-        key, page, token = _bearer(scope), self.page(scope["path"]), _cookie(scope)
+        headers = Headers(scope=scope)
+        key, page, token = _bearer(headers), self.page(scope["path"]), cookie_parser(headers.get("cookie", "")).get(SESSION)
         if key is not None:
             client = self.keys.by_key(key)
         else:
@@ -111,7 +105,7 @@ class RequireKey:
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008})
-        if page and key is None and _wants_page(scope):
+        if page and key is None and _wants_page(scope, headers):
             return await RedirectResponse("/login", status_code=303)(scope, receive, send)
         reason = "wrong API key" if key else "this server needs an API key"
         await error(401, f"{reason}: send the header Authorization: Bearer KEY", {"WWW-Authenticate": "Bearer"})(scope, receive, send)

@@ -31,6 +31,11 @@ MAX_VALUES = 100
 THUMBNAIL_SIZES = (16, 1024)
 
 
+def _refusal(reason: str) -> PydanticCustomError:
+    """A validation error whose message is `reason` as it is (the handler names the parameter)."""
+    return PydanticCustomError("tusou", "{reason}", {"reason": reason})
+
+
 def read(convert: Callable[[str], Any]) -> BeforeValidator:
     """A validator running `convert` on the text a client sent; its words become the error's."""
 
@@ -40,12 +45,14 @@ def read(convert: Callable[[str], Any]) -> BeforeValidator:
         try:
             return convert(value)
         except (argparse.ArgumentTypeError, TusouError) as exc:
-            raise PydanticCustomError("tusou", "{reason}", {"reason": str(exc)}) from None
+            raise _refusal(str(exc)) from None
 
     return BeforeValidator(validate)
 
 
 def text_of(limit: int) -> Callable[[str], str]:
+    """Text of at most `limit` characters (the library cuts or refuses what it would not read anyway)."""
+
     def convert(text: str) -> str:
         if len(text) > limit:
             raise argparse.ArgumentTypeError(f"{len(text)} characters: give at most {limit}")
@@ -56,7 +63,7 @@ def text_of(limit: int) -> Callable[[str], str]:
 
 def _at_most(values: list[str]) -> list[str]:
     if len(values) > MAX_VALUES:
-        raise PydanticCustomError("tusou", "{reason}", {"reason": f"{len(values)} values: give at most {MAX_VALUES}"})
+        raise _refusal(f"{len(values)} values: give at most {MAX_VALUES}")
     return values
 
 
