@@ -193,8 +193,9 @@ def test_no_images_or_missing_path_is_an_error(tmp_path, tiny_model):
 
 def test_the_app_answers_an_image_query_on_an_index_of_other_image_weights_with_the_reason(tmp_path, built):
     from ui.app import SearchApp
+    from ui.backend import Backend
 
-    app = SearchApp(Searcher(built, model=other_image_weights(tmp_path), precision="fp32"))
+    app = SearchApp(Backend(Searcher(built, model=other_image_weights(tmp_path), precision="fp32")))
     gallery, _, status = app.search_text("红色", 3)
     assert len(gallery) == 3
     picture = tmp_path / "query.png"

@@ -103,8 +103,9 @@ def test_search_match_flag_and_json(indexes, capsys):
 
 def test_the_app_shows_the_line_that_found_a_result_and_reads_uploads(searcher, collection):
     from ui.app import BOX_COLOUR, SearchApp
+    from ui.backend import Backend
 
-    app = SearchApp(searcher)
+    app = SearchApp(Backend(searcher))
     gallery, results, status = app.search_text("老王火鍋", 4)
     assert len(gallery) == 4 and results[0]["file"].endswith("sign.png") and "老王火锅" in results[0]["ocr"]["text"]
     thumbnail, shown = gallery[0]

@@ -342,6 +342,7 @@ def test_the_ui_shows_shard_members_and_urls(tmp_path, shards, tiny_model, http_
     from retrieval.images import open_image
     from retrieval.locations import Unreadable, read_item
     from ui.app import THUMBNAIL, SearchApp
+    from ui.backend import Backend
 
     www, base = http_folder
     (www / "web.jpg").write_bytes(jpeg(60))
@@ -350,7 +351,7 @@ def test_the_ui_shows_shard_members_and_urls(tmp_path, shards, tiny_model, http_
     specs = [str(shards / "000000.tar"), f"memory://{root}/000005.tar", f"{base}/web.jpg"]
     out = tmp_path / "index"
     build(specs, out, tiny_model, workers=0)
-    app = SearchApp(Searcher(out, model=tiny_model))
+    app = SearchApp(Backend(Searcher(out, model=tiny_model)))
     gallery, rows, _ = app.search_text("图片", k=11)
     assert len(gallery) == 11 and {row["file"] for row in rows} == {item.path for item in read_back(out).items}
     for (thumbnail, _), row in zip(gallery, rows):

@@ -116,6 +116,8 @@ def _one_line_error(argv: list[str], values: dict[str, object], message: str) ->
         (["label", "{image}", "--labels", " , ", "--model", ABSENT_WEIGHTS], "no labels"),
         (["label", "{image}", "--labels", "猫", "--templates", "一张照片", "--model", ABSENT_WEIGHTS], "{}"),
         (["serve", "{index}", "--model", ABSENT_WEIGHTS], "was built with model 'test-tiny'"),
+        (["serve", "{index}", "--api-key", "two words"], "an API key must be visible ASCII characters without spaces"),
+        (["serve", "{index}", "--api-key", ""], "an API key must be visible ASCII"),
         (["index", "{missing}", "--out", "{new}"], "no such file or folder"),
         (["index", "{photos}", "list:{missing}", "--out", "{new}"], "cannot read list file"),
         (["index", "{photos}", "--out", "{new}", "--ray-address", "127.0.0.1:1"], "--ray-address is for --engine ray"),
@@ -199,7 +201,7 @@ QUERY_CHECKED = {("search", "--weight"), ("search", "--min-score"), ("search", "
 @pytest.mark.parametrize("name, options", [(name, options) for name, _, options in COMMANDS], ids=[name for name, _, _ in COMMANDS])
 def test_every_numeric_option_has_a_range(name, options):
     """A bare `type=int` or `type=float` accepts any number: each numeric option either gets a
-    range (ui.cli._number) or is one that Query checks."""
+    range (ui.options.number) or is one that Query checks."""
     parser = argparse.ArgumentParser()
     options(parser)
     bare = {(name, action.option_strings[0]) for action in parser._actions if action.type in (int, float)}

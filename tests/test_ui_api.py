@@ -300,6 +300,7 @@ def test_the_header_of_a_segment_store_counts_live_items_and_segments_by_type(se
     from retrieval.store.records import CatalogItem
     from retrieval.store.store import CATALOG
     from ui.app import SearchApp
+    from ui.backend import Backend
 
     vectors = stored_vectors(served[2] / "index")
     block = np.stack(list(vectors.values())).astype(np.float16)
@@ -318,7 +319,7 @@ def test_the_header_of_a_segment_store_counts_live_items_and_segments_by_type(se
             put_segment(db, row)
         put_setting(db, "generation", 1)
         put_setting(db, "updated", "2026-01-02T03:04:05+00:00")
-    header = SearchApp(Searcher(directory, model=tiny_model, precision="fp32")).info_markdown()
+    header = SearchApp(Backend(Searcher(directory, model=tiny_model, precision="fp32"))).info_markdown()
     recall = hnsw.index_entry.search["recall_at_10"]
     assert f"**图片数** {len(block) - 2} · **索引** 2 段 `flat ×1、hnsw ×1, recall@10 ≥ {recall:.3f}`" in header
     assert "**查询精度** `float32`" in header and header.endswith("**更新时间** 2026-01-02T03:04:05+00:00")

@@ -32,7 +32,7 @@ class UIServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.process.stdout.read()}")
             try:
-                urllib.request.urlopen(self.url, timeout=2)
+                urllib.request.urlopen(self.url + "healthz", timeout=2)  # open with or without keys
                 return
             except OSError:
                 if time.monotonic() > deadline:

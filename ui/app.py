@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import threading
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,20 +23,22 @@ from gradio.data_classes import ImageData
 from PIL import Image, ImageDraw
 
 from retrieval.errors import TusouError
-from retrieval.images import ImageError, load_query_image, open_image
-from retrieval.locations import Unreadable, read_item
+from retrieval.images import ImageError, load_query_image
+from retrieval.locations import Unreadable
 from retrieval.ocr.engine import read_text
 from retrieval.search.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT, Query, clean_query, strip_controls
 from retrieval.search.searcher import Searcher, SearchResult
-from retrieval.search.zero_shot import DEFAULT_TEMPLATES, check_templates, parse_labels, split_list
+from retrieval.search.zero_shot import DEFAULT_TEMPLATES, split_list
+from ui.access import CLIENT_CONCURRENCY, bound_host
+from ui.api.limits import MAX_UPLOAD_BYTES
+from ui.backend import Backend, checked_labels
+from ui.server import listen, run, service
 from ui.controls import connect_search, filter_panel, pager, read_filters
 from ui.status import caption, describe_image_query, describe_query, index_line, narrowing
+from ui.thumbnails import thumbnail
 
 THUMBNAIL = 256
-MAX_UPLOAD = "20mb"
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-MAX_LABELS = 200
-"""More labels than this are refused: each is embedded with every template while the model is held."""
+MAX_UPLOAD = f"{MAX_UPLOAD_BYTES >> 20}mb"
 GENERIC_EXAMPLES = ["海边的日落", "一只在草地上奔跑的小狗", "城市的夜景", "红色的花"]
 Gallery = list[tuple[Image.Image, str]]
 Answer = tuple[Gallery, list[dict], str]
@@ -59,6 +62,12 @@ def image_message(exc: TusouError) -> str:
     return f"无法使用这张图片: {str(exc).split(': ', 1)[-1]}"
 
 
+def upload_message(exc: TusouError) -> str:
+    """The status line for a failure with an upload: the image's own (image_message), or another (the
+    index's image tower, the OCR's packages) as it is."""
+    return image_message(exc) if str(exc).startswith("cannot use image") else str(exc)
+
+
 def api_result(result: SearchResult, dedupe: bool = False) -> dict:
     """A result as the API returns it: `--json`'s fields, with `file` for `path` (and `duplicate_files`
     for `duplicate_paths`): gradio_client takes any dict with a `path` for a file to download, and
@@ -68,38 +77,31 @@ def api_result(result: SearchResult, dedupe: bool = False) -> dict:
 
 
 class SearchApp:
-    """The app's handlers, over one Searcher loaded once per process (safe across threads)."""
+    """The app's handlers, over the Backend it shares with the JSON API (safe across threads)."""
 
-    def __init__(self, searcher: Searcher, examples: list[str] | None = None):
-        self.searcher = searcher
+    def __init__(self, backend: Backend, examples: list[str] | None = None):
+        self.backend = backend
         self.examples = examples or GENERIC_EXAMPLES
-        self._lock = threading.Lock()
-        """Held while encoding: a fast tokenizer used from two threads at once fails ("Already borrowed")."""
 
     def _results(self, results: list[SearchResult], dedupe: bool = False) -> tuple[Gallery, list[dict]]:
         gallery = []
         for result in results:
             try:
-                thumbnail = open_image(read_item(result.path), min_size=THUMBNAIL)
+                picture = thumbnail(result.path, THUMBNAIL)
             except (ImageError, Unreadable):
-                thumbnail = Image.new("RGB", (THUMBNAIL, THUMBNAIL), (235, 235, 235))
-            thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
+                picture = Image.new("RGB", (THUMBNAIL, THUMBNAIL), (235, 235, 235))
             if result.ocr is not None and result.width:
-                draw_boxes(thumbnail, [result.ocr.box], thumbnail.width / result.width)
-            gallery.append((thumbnail, caption(result)))
+                draw_boxes(picture, [result.ocr.box], picture.width / result.width)
+            gallery.append((picture, caption(result)))
         return gallery, [api_result(result, dedupe) for result in results]
 
     def _picture(self, upload: str | bytes) -> Image.Image | str:
         """The upload decoded for the image tower, or the line that says why it cannot be used: the
         index's image tower (other weights, or weights not on this machine) or the upload itself."""
         try:
-            model = self.searcher.image_model()
+            return self.backend.picture(upload)
         except TusouError as exc:
-            return str(exc)
-        try:
-            return load_query_image(upload, min_size=model.image_size)
-        except TusouError as exc:
-            return image_message(exc)
+            return upload_message(exc)
 
     def search_text(
         self,
@@ -156,7 +158,7 @@ class SearchApp:
             picture = load_query_image(upload)
             result = read_text(picture)
         except TusouError as exc:  # the upload, or the OCR's packages missing
-            return None, [], image_message(exc) if str(exc).startswith("cannot use image") else str(exc)
+            return None, [], upload_message(exc)
         if result.reason:
             return None, [], f"无法识别这张图片的文字: {result.reason}"
         lines = [line.to_dict() for line in result.lines]
@@ -182,8 +184,7 @@ class SearchApp:
         return *self._results(results), describe_image_query(request, len(results), offset)
 
     def _search(self, request: Query, k: int, offset: int) -> list[SearchResult]:
-        with self._lock:
-            return self.searcher.search(request, int(k), offset)
+        return self.backend.search(request, k, offset)
 
     def search_result(self, results: list[dict], picked: int | None, k: int, after: str, before: str, folders: str, types: str,
                       camera: str, near: str) -> Answer:
@@ -196,36 +197,31 @@ class SearchApp:
             filters = read_filters(after, before, folders, types, camera, near)
         except TusouError as exc:
             return [], [], str(exc)
-        vector = self.searcher.item_vector(int(results[picked]["id"]))
+        searcher = self.backend.searcher
+        vector = searcher.item_vector(int(results[picked]["id"]))
         if vector is None:
             return [], [], "这个结果已不在索引中。"
-        found = self.searcher.search_vectors(vector[None], int(k), filters)[0]
+        found = searcher.search_vectors(vector[None], int(k), filters)[0]
         return *self._results(found), f"与 #{results[picked]['rank']} 相似{narrowing(filters)}: {len(found)} 个结果"
 
     def label(self, upload: str | bytes | None, labels: str, template: str) -> tuple[dict[str, float], str]:
         if not upload:
             return {}, "请上传一张图片 (upload an image)."
         try:
-            # Controls and unpaired surrogates dropped as in a query: the tokenizer raises on the latter.
-            names = parse_labels(strip_controls(labels or ""))
-            if len(names) > MAX_LABELS:
-                raise TusouError(f"最多 {MAX_LABELS} 个标签 (at most {MAX_LABELS} labels), 收到 {len(names)} 个")
-            template = strip_controls(template or "").strip()
-            templates = check_templates([template]) if template else None
+            names, templates = checked_labels(labels or "", [template or ""])
         except TusouError as exc:
             return {}, str(exc)
         picture = self._picture(upload)
         if isinstance(picture, str):
             return {}, picture
         try:
-            with self._lock:
-                scores = self.searcher.label(picture, names, templates)
+            scores = self.backend.label(picture, names, templates)
         except TusouError as exc:
             return {}, str(exc)
         return {score.label: score.probability for score in scores}, f"{len(scores)} 个标签"
 
     def info_markdown(self) -> str:
-        return index_line(self.searcher)
+        return index_line(self.backend.searcher)
 
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="tusou 图搜") as app:
@@ -368,13 +364,20 @@ def _picked(event: gr.SelectData) -> int:
 
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
-          examples: list[str] | None = None, block: bool = True, precision: str = "auto") -> gr.Blocks:
-    """Load the index and its model once, then serve the app (binding 127.0.0.1 unless told)."""
+          examples: list[str] | None = None, precision: str = "auto", keys: Sequence[str] = (),
+          client_concurrency: int = CLIENT_CONCURRENCY) -> None:
+    """Load the index and its model once, then serve the UI and the JSON API until SIGTERM or Ctrl-C:
+    on 127.0.0.1 unless told otherwise, and only with a key when told otherwise (ui.access)."""
+    host, warning = bound_host(host, bool(keys))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    listener = listen(host, port)
     # tusou's decoder checks the declared size before decoding anything (MAX_PIXELS), and says
     # so; Pillow's own, lower bomb limit would make some images the index accepts an error here.
     Image.MAX_IMAGE_PIXELS = None
-    app = SearchApp(Searcher(index_dir, device=device, precision=precision), examples).build()
-    app.queue(default_concurrency_limit=4)
-    app.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, prevent_thread_lock=not block,
-               show_error=False, quiet=not block)
-    return app
+    backend = Backend(Searcher(index_dir, device=device, precision=precision))
+    ui = SearchApp(backend, examples).build()
+    ui.queue(default_concurrency_limit=4)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"tusou: serving {index_dir} on http://{shown}:{port} (JSON API under /api/v1, docs at /docs)", flush=True)
+    run(service(backend, ui, keys, client_concurrency), listener)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 from retrieval.errors import TusouError
 from retrieval.models.registry import DEFAULT_MODEL, MODELS, get_entry
+from ui.options import number, one_of, parsed
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -62,24 +63,6 @@ class _Command(_Parser):
     def format_help(self) -> str:
         self._complete()
         return super().format_help()
-
-
-def _number(kind: type[int] | type[float], low: int, high: int | None = None, *, above: bool = False) -> Callable[[str], Any]:
-    """An argparse type: a `kind` from `low` (excluded when `above`) up to `high`. Anything else is
-    one line and exit 2 while the arguments are parsed, before anything loads."""
-    what = "a number" if kind is float else "an integer"
-    rule = f"{what} from {low} to {high}" if high is not None else f"{what} {'above' if above else 'of at least'} {low}"
-
-    def convert(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
-        if not (math.isfinite(value) and (value > low if above else value >= low) and (high is None or value <= high)):
-            raise argparse.ArgumentTypeError(f"{text} is out of range: give {rule}")
-        return value
-
-    return convert
 
 
 def _existing(kind: str) -> Callable[[str], Path]:
@@ -258,16 +241,9 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from retrieval.search.filters import make_filters
-    from retrieval.search.query import IMAGE_WEIGHT, Query
+    from ui.search_request import result_rows, search_query
 
-    if args.weight is not None and (args.query is None or args.image is None):
-        raise TusouError("--weight mixes a text query with --image: give both, or leave --weight out")
-    # checked (and an empty query or a bad filter refused) before torch and the model load
-    filters = make_filters(args.after, args.before, args.folders, args.types, args.camera, args.near)
-    query = Query(text=args.query, image=args.image, weight=IMAGE_WEIGHT if args.weight is None else args.weight,
-                  negatives=args.negatives, min_score=args.min_score, dedupe=args.dedupe, filters=filters, sort=args.sort,
-                  match=args.match)
+    query = search_query(args, args.image)  # checked (an empty query, a bad filter) before torch and the model load
     from retrieval.search.searcher import Searcher
 
     searcher = Searcher(args.index, device=args.device, precision=args.precision)
@@ -275,15 +251,16 @@ def cmd_search(args: argparse.Namespace) -> None:
         results = searcher.search(query, args.k, args.offset)
     finally:
         searcher.close()  # the catalog's -wal and -shm go with its last connection
+    if args.json:
+        for row in result_rows(query, results):
+            _print_json(row)
+        return
     for result in results:
-        if args.json:
-            _print_json(result.to_dict(query.dedupe is not None))
-        else:
-            folded = f"  (+{result.duplicates} near-duplicate{'s' * (result.duplicates > 1)})" if result.duplicates else ""
-            taken = f"{(result.taken or '')[:10]:<10}  " if query.sort != "score" else ""  # the order's reason, shown
-            print(f"{result.rank:>3}  {result.score:.4f}  {taken}{result.path}{folded}")
-            if result.ocr is not None:
-                print(f"     text: {result.ocr.text}")
+        folded = f"  (+{result.duplicates} near-duplicate{'s' * (result.duplicates > 1)})" if result.duplicates else ""
+        taken = f"{(result.taken or '')[:10]:<10}  " if query.sort != "score" else ""  # the order's reason, shown
+        print(f"{result.rank:>3}  {result.score:.4f}  {taken}{result.path}{folded}")
+        if result.ocr is not None:
+            print(f"     text: {result.ocr.text}")
 
 
 def cmd_label(args: argparse.Namespace) -> None:
@@ -297,7 +274,7 @@ def cmd_label(args: argparse.Namespace) -> None:
     for image, scores in zip(args.images, label_images(model, args.images, labels, templates)):
         if args.json:
             for score in scores:
-                _print_json({"image": image, "label": score.label, "probability": round(score.probability, 6)})
+                _print_json({"image": image, **score.to_dict()})
         else:
             print(image)
             for score in scores:
@@ -336,14 +313,16 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from retrieval.store.manifest import check_model, read_manifest
+    from ui.access import KEYS_VARIABLE, read_keys  # a bad key is one line before anything loads
 
+    keys = read_keys(args.api_keys, os.environ.get(KEYS_VARIABLE, ""))
     if args.model:
         check_model(read_manifest(Path(args.index)), Path(args.index), args.model)
     from ui.app import serve  # gradio: after the checks
 
     examples = [q.strip() for q in args.examples.split("|") if q.strip()] if args.examples else None
-    print(f"tusou: serving {args.index} on http://{args.host}:{args.port}", flush=True)
-    serve(args.index, host=args.host, port=args.port, device=args.device, examples=examples, precision=args.precision)
+    serve(args.index, host=args.host, port=args.port, device=args.device, examples=examples, precision=args.precision,
+          keys=keys, client_concurrency=args.client_concurrency)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -434,15 +413,15 @@ def _index_options(index: argparse.ArgumentParser) -> None:
                        "(webdataset tar shards); list:FILE (one PATH or URL a line); URLs (http://, s3://, ...) via fsspec")
     index.add_argument("--out", required=True, help="index directory to create or update")
     _add_model_options(index, default=None)
-    index.add_argument("--batch-size", type=_number(int, 1), default=32)
-    index.add_argument("--workers", type=_number(int, 0), default=None,
+    index.add_argument("--batch-size", type=number(int, 1), default=32)
+    index.add_argument("--workers", type=number(int, 0), default=None,
                        help="local: decoding processes (default: min(4, cores)); ray: embedding actors (default: one per GPU, else CPUs/2)")
-    index.add_argument("--checkpoint-every", type=_number(int, 1), default=1024, metavar="N",
+    index.add_argument("--checkpoint-every", type=number(int, 1), default=1024, metavar="N",
                        help="images embedded between saves to the index's staging (the most a killed build loses; default 1024)")
     index.add_argument("--engine", choices=("local", "ray"), default="local",
                        help="embed in this process (local) or on a Ray cluster (ray; needs pip install 'tusou[ray]'); see docs/scaling.md")
     index.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster to embed on (default: RAY_ADDRESS, else one started on this machine)")
-    index.add_argument("--gpus-per-worker", type=_number(float, 0), metavar="N",
+    index.add_argument("--gpus-per-worker", type=number(float, 0), metavar="N",
                        help="GPUs per embedding actor (default: 1 when the cluster has GPUs, else 0)")
     index.add_argument("--ocr", action=argparse.BooleanOptionalAction, default=None,
                        help="read the Chinese (and other) text in the images, to search it (needs pip install 'tusou[ocr]'); "
@@ -474,17 +453,17 @@ def _search_options(search: argparse.ArgumentParser) -> None:
     search.add_argument("index", metavar="DIR", type=_index_dir)
     search.add_argument("query", nargs="?", help="Chinese text query")
     search.add_argument("--image", type=_image, help="search by this image (alone, or mixed with the text query)")
-    search.add_argument("--weight", type=float, help=f"the image's share when mixed with text, 0..1 (default: {IMAGE_WEIGHT})")
+    search.add_argument("--weight", type=parsed(float), help=f"the image's share when mixed with text, 0..1 (default: {IMAGE_WEIGHT})")
     search.add_argument("--not", dest="negatives", action="append", default=[], metavar="TEXT",
                         help="push down images that look like TEXT (repeatable)")
-    search.add_argument("--min-score", type=float, help="drop results scoring below this (-1..1)")
-    search.add_argument("--dedupe", type=float, nargs="?", const=DEDUPE_THRESHOLD, metavar="THRESHOLD",
+    search.add_argument("--min-score", type=parsed(float), help="drop results scoring below this (-1..1)")
+    search.add_argument("--dedupe", type=parsed(float), nargs="?", const=DEDUPE_THRESHOLD, metavar="THRESHOLD",
                         help=f"fold near-duplicate results (stored-vector cosine >= THRESHOLD, default {DEDUPE_THRESHOLD}) into one")
-    search.add_argument("--match", choices=MATCHES,
+    search.add_argument("--match", type=one_of(MATCHES), choices=MATCHES,
                         help="find images by how they look (visual), by the text read in them (text), or both in one ranking "
                         "(default: both when the index was built with --ocr, else visual)")
-    search.add_argument("-k", type=_number(int, 1), default=10, help="number of results (default: 10)")
-    search.add_argument("--offset", type=_number(int, 0), default=0, help="skip this many results first (the next page)")
+    search.add_argument("-k", type=number(int, 1), default=10, help="number of results (default: 10)")
+    search.add_argument("--offset", type=number(int, 0), default=0, help="skip this many results first (the next page)")
     _filter_options(search)
     _add_precision(search)
     _add_device(search)
@@ -503,7 +482,7 @@ def _filter_options(search: argparse.ArgumentParser) -> None:
     search.add_argument("--type", dest="types", metavar="TYPES", help="only these file types, e.g. jpg,png")
     search.add_argument("--camera", metavar="TEXT", help="only photos whose camera make or model contains TEXT")
     search.add_argument("--near", metavar="LAT,LON,KM", help="only photos taken within KM km of LAT,LON")
-    search.add_argument("--sort", choices=SORTS, default="score",
+    search.add_argument("--sort", type=one_of(SORTS), choices=SORTS, default="score",
                         help="score (default), or newest / oldest first among the best results")
 
 
@@ -529,19 +508,27 @@ def _train_options(training: argparse.ArgumentParser) -> None:
     _add_model_options(training, default=None)
     training.add_argument("--pretrained", action="store_true", help="start from the entry's released weights")
     training.add_argument("--freeze-image", action="store_true", help="train only the text tower (how Taiyi-CLIP was made)")
-    training.add_argument("--epochs", type=_number(int, 1), default=4)
-    training.add_argument("--batch-size", type=_number(int, 1), default=128)
-    training.add_argument("--lr", type=_number(float, 0, above=True), default=1e-3)
-    training.add_argument("--seed", type=_number(int, 0, SEED_LIMIT), default=0)
-    training.add_argument("--checkpoint-every", type=_number(int, 1), default=200, help="steps between checkpoints")
+    training.add_argument("--epochs", type=number(int, 1), default=4)
+    training.add_argument("--batch-size", type=number(int, 1), default=128)
+    training.add_argument("--lr", type=number(float, 0, above=True), default=1e-3)
+    training.add_argument("--seed", type=number(int, 0, SEED_LIMIT), default=0)
+    training.add_argument("--checkpoint-every", type=number(int, 1), default=200, help="steps between checkpoints")
     _add_device(training)
     training.set_defaults(run=cmd_train)
 
 
 def _serve_options(serving: argparse.ArgumentParser) -> None:
+    from ui.access import CLIENT_CONCURRENCY
+
     serving.add_argument("index", metavar="DIR", type=_index_dir)
-    serving.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    serving.add_argument("--port", type=_number(int, 1, 65535), default=7860)
+    serving.add_argument("--host", default="127.0.0.1",
+                         help="address to bind (default: 127.0.0.1, this machine only; another needs an API key)")
+    serving.add_argument("--port", type=number(int, 1, 65535), default=7860)
+    serving.add_argument("--api-key", dest="api_keys", action="append", default=[], metavar="KEY",
+                         help="require this key (repeatable; also TUSOU_API_KEYS, comma-separated): the API wants "
+                         "`Authorization: Bearer KEY`, the UI a login at /login; see docs/api.md")
+    serving.add_argument("--client-concurrency", type=number(int, 1), default=CLIENT_CONCURRENCY, metavar="N",
+                         help=f"API requests one client (a key, else an address) may have in flight at once (default: {CLIENT_CONCURRENCY})")
     serving.add_argument("--examples", help="example queries separated by |")
     serving.add_argument("--model", type=_model_name, help="the model the index must have been built with (checked)")
     _add_precision(serving)
@@ -561,7 +548,7 @@ def _eval_options(evaluation: argparse.ArgumentParser) -> None:
     evaluation.add_argument("--split", default=None, help="default: test (imagenet-cn: val)")
     evaluation.add_argument("--templates", type=_existing("file"), help="imagenet-cn: a file of prompt templates, one per line with {}")
     _add_model_options(evaluation, several=True)
-    evaluation.add_argument("--batch-size", type=_number(int, 1), default=64)
+    evaluation.add_argument("--batch-size", type=number(int, 1), default=64)
     evaluation.add_argument("--cache", type=Path, help="feature cache folder (default: ~/.cache/tusou/features)")
     evaluation.add_argument("--no-cache", action="store_true", help="always re-embed")
     evaluation.add_argument("--out", type=Path, help="write results.json, report.md, recall.png, predictions.jsonl here "
@@ -589,7 +576,7 @@ COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None]], ...]
     ("label", "zero-shot labels for images from a Chinese label list", _label_options),
     ("ocr", "the lines of text in images: text, confidence and box (needs pip install 'tusou[ocr]')", _ocr_options),
     ("train", "contrastive training on a Chinese-CLIP layout dataset", _train_options),
-    ("serve", "the Gradio search UI over an index", _serve_options),
+    ("serve", "the search UI and its JSON API over an index", _serve_options),
     ("eval", "Top-1/5/10 retrieval or zero-shot accuracy on a benchmark", _eval_options),
     ("models", "the models: dimension, parameters, where their weights come from", _models_options),
 )

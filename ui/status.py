@@ -81,6 +81,11 @@ def caption(result: SearchResult) -> str:
     return f"#{result.rank}  {result.score:.3f}{taken}  {Path(result.path).name}{folded}{line}"
 
 
+def precision_of(searcher: Searcher) -> str:
+    """The dtype queries run in: `float32` or `bfloat16`."""
+    return str(searcher.model.dtype).removeprefix("torch.")
+
+
 def index_line(searcher: Searcher) -> str:
     """The header: model, images, segments by type (with the lowest tuned recall of the ANN ones),
     query precision and the last update (a format-1 index keeps it in its manifest)."""
@@ -90,7 +95,7 @@ def index_line(searcher: Searcher) -> str:
     recalls = [s.entry.search["recall_at_10"] for s in segments if s.entry.type != "flat" and "recall_at_10" in s.entry.search]
     recall = f", recall@10 ≥ {min(recalls):.3f}" if recalls else ""
     layout = "、".join(f"{kind} ×{count}" for kind, count in sorted(types.items()))
-    precision = str(searcher.model.dtype).removeprefix("torch.")
+    precision = precision_of(searcher)
     updated = store.catalog.setting("updated") or store.manifest.updated or "—"
     return (
         f"**模型** `{store.manifest.model.name}` · **图片数** {len(searcher)} · "

@@ -37,6 +37,10 @@ class LabelScore:
     label: str
     probability: float
 
+    def to_dict(self) -> dict:
+        """As `tusou label --json` and the API give it."""
+        return {"label": self.label, "probability": round(self.probability, 6)}
+
 
 def split_list(text: str | Sequence[str]) -> list[str]:
     """Items of `猫,狗，老虎、熊` (any Chinese or ASCII comma, semicolon or newline) or of a list;

@@ -28,6 +28,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 
 from retrieval.errors import TusouError
+from retrieval.ocr.engine import OcrLine
 from retrieval.search.filters import Filters
 from retrieval.search.normalise import normalise
 
@@ -160,6 +161,15 @@ def line_texts(db: sqlite3.Connection, ids: Sequence[int]) -> dict[int, tuple[st
         rows = db.execute(f"SELECT id, text, box, confidence FROM ocr_lines WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
         found |= {line_id: (text, json.loads(box), confidence) for line_id, text, box, confidence in rows}
     return found
+
+
+def item_lines(db: sqlite3.Connection, item: int) -> list[dict] | None:
+    """The lines read in `item`'s image, top to bottom, as `tusou ocr --json` gives them; None when
+    its text was never read."""
+    if not has_text_tables(db) or db.execute("SELECT 1 FROM ocr_read WHERE item = ?", (int(item),)).fetchone() is None:
+        return None
+    rows = db.execute("SELECT text, confidence, box FROM ocr_lines WHERE item = ? ORDER BY line", (int(item),))
+    return [OcrLine(text, tuple(map(tuple, json.loads(box))), confidence).to_dict() for text, confidence, box in rows]
 
 
 def _box(box: Sequence[Sequence[float]]) -> list[list[float]]:
