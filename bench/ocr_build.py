@@ -16,7 +16,7 @@ so a burst of load from elsewhere falls on all alike. Models have random weights
 depend on them): `demo` (a small tower: OCR is nearly all the work) and taiyi-clip-l14's real
 ViT-L/14 (embedding as heavy as the OCR).
 
-    python -m bench.ocr_build [--count 40] [--models demo,taiyi-clip-l14] [--rounds 2]
+    python -m bench.ocr_build [--count 80] [--models demo,taiyi-clip-l14] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def rows(name: str, timings: Timings, scenes: dict[Path, str]) -> list[list[obje
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=40, help="pictures (a fifth of them text-free photos)")
+    parser.add_argument("--count", type=int, default=80, help="pictures (a fifth of them text-free photos)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", default="demo,taiyi-clip-l14")
     parser.add_argument("--rounds", type=int, default=2)

@@ -4,7 +4,6 @@ result, and its box on the enlarged picture."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from playwright.sync_api import Page, expect, sync_playwright
 from retrieval.search.normalise import normalise
 from tests.test_ui_browser import ARTIFACTS, CHROMIUM, FLAGS
 from tests.uiserver import UIServer
-from ui.app import BOX_COLOUR
 from ui.demo import example_queries, prepare
 
 
