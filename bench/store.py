@@ -266,16 +266,25 @@ def measure_filters(directory: str, queries: int) -> list[dict]:
 def _filter_row(name: str, filters: Filters, store, view, vectors: np.ndarray, queries: np.ndarray) -> FilterRow:
     matching = np.sort(np.concatenate(list(store.catalog.matching_rows(filters).values()))) if filters.active else np.arange(len(vectors))
     truth = _brute_force(vectors, matching, queries)
-    view.search(queries[0], 10, filters)  # warm: SQLite pages and FAISS structures
-    first, times, recalls = [], [], []
-    for query, true in zip(queries, truth):
-        view.matched.clear()
-        first.append(timed(lambda: view.search(query, 10, filters))[0])
-        seconds, (_, found) = timed(lambda: view.search(query, 10, filters))
-        times.append(seconds)
-        recalls.append(len(set(view.ids(found[0]).tolist()) & set(true.tolist())) / len(true))
+    first, times, found = first_and_further(view, filters, queries)
+    recalls = [len(set(view.ids(ids).tolist()) & set(true.tolist())) / len(true) for ids, true in zip(found, truth)]
     p50, p90 = np.percentile(times, [50, 90]) * 1000
     return FilterRow(name, len(matching), float(np.median(first) * 1000), float(p50), float(p90), float(np.mean(recalls)))
+
+
+def first_and_further(view, filters: Filters, queries: np.ndarray) -> tuple[list[float], list[float], list[np.ndarray]]:
+    """Seconds of each query's first run with `filters` (its catalog reads included: view.matched
+    cleared) and of a further run, and the rows the further run found; after a warm-up query
+    (SQLite pages and FAISS structures)."""
+    view.search(queries[0], 10, filters)
+    first, further, found = [], [], []
+    for query in queries:
+        view.matched.clear()
+        first.append(timed(lambda: view.search(query, 10, filters))[0])
+        seconds, (_, rows) = timed(lambda: view.search(query, 10, filters))
+        further.append(seconds)
+        found.append(rows[0])
+    return first, further, found
 
 
 def fetched_against_post_filtered(directory: str, queries: int, selectivity: str) -> tuple[float, float, float]:
@@ -408,15 +417,9 @@ def report_open_and_filters(store_dir: Path, count: int, index_type: str, querie
 def tiled_filters(directory: str, queries: int) -> list[list]:
     """Per selectivity (none first): a filter's first query (its catalog reads included) and further
     queries with it, p50 ms."""
-    view, rows = open_store(directory).view(), []
+    view, vectors, rows = open_store(directory).view(), _queries(queries), []
     for name, spec in [("none (unfiltered)", None), *SELECTIVITIES.items()]:
-        filters = make_filters(**spec) if spec else Filters()
-        view.search(_queries(1)[0], 10, filters)
-        first = []
-        for query in _queries(queries):
-            view.matched.clear()
-            first.append(timed(lambda: view.search(query, 10, filters))[0])
-        further = [timed(lambda: view.search(query, 10, filters))[0] for query in _queries(queries)]
+        first, further, _ = first_and_further(view, make_filters(**spec) if spec else Filters(), vectors)
         rows.append([name, np.median(first) * 1000, np.median(further) * 1000])
     return rows
 
