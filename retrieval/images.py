@@ -39,6 +39,11 @@ class ImageError(Exception):
     """An image that cannot be used; the message is the reason, for the build's report."""
 
 
+class UnusableQueryImage(TusouError):
+    """A query's image that cannot be used: the user's error, told apart by its type from the
+    index's own (its image tower, the OCR's packages)."""
+
+
 def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
@@ -133,7 +138,7 @@ def load_query_image(image: str | Path | bytes | Image.Image, min_size: int | No
         return open_image(image, min_size=min_size)
     except ImageError as exc:
         name = "upload" if isinstance(image, (bytes, Image.Image)) else str(image)
-        raise TusouError(f"cannot use image {name}: {exc}") from None
+        raise UnusableQueryImage(f"cannot use image {name}: {exc}") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -23,7 +23,7 @@ from gradio.data_classes import ImageData
 from PIL import Image, ImageDraw
 
 from retrieval.errors import TusouError
-from retrieval.images import ImageError, load_query_image
+from retrieval.images import ImageError, UnusableQueryImage, load_query_image
 from retrieval.locations import Unreadable
 from retrieval.ocr.engine import read_text
 from retrieval.search.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT, Query, clean_query, strip_controls
@@ -65,7 +65,7 @@ def image_message(exc: TusouError) -> str:
 def upload_message(exc: TusouError) -> str:
     """The status line for a failure with an upload: the image's own (image_message), or another (the
     index's image tower, the OCR's packages) as it is."""
-    return image_message(exc) if str(exc).startswith("cannot use image") else str(exc)
+    return image_message(exc) if isinstance(exc, UnusableQueryImage) else str(exc)
 
 
 def api_result(result: SearchResult, dedupe: bool = False) -> dict:
