@@ -250,7 +250,7 @@ def open_store(directory: str | Path) -> Store:
     if not manifest.segmented:
         try:
             return _open_legacy(directory)
-        except TusouError:
+        except (TusouError, FileNotFoundError):  # or a conversion finished meanwhile, and removed the old files
             manifest = read_manifest(directory)
             if not manifest.segmented:
                 raise
