@@ -28,6 +28,7 @@ from indexer.plan import Layout
 from retrieval.store.records import CatalogItem
 from retrieval.store.model_ref import ModelRef
 from retrieval.models.model import EmbeddingModel, load_model
+from retrieval.search.encoder import QueryEncoder
 from retrieval.search.searcher import Searcher
 from retrieval.models.text_tower import BertText
 
@@ -103,6 +104,7 @@ def main() -> None:
         int8 = Searcher(directory, model=model, precision="fp32")
         int8_bert = torch.ao.quantization.quantize_dynamic(_eager_copy(model.text_model.bert), {torch.nn.Linear}, dtype=torch.qint8)
         int8.model = dataclasses.replace(model, text_model=BertText(model.text_model.tokenizer, int8_bert, "pooler_output", 77, dynamic_padding=False))
+        int8.encoder = QueryEncoder(int8.model)
         reference = np.concatenate([baseline.encode(q) for q in queries])
         truth = [set(baseline.search(q).tolist()) for q in queries]
 
@@ -116,8 +118,8 @@ def main() -> None:
             paths.append((f"tusou default (--precision auto = {_dtype(fast)})", fast))
         for label, searcher in [*paths, ("int8 dynamic quantisation (measured only, not offered)", int8)]:
             searcher.cache.size = 0  # unique queries: nothing to reuse
-            encode = latencies(lambda q, s=searcher: s.cache.encode(s.model, [q]), queries, warmup)
-            vectors_q = np.concatenate([searcher.cache.encode(searcher.model, [q]) for q in queries])
+            encode = latencies(lambda q, s=searcher: s.cache.encode(s.encoder, [q]), queries, warmup)
+            vectors_q = np.concatenate([searcher.cache.encode(searcher.encoder, [q]) for q in queries])
             total = latencies(lambda q, s=searcher: s.search_text(q, 10), queries, warmup)
             found = [{r.id for r in searcher.search_text(q, 10)} for q in queries]
             exact = [set(row.tolist()) for row in baseline.flat.search(vectors_q, 10)[1]]
@@ -126,7 +128,7 @@ def main() -> None:
                          f"{cosine:.5f}", f"{_overlap(exact, truth):.3f}", f"{_overlap(found, truth):.3f}"])
 
         rows.append(_cached_row(fast, base_total))
-        index = fast.index.manifest.index
+        index = fast.store.view().segments[0].entry
 
     notes = [
         f"Collection: {args.collection:,} synthetic CLIP-like 768-d vectors; tusou's index: {index.type} "

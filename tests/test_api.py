@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,8 @@ import pytest
 from PIL import Image
 
 from indexer import BuildPlan, build_index
+from retrieval.search.query import Query
+from retrieval.search.searcher import Searcher
 from tests.imagegen import png_bomb, write_images
 from tests.test_cli import json_lines, run
 from tests.test_ocr import NAME, sign
@@ -227,6 +230,31 @@ def test_metrics_count_requests_and_latency_per_endpoint(api):
     assert metric(after, "tusou_index_items") == 21 and "tusou_queue_depth 0" in after
     assert metric(after, "tusou_requests_total", endpoint="ui", method="GET", status="200") >= 1  # the UI is counted too
     assert metric(after, "tusou_api_requests_in_flight") == 0  # /metrics is no API request
+
+
+def test_concurrent_searches_get_what_each_gets_alone_and_are_counted_in_batches(server, index):
+    """Two requests in flight per key, three keys: queries that meet at the model share a batch
+    (tests/test_query_encoder.py shows they do), and each still gets the answer of a search alone."""
+    queries = [f"{colour}的{shape} {n}" for n, (colour, shape) in enumerate(zip(["红色", "蓝色", "绿色"] * 4, ["圆形", "方形"] * 6))]
+    before = metrics(client_of(server))
+
+    def ask(numbered: tuple[int, str]) -> list[dict]:
+        with client_of(server, list(KEYS.values())[numbered[0] % 3]) as client:
+            response = client.get("/api/v1/search", params={"q": numbered[1], "k": 5})
+        assert response.status_code == 200, response.text
+        return response.json()["results"]
+
+    with ThreadPoolExecutor(6) as pool:
+        found = list(pool.map(ask, enumerate(queries)))
+    after = metrics(client_of(server))
+    alone = Searcher(index, device="cpu")
+    for query, results in zip(queries, found):
+        expected = alone.search(Query(text=query), 5)
+        assert [row["id"] for row in results] == [r.id for r in expected]
+        assert [row["score"] for row in results] == pytest.approx([r.score for r in expected], abs=1e-5)
+    batched = metric(after, "tusou_query_batched_requests_total") - metric(before, "tusou_query_batched_requests_total")
+    batches = metric(after, "tusou_query_batches_total") - metric(before, "tusou_query_batches_total")
+    assert batched == len(queries) and 1 <= batches <= len(queries)
 
 
 def test_openapi_describes_every_endpoint_and_parameter(api):

@@ -184,7 +184,7 @@ def test_bf16_queries_stay_within_cosine_0999_of_fp32(vector_index, tiny_model):
     bf16 = Searcher(vector_index, model=tiny_model, precision="bf16")
     assert bf16.model.dtype == next(bf16.model.text_model.parameters()).dtype == torch.bfloat16
     assert tiny_model.dtype == torch.float32  # the model passed in is left as it is
-    cosines = np.sum(fp32.cache.encode(fp32.model, texts) * bf16.cache.encode(bf16.model, texts), axis=1)
+    cosines = np.sum(fp32.cache.encode(fp32.encoder, texts) * bf16.cache.encode(bf16.encoder, texts), axis=1)
     assert cosines.min() >= 0.999
     image = Image.new("RGB", (40, 40), (200, 30, 30))
     assert float(fp32.model.encode_images([image])[0] @ bf16.model.encode_images([image])[0]) >= 0.999

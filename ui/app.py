@@ -21,11 +21,13 @@ from pathlib import Path
 import gradio as gr
 from gradio.data_classes import ImageData
 from PIL import Image, ImageDraw
+from starlette.types import ASGIApp
 
 from retrieval.errors import TusouError
 from retrieval.images import ImageError, UnusableQueryImage, load_query_image
 from retrieval.locations import Unreadable
 from retrieval.ocr.engine import read_text
+from retrieval.search.encoder import MAX_BATCH
 from retrieval.search.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT, Query, clean_query, strip_controls
 from retrieval.search.searcher import Searcher, SearchResult
 from retrieval.search.zero_shot import DEFAULT_TEMPLATES, split_list
@@ -365,7 +367,7 @@ def _picked(event: gr.SelectData) -> int:
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
           examples: list[str] | None = None, precision: str = "auto", keys: Sequence[str] = (),
-          client_concurrency: int = CLIENT_CONCURRENCY) -> None:
+          client_concurrency: int = CLIENT_CONCURRENCY, max_batch: int = MAX_BATCH) -> None:
     """Load the index and its model once, then serve the UI and the JSON API until SIGTERM or Ctrl-C:
     on 127.0.0.1 unless told otherwise, and only with a key when told otherwise (ui.access)."""
     host, warning = bound_host(host, bool(keys))
@@ -375,9 +377,16 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, devi
     # tusou's decoder checks the declared size before decoding anything (MAX_PIXELS), and says
     # so; Pillow's own, lower bomb limit would make some images the index accepts an error here.
     Image.MAX_IMAGE_PIXELS = None
-    backend = Backend(Searcher(index_dir, device=device, precision=precision))
-    ui = SearchApp(backend, examples).build()
-    ui.queue(default_concurrency_limit=4)
+    app = server_app(Searcher(index_dir, device=device, precision=precision, max_batch=max_batch), examples, keys, client_concurrency)
     shown = f"[{host}]" if ":" in host else host
     print(f"tusou: serving {index_dir} on http://{shown}:{port} (JSON API under /api/v1, docs at /docs)", flush=True)
-    run(service(backend, ui, keys, client_concurrency), listener)
+    run(app, listener)
+
+
+def server_app(searcher: Searcher, examples: list[str] | None = None, keys: Sequence[str] = (),
+               client_concurrency: int = CLIENT_CONCURRENCY) -> ASGIApp:
+    """The whole of `tusou serve` over a loaded `searcher` (bench/serve.py serves one it made itself)."""
+    backend = Backend(searcher)
+    ui = SearchApp(backend, examples).build()
+    ui.queue(default_concurrency_limit=4)
+    return service(backend, ui, keys, client_concurrency)

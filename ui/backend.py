@@ -1,18 +1,16 @@
 """What both faces of `tusou serve` answer from, the Gradio UI and the JSON API: one Searcher,
-loaded once, and the turns its model is used in.
+loaded once, that answers their threads side by side.
 
 `Backend.searcher` is the one reference to the index being served. A handler reads it once and
-uses what it read to the end, so replacing it (a live reload of a newer index) is one assignment
-that no request sees half-done. The model is used by one request at a time: a fast tokenizer used
-from two threads at once fails ("Already borrowed"). `queue_depth` counts the requests waiting
-for the model or using it, as /metrics reports it.
+uses what it read to the end, so replacing it is one assignment that no request sees half-done.
+Queries use the model in batches (retrieval.search.encoder), and run their index searches and
+catalog reads beside each other; `queue_depth` counts the requests waiting for the model or
+using it, as /metrics reports it.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 from PIL import Image
 
@@ -38,29 +36,14 @@ def checked_labels(labels: str, templates: Sequence[str] | None) -> tuple[list[s
 
 
 class Backend:
-    """The served Searcher (swap it by assigning `searcher`) and the model's turns."""
+    """The served Searcher (swap it by assigning `searcher`)."""
 
     def __init__(self, searcher: Searcher):
         self.searcher = searcher
-        self._model = threading.Lock()
-        self._counting = threading.Lock()
-        self._depth = 0
 
     @property
     def queue_depth(self) -> int:
-        return self._depth
-
-    @contextmanager
-    def _turn(self) -> Iterator[None]:
-        """Hold the model, counted in the queue from the moment of asking."""
-        with self._counting:
-            self._depth += 1
-        try:
-            with self._model:
-                yield
-        finally:
-            with self._counting:
-                self._depth -= 1
+        return self.searcher.encoder.depth
 
     def picture(self, upload: QueryImage) -> Image.Image:
         """An upload decoded for the image tower; TusouError when the upload, or the index's image
@@ -69,13 +52,9 @@ class Backend:
         return load_query_image(upload, min_size=model.image_size)
 
     def search(self, query: Query, k: int, offset: int = 0) -> list[SearchResult]:
-        searcher = self.searcher
-        with self._turn():
-            return searcher.search(query, int(k), offset)
+        return self.searcher.search(query, int(k), offset)
 
     def label(self, picture: Image.Image, labels: Sequence[str], templates: Sequence[str] | None) -> list[LabelScore]:
         """The labels' probabilities for `picture` (decoded by `picture()`), labels and templates as
         `checked_labels` gives them."""
-        searcher = self.searcher
-        with self._turn():
-            return searcher.label(picture, labels, templates)
+        return self.searcher.label(picture, labels, templates)

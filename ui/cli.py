@@ -322,7 +322,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     examples = [q.strip() for q in args.examples.split("|") if q.strip()] if args.examples else None
     serve(args.index, host=args.host, port=args.port, device=args.device, examples=examples, precision=args.precision,
-          keys=keys, client_concurrency=args.client_concurrency)
+          keys=keys, client_concurrency=args.client_concurrency, max_batch=args.max_batch)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -518,6 +518,7 @@ def _train_options(training: argparse.ArgumentParser) -> None:
 
 
 def _serve_options(serving: argparse.ArgumentParser) -> None:
+    from retrieval.search.encoder import MAX_BATCH
     from ui.access import CLIENT_CONCURRENCY
 
     serving.add_argument("index", metavar="DIR", type=_index_dir)
@@ -529,6 +530,8 @@ def _serve_options(serving: argparse.ArgumentParser) -> None:
                          "`Authorization: Bearer KEY`, the UI a login at /login; see docs/api.md")
     serving.add_argument("--client-concurrency", type=number(int, 1), default=CLIENT_CONCURRENCY, metavar="N",
                          help=f"API requests one client (a key, else an address) may have in flight at once (default: {CLIENT_CONCURRENCY})")
+    serving.add_argument("--max-batch", type=number(int, 1), default=MAX_BATCH, metavar="N",
+                         help=f"concurrent queries run through a tower as one batch, at most (default: {MAX_BATCH}; 1: each alone)")
     serving.add_argument("--examples", help="example queries separated by |")
     serving.add_argument("--model", type=_model_name, help="the model the index must have been built with (checked)")
     _add_precision(serving)

@@ -88,10 +88,13 @@ def service(backend: Backend, ui: gr.Blocks, keys: Sequence[str], client_concurr
     @app.get("/metrics", dependencies=[accepts()], response_class=Response, summary="Prometheus metrics",
              responses={200: {"content": {CONTENT_TYPE: {}}}})
     async def exposition() -> Response:
-        gauges = [("tusou_index_items", "Items in the served index.", len(backend.searcher)),
-                  ("tusou_queue_depth", "Queries waiting for the model or using it.", backend.queue_depth),
-                  ("tusou_api_requests_in_flight", "API requests being answered.", slots.total)]
-        return Response(metrics.render(gauges), media_type=CONTENT_TYPE)
+        batches = backend.searcher.encoder.stats
+        read = [("tusou_index_items", "gauge", "Items in the served index.", len(backend.searcher)),
+                ("tusou_queue_depth", "gauge", "Queries waiting for the model or using it.", backend.queue_depth),
+                ("tusou_query_batches_total", "counter", "Batches the query towers ran.", batches.batches),
+                ("tusou_query_batched_requests_total", "counter", "Encoding requests in those batches.", batches.requests),
+                ("tusou_api_requests_in_flight", "gauge", "API requests being answered.", slots.total)]
+        return Response(metrics.render(read), media_type=CONTENT_TYPE)
 
     @app.api_route("/api/{rest:path}", methods=METHODS, include_in_schema=False)
     async def unknown(request: Request) -> JSON:
@@ -122,9 +125,13 @@ def _drained(signum: int, frame: FrameType | None) -> NoReturn:
     raise SystemExit(0)
 
 
+def server(app: ASGIApp) -> uvicorn.Server:
+    """uvicorn as `tusou serve` runs it (bench/serve.py runs the same in a thread)."""
+    return uvicorn.Server(uvicorn.Config(app, http="h11", lifespan="on", log_level="warning", access_log=False,
+                                         timeout_graceful_shutdown=DRAIN_SECONDS, h11_max_incomplete_event_size=MAX_REQUEST_HEAD))
+
+
 def run(app: ASGIApp, listener: socket.socket) -> None:
     """Serve `app` on `listener` until SIGTERM (drained, exit 0) or Ctrl-C."""
-    config = uvicorn.Config(app, http="h11", lifespan="on", log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=DRAIN_SECONDS, h11_max_incomplete_event_size=MAX_REQUEST_HEAD)
     signal.signal(signal.SIGTERM, _drained)
-    uvicorn.Server(config).run(sockets=[listener])
+    server(app).run(sockets=[listener])

@@ -32,17 +32,22 @@ PRECISIONS = ("auto", "fp32", "bf16")
 def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     """The dtype both towers run in for queries and index builds.
 
-    `auto` takes bfloat16 on CPUs with AMX tiles, where BERT runs ~2.4× and ViT-L ~6× faster
-    than in float32 with vectors at cosine ≥ 0.9999 to float32 ones (bench/ measures both);
-    elsewhere float32. On CUDA the towers already run under fp16 autocast, so weights stay
+    `auto` takes bfloat16 on CPUs with bfloat16 matrix instructions: AMX tiles (Intel Sapphire
+    Rapids on), where BERT runs ~2.4× and ViT-L ~6× faster than in float32, or AVX-512 BF16 (AMD
+    Zen 4, Intel Cooper Lake), ~2× for BERT; vectors stay at cosine ≥ 0.9999 to float32 ones
+    (bench/query_latency.py measures both). Elsewhere bfloat16 is emulated, slower than float32. On CUDA the towers already run under fp16 autocast, so weights stay
     float32. Evaluation keeps float32, to compare with published figures.
     """
     if precision not in PRECISIONS:
         raise TusouError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
     if device.type == "cuda" or precision == "fp32":
         return torch.float32
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return torch.bfloat16 if precision == "bf16" or amx else torch.float32
+    return torch.bfloat16 if precision == "bf16" or has_bf16_instructions() else torch.float32
+
+
+def has_bf16_instructions() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AMX tiles or AVX-512 BF16), as torch sees it."""
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from PIL import Image
 from retrieval.images import load_query_image
 from retrieval.models.model import EmbeddingModel
 from retrieval.errors import TusouError
+from retrieval.search.encoder import QueryEncoder
 from retrieval.search.filters import Filters
 from retrieval.search.fusion import Candidate, fuse, text_lift
 from retrieval.search.query import POOL_FACTOR, SORT_POOL, Hit, Query, QueryImage, clean_query, mix, pushed, rank, unit
@@ -70,32 +71,38 @@ FUSE_POOL = 100
 
 
 class QueryCache:
-    """The vectors of the last `size` distinct text queries: a repeated one skips the text tower."""
+    """The vectors of the last `size` distinct text queries: a repeated one skips the text tower.
+    Thread-safe; the tower runs outside its lock, so concurrent misses batch (retrieval.search.encoder)."""
 
     def __init__(self, size: int = 1024):
         self.size = size
         self.vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def encode(self, model: EmbeddingModel, texts: Sequence[str]) -> np.ndarray:
-        missing = list(dict.fromkeys(t for t in texts if t not in self.vectors))
-        for text, vector in zip(missing, model.encode_texts(missing) if missing else []):
-            self.vectors[text] = vector
-        rows = []
-        for text in texts:
-            self.vectors.move_to_end(text)
-            rows.append(self.vectors[text])
-        while len(self.vectors) > self.size:
-            self.vectors.popitem(last=False)
-        return np.stack(rows)
+    def encode(self, encoder: QueryEncoder, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            known = {t: self.vectors[t] for t in texts if t in self.vectors}
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            known |= dict(zip(missing, encoder.encode_texts(missing)))
+        with self._lock:
+            for text in texts:
+                self.vectors[text] = known[text]
+                self.vectors.move_to_end(text)
+            while len(self.vectors) > self.size:
+                self.vectors.popitem(last=False)
+        return np.stack([known[t] for t in texts])
 
 
 class Searcher:
     """`Searcher(index_dir)` loads the index and its model once; queries are then cheap.
 
     Queries run in the `precision` chosen (retrieval.models.devices.compute_dtype); repeated text
-    queries come from a cache. The model is checked to be the one that built the index: its text
-    tower at once, its image tower when a query or a label first needs it (an index of an older
-    tusou records one fingerprint for both towers, checked at once).
+    queries come from a cache. It answers several threads at once: their queries share the model
+    in batches of up to `max_batch` (retrieval.search.encoder; 1: each alone). The model is
+    checked to be the one that built the index: its text tower at once, its image tower when a
+    query or a label first needs it (an index of an older tusou records one fingerprint for both
+    towers, checked at once).
     """
 
     def __init__(
@@ -105,6 +112,7 @@ class Searcher:
         model: EmbeddingModel | None = None,
         precision: str = "auto",
         cache_size: int = 1024,
+        max_batch: int = 1,
     ):
         self.store: Store = open_store(index_dir)
         ref = self.store.manifest.model
@@ -114,6 +122,7 @@ class Searcher:
         self._image_check = threading.Lock()
         self._image_unchecked = ref.per_tower  # a cast keeps the fingerprints of the weights as loaded
         self.cache = QueryCache(cache_size)
+        self.encoder = QueryEncoder(self.model, max_batch)
 
     def close(self) -> None:
         """Close the index's catalog (a Searcher is no use after it)."""
@@ -187,7 +196,7 @@ class Searcher:
 
     def search_texts(self, queries: Sequence[str], k: int = 10) -> list[list[SearchResult]]:
         """Several text queries at once: one batch through the text tower, one FAISS search."""
-        return self.search_vectors(self.cache.encode(self.model, [clean_query(q) for q in queries]), k)
+        return self.search_vectors(self.cache.encode(self.encoder, [clean_query(q) for q in queries]), k)
 
     def search_text(self, query: str, k: int = 10) -> list[SearchResult]:
         return self.search(Query(text=query), k)
@@ -200,13 +209,13 @@ class Searcher:
         weight leaves out (Query.uses_text / uses_image) is not encoded at all; a reference image is
         still read, so a bad one is an error at any weight."""
         texts = ([query.text] if query.uses_text else []) + list(query.negatives)
-        encoded = self.cache.encode(self.model, texts) if texts else np.empty((0, self.model.dim), np.float32)
+        encoded = self.cache.encode(self.encoder, texts) if texts else np.empty((0, self.model.dim), np.float32)
         text, negatives = (encoded[0], encoded[1:]) if query.uses_text else (None, encoded)
         image = None
         if query.image is not None:
             model = self.image_model()
             picture = load_query_image(query.image, min_size=model.image_size)
-            image = model.encode_images([picture])[0] if query.uses_image else None
+            image = self.encoder.encode_images([picture])[0] if query.uses_image else None
         return mix(text, image, query.weight), negatives
 
     def has_text(self) -> bool:
@@ -289,5 +298,7 @@ class Searcher:
     def label(
         self, image: str | Path | Image.Image, labels: str | Sequence[str], templates: Sequence[str] | None = None
     ) -> list[LabelScore]:
-        return label_images(self.image_model(), [image], labels, templates)[0]
+        self.image_model()
+        with self.encoder.exclusive() as model:
+            return label_images(model, [image], labels, templates)[0]
 

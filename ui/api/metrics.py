@@ -2,8 +2,8 @@
 
 Counted per endpoint (its route template, `ui` for everything of the Gradio UI): requests by
 method and status, and a latency histogram from a request's arrival to the end of its response.
-Gauges are read at scrape time: the index's items, the queue for the model (ui.backend), the API
-requests in flight.
+Read at scrape time: the index's items, the queue for the model and the batches it ran
+(retrieval.search.encoder), the API requests in flight.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ class Metrics:
         counts[bisect.bisect_left(BUCKETS, seconds)] += 1
         counts[-1] += seconds
 
-    def render(self, gauges: Iterable[tuple[str, str, float]]) -> str:
-        """The exposition text: the counters, the histograms, then `gauges` as (name, help, value)."""
+    def render(self, read: Iterable[tuple[str, str, str, float]]) -> str:
+        """The exposition text: the request counters and histograms, then the values `read` at scrape
+        time, as (name, type: gauge or counter, help, value)."""
         lines = ["# HELP tusou_requests_total Requests answered, by endpoint, method and status.",
                  "# TYPE tusou_requests_total counter"]
         lines += [f"tusou_requests_total{_labels(endpoint=e, method=m, status=s)} {n}" for (e, m, s), n in sorted(self.requests.items())]
@@ -54,8 +55,8 @@ class Metrics:
                 lines.append(f"tusou_request_duration_seconds_bucket{_labels(endpoint=endpoint, le=bound)} {running:g}")
             lines.append(f"tusou_request_duration_seconds_sum{_labels(endpoint=endpoint)} {counts[-1]:.6f}")
             lines.append(f"tusou_request_duration_seconds_count{_labels(endpoint=endpoint)} {running:g}")
-        for name, meaning, value in gauges:
-            lines += [f"# HELP {name} {meaning}", f"# TYPE {name} gauge", f"{name} {value:g}"]
+        for name, kind, meaning, value in read:
+            lines += [f"# HELP {name} {meaning}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
         return "\n".join(lines) + "\n"
 
 
