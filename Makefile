@@ -17,7 +17,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PYTHON) -m ui.demo
 
-# The performance tables of docs/performance.md (about 40 minutes on 2 CPU cores, and 26 more for OCR and text search).
+# The performance tables of docs/performance.md (about 40 minutes on 2 CPU cores, 26 more for OCR and text search, 4 for serving).
 bench: $(STAMP)
 	$(PYTHON) -m bench.startup
 	$(PYTHON) -m bench.query_latency
@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PYTHON) -m bench.ocr
 	$(PYTHON) -m bench.ocr_build
 	$(PYTHON) -m bench.text_search
+	$(PYTHON) -m bench.serve
 
 # Retrain the shipped demo model (about 14 minutes on 2 CPU cores) and re-measure it.
 demo-model: $(STAMP)

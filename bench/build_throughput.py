@@ -25,7 +25,7 @@ from bench.report import latencies, machine, table, timed
 from indexer.build import build_index
 from indexer.engine import default_workers
 from indexer.plan import BuildPlan
-from retrieval.models.devices import compute_dtype
+from retrieval.store.model_ref import cast
 from retrieval.images import decode
 from retrieval.models.model import load_model
 
@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
 
     fp32 = load_model(MODEL, device="cpu", pretrained=False)
-    fast = fp32.with_dtype(compute_dtype(fp32.device, "auto"))
+    fast = cast(fp32, "auto")
     size = fp32.image_size
     with tempfile.TemporaryDirectory() as folder:
         photos = Path(folder) / "photos"

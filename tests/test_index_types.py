@@ -18,9 +18,10 @@ from indexer.commit import Change, create_index
 from indexer.faiss_build import exact_neighbours, plan_index, recall_at_k
 from indexer.plan import Layout
 from retrieval import Searcher, TusouError
+from retrieval.models.devices import BF16_MIN_PARAMETERS, compute_dtype, has_bf16_instructions
 from retrieval.sizes import parse_size
 from retrieval.store.index_types import INDEX_TYPES
-from retrieval.store.model_ref import ModelRef
+from retrieval.store.model_ref import ModelRef, cast
 from retrieval.store.records import CatalogItem
 from retrieval.store.store import open_store
 from tests.imagegen import write_images
@@ -188,3 +189,12 @@ def test_bf16_queries_stay_within_cosine_0999_of_fp32(vector_index, tiny_model):
     assert cosines.min() >= 0.999
     image = Image.new("RGB", (40, 40), (200, 30, 30))
     assert float(fp32.model.encode_images([image])[0] @ bf16.model.encode_images([image])[0]) >= 0.999
+
+
+def test_auto_takes_bfloat16_only_for_a_large_tower_on_a_cpu_that_multiplies_it_natively(tiny_model):
+    cpu = torch.device("cpu")
+    large, small = BF16_MIN_PARAMETERS, BF16_MIN_PARAMETERS - 1
+    assert compute_dtype(cpu, "auto", large) == (torch.bfloat16 if has_bf16_instructions() else torch.float32)
+    assert compute_dtype(cpu, "auto", small) == compute_dtype(cpu, "fp32", large) == torch.float32
+    assert compute_dtype(cpu, "bf16", small) == torch.bfloat16  # asked for: always
+    assert cast(tiny_model, "auto").dtype == torch.float32  # test-tiny is small

@@ -103,4 +103,4 @@ def cast(model: EmbeddingModel, precision: str) -> EmbeddingModel:
     """`model` in the dtype `precision` asks for on its device (retrieval.models.devices.compute_dtype)."""
     from retrieval.models.devices import compute_dtype
 
-    return model.with_dtype(compute_dtype(model.device, precision))
+    return model.with_dtype(compute_dtype(model.device, precision, sum(p.numel() for p in model.text_model.parameters())))
