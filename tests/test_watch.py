@@ -24,6 +24,7 @@ from indexer import BuildPlan, build_index
 from tests.imagegen import write_images
 from tests.legacy_index import downgrade
 from tests.test_cli import run
+from tests.test_ui_api import index_header
 from tests.uiserver import UIServer
 from ui.watch import DEBOUNCE
 
@@ -163,6 +164,7 @@ def test_a_new_index_is_built_from_the_watched_folder_before_serving(watching):
     state = indexing(client)
     assert set(state) == {"state", "done", "total", "held", "last_commit", "last_error", "folders", "rescan_seconds"}
     assert state["folders"] == [str(photos)] and state["rescan_seconds"] == 60 and state["last_error"] is None
+    assert "**文件夹监视** " in index_header(watching[0])  # the UI's header says it too
 
 
 def test_an_image_copied_in_is_found_and_once_deleted_is_not(watching, tmp_path):
