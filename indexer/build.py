@@ -29,7 +29,7 @@ from indexer.commit import Change, commit_change, create_index
 from indexer.convert import convert
 from indexer.decode import units_of
 from indexer.engine import Engine, Work
-from indexer.leftovers import CATALOG_FILES, TEMPORARY_FILE, remove_leftovers, removed_on_failure
+from indexer.leftovers import check_out_dir, remove_leftovers, removed_on_failure
 from indexer.merge import merge_all, merge_as_policy_says
 from indexer.plan import BuildPlan, Layout
 from indexer.sources import SourceFile, describe_extensions, scan
@@ -37,16 +37,13 @@ from indexer.staged_items import staged_items
 from indexer.staging import Staging
 from retrieval.errors import TusouError
 from retrieval.models.model import EmbeddingModel
-from retrieval.store.catalog import SEGMENTS_DIR, Catalog
+from retrieval.store.catalog import Catalog
 from retrieval.store.faults import kill_point
 from retrieval.store.manifest import MANIFEST, check_model, read_manifest, rebuild_hint
 from retrieval.store.model_ref import ModelRef, cast
 from retrieval.store.records import SHARD_MEMBER, CatalogItem
 from retrieval.store.segment import check_segments
 from retrieval.store.store import CATALOG, Store, open_store
-
-OWN_FILES = {".lock", "staging", SEGMENTS_DIR, *CATALOG_FILES}
-"""What a build puts in its directory before the manifest makes it an index (a killed first build leaves them)."""
 
 
 @dataclass
@@ -68,6 +65,10 @@ class BuildSummary:
         return asdict(self)
 
 
+class BuildLocked(TusouError):
+    """Another build holds the index's lock: a caller that can wait (the server's watcher) tries again."""
+
+
 @contextmanager
 def build_lock(directory: Path) -> Iterator[None]:
     """One build per index directory at a time.
@@ -83,17 +84,8 @@ def build_lock(directory: Path) -> Iterator[None]:
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.EAGAIN):
                 raise
-            raise TusouError(f"another tusou build is writing {directory}: wait for it to finish") from None
+            raise BuildLocked(f"another tusou build is writing {directory}: wait for it to finish") from None
         yield
-
-
-def check_out_dir(directory: Path) -> None:
-    """Refuse to write into a file or into a folder of the user's that is not an index."""
-    if directory.exists() and not directory.is_dir():
-        raise TusouError(f"--out {directory} is a file, not a directory")
-    foreign = {name for name in os.listdir(directory) if name not in OWN_FILES and not TEMPORARY_FILE.fullmatch(name)} if directory.is_dir() else set()
-    if foreign and not (directory / MANIFEST).exists():
-        raise TusouError(f"{directory} exists and is not a tusou index: choose a new or empty --out directory")
 
 
 def build_index(plan: BuildPlan) -> BuildSummary:
@@ -152,10 +144,14 @@ def _update(plan: BuildPlan, engine: Engine, previous: Store | None) -> BuildSum
     model, ref = _load_model(plan, previous)
     ocr = plan.reads_text(previous.catalog if previous else None)
     files, skipped = scan(plan.paths, progress=plan.progress, known=previous.catalog.keys_under if previous else None)
-    if not files:
+    if not files and not (plan.empty_ok and previous):
         shown = ", ".join(str(p) for p in plan.paths)
         raise TusouError(f"no images found under {shown} (looked for {describe_extensions()})")
-    compared = compare(files, previous.catalog if previous else None, set(previous.catalog.unread()) if ocr and previous else None)
+    unread = set(previous.catalog.unread()) if ocr and previous else None
+    compared = compare(dict(files) if plan.hold else files, previous.catalog if previous else None, unread)
+    held = plan.hold(list(compared.pending.values())) if plan.hold and compared.pending else set()
+    if held:  # compared again, the held files left as the index has them
+        compared = compare(files, previous.catalog if previous else None, unread, held)
     staging = Staging(out / "staging", ref)
     space.expect(_expected_bytes(compared.pending, model.dim, layout, plan.checkpoint_every))
     try:
@@ -233,16 +229,21 @@ class Compared:
     """Unchanged items whose text was not read yet, when the build reads text: read, not embedded."""
 
 
-def compare(files: dict[str, SourceFile], catalog: Catalog | None, unread: set[int] | None = None) -> Compared:
+def compare(files: dict[str, SourceFile], catalog: Catalog | None, unread: set[int] | None = None, held: set[str] = frozenset()) -> Compared:
     """The index's items, streamed, against the scan's `files`, which become the pending ones: an
     unchanged file leaves them, as does a shard kept as it is; an unchanged one of `unread` (ids)
-    is to be read. Holds nothing an item but the rows it replaces (8 bytes each) and those to read."""
+    is to be read. A `held` path (BuildPlan.hold) is left as the index has it: kept if indexed, not
+    added if not. Holds nothing an item but the rows it replaces (8 bytes each) and those to read."""
     unchanged = indexed = 0
     replaced: dict[int, array] = {}
     to_read: dict[str, SourceFile] = {}
+    for path in held:
+        files.pop(path, None)
     for item, segment, row in catalog.all_items() if catalog else ():
         indexed += 1
-        if _unchanged(item, files):
+        if item.path in held:
+            unchanged += 1
+        elif _unchanged(item, files):
             files.pop(item.path, None)
             unchanged += 1
             if unread is not None and item.id in unread:

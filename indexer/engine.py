@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -65,7 +65,36 @@ class Embedded:
     """Images read for their text alone."""
 
 
-def stage(batches: Iterable[Embedded], work: Work, staging: Staging, checkpoint_every: int, bar: tqdm) -> list[Skipped]:
+Report = Callable[[int, int | None], None]
+"""Told (images done, images in all or None when not known yet) as a build embeds."""
+
+
+class Progress:
+    """A build's count of images done: shown by its tqdm bar, and told to a `Report` when one is given."""
+
+    def __init__(self, bar: tqdm, report: Report | None):
+        self.bar, self.report, self.done = bar, report, 0
+
+    def update(self, images: int) -> None:
+        self.done += images
+        self.bar.update(images)
+        if self.report is not None:
+            self.report(self.done, self.bar.total)
+
+    def set_postfix_str(self, text: str, refresh: bool = False) -> None:
+        self.bar.set_postfix_str(text, refresh=refresh)
+
+
+@contextmanager
+def progress(total: int | None, desc: str, show: bool, report: Report | None) -> Iterator[Progress]:
+    """The one progress of an embedding run, for the bar (`show`) and the `report` alike."""
+    with tqdm(total=total, desc=desc, unit=" img", disable=not show) as bar:
+        if report is not None:
+            report(0, total)
+        yield Progress(bar, report)
+
+
+def stage(batches: Iterable[Embedded], work: Work, staging: Staging, checkpoint_every: int, bar: Progress) -> list[Skipped]:
     """Stage each batch's vectors and texts, saving a chunk at least every `checkpoint_every` images (the
     most a killed build loses); returns the images that could not be read. The bar counts the text read."""
     skipped: list[Skipped] = []
@@ -104,6 +133,7 @@ class LocalEngine:
     workers: int | None = None
     checkpoint_every: int = 1024
     progress: bool = True
+    report: Report | None = None
 
     def session(self) -> AbstractContextManager[None]:
         return contextlib.nullcontext()
@@ -112,7 +142,7 @@ class LocalEngine:
         if not work.units:
             return []
         workers = default_workers() if self.workers is None else max(0, self.workers)
-        with tqdm(total=work.images, desc=progress_label("embedding", work), unit=" img", disable=not self.progress) as bar:
+        with progress(work.images, progress_label("embedding", work), self.progress, self.report) as bar:
             return stage(self._batches(model, work, workers), work, staging, self.checkpoint_every, bar)
 
     def _batches(self, model: EmbeddingModel, work: Work, workers: int) -> Iterator[Embedded]:

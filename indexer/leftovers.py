@@ -8,6 +8,7 @@ them here before it starts, so they never pile up or get mistaken for part of th
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -24,6 +25,17 @@ from retrieval.store.store import CATALOG
 GENERATION_FILE = re.compile(r"(catalog\.\d+\.jsonl|embeddings\.\d+\.npy|index\.\d+\.faiss)")
 """A format-1 index's data files."""
 CATALOG_FILES = (CATALOG, f"{CATALOG}-wal", f"{CATALOG}-shm", f"{CATALOG}-journal")
+OWN_FILES = {".lock", "staging", SEGMENTS_DIR, *CATALOG_FILES}
+"""What a build puts in its directory before the manifest makes it an index (a killed first build leaves them)."""
+
+
+def check_out_dir(directory: Path) -> None:
+    """Refuse to write into a file or into a folder of the user's that is not an index."""
+    if directory.exists() and not directory.is_dir():
+        raise TusouError(f"--out {directory} is a file, not a directory")
+    foreign = {name for name in os.listdir(directory) if name not in OWN_FILES and not TEMPORARY_FILE.fullmatch(name)} if directory.is_dir() else set()
+    if foreign and not (directory / MANIFEST).exists():
+        raise TusouError(f"{directory} exists and is not a tusou index: choose a new or empty --out directory")
 
 
 def remove_leftovers(directory: Path) -> list[str]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.engine import Engine, LocalEngine
+from indexer.engine import Engine, LocalEngine, Report
 from indexer.ray_engine import RayEngine, RayOptions
+from indexer.sources import SourceFile
 from retrieval.errors import TusouError
 from retrieval.models.model import EmbeddingModel
 from retrieval.models.registry import DEFAULT_MODEL
@@ -52,6 +53,15 @@ class BuildPlan:
     """None: keep the index's type (`auto` for a new one), so an `auto` index changes type as it grows."""
     max_index_memory: int | None = None
     progress: bool = True
+    report: Report | None = None
+    """Told (images embedded, images to embed or None) as each batch is staged, beside the bar or
+    without it: the server's watcher shows a build's progress with it (ui.watch)."""
+    hold: Callable[[list[SourceFile]], set[str]] | None = None
+    """Given the files the build would embed (new or changed), the paths to leave as the index has
+    them this time: files still being written (ui.watch). None: none."""
+    empty_ok: bool = False
+    """An update that finds no image empties the index instead of failing (a watched folder whose
+    images were all deleted); a mistyped PATH of `tusou index` stays an error."""
     ray: RayOptions | None = None
     """Embed on a Ray cluster (indexer.ray_engine) instead of in this process; the rest is the same."""
     ocr: bool | None = None
@@ -69,8 +79,8 @@ class BuildPlan:
     def engine(self) -> Engine:
         """The engine this plan embeds with, chosen here once."""
         if self.ray is None:
-            return LocalEngine(self.batch_size, self.workers, self.checkpoint_every, self.progress)
-        return RayEngine(self.ray, self.workers, self.device, self.precision, self.batch_size, self.checkpoint_every, self.progress)
+            return LocalEngine(self.batch_size, self.workers, self.checkpoint_every, self.progress, self.report)
+        return RayEngine(self.ray, self.workers, self.device, self.precision, self.batch_size, self.checkpoint_every, self.progress, self.report)
 
     def model_ref(self, built: ModelRef | None) -> ModelRef:
         """The model to load: as asked, else as the index was built (with its weights), else the default."""

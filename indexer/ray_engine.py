@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from indexer.decode import Decoded, Unit, decode_unit
-from indexer.engine import Embedded, Work, progress_label, stage
+from indexer.engine import Embedded, Report, Work, progress, progress_label, stage
 from indexer.metadata import ImageMetadata
 from indexer.sources import Skipped
 from indexer.staging import Staging
@@ -86,6 +85,7 @@ class RayEngine:
     batch_size: int = 32
     checkpoint_every: int = 1024
     progress: bool = True
+    report: Report | None = None
 
     @contextmanager
     def session(self) -> Iterator[None]:
@@ -116,7 +116,7 @@ class RayEngine:
         dataset = self._dataset(ray, model, ref, work, gpus, starting, workers)
         desc = progress_label(f"embedding on ray ({workers} actor{'s' * (workers > 1)}{f', {gpus:g} GPU each' if gpus else ''})", work)
         try:
-            with tqdm(total=work.images, desc=desc, unit=" img", disable=not self.progress) as bar:
+            with progress(work.images, desc, self.progress, self.report) as bar:
                 batches = dataset.iter_batches(batch_size=None, batch_format="numpy")
                 return stage(map(_embedded, batches), work, staging, self.checkpoint_every, bar)
         except ray.exceptions.RayError as exc:

@@ -15,7 +15,7 @@ from retrieval.store.catalog import Catalog, item_values, put_items, put_segment
 from retrieval.store.manifest import Manifest, write_manifest
 from retrieval.store.model_ref import ModelRef
 from retrieval.store.records import CatalogItem
-from retrieval.store.store import CATALOG, open_store
+from retrieval.store.store import CATALOG, StaleView, open_store
 
 DIM = 64
 
@@ -103,6 +103,10 @@ def test_deleted_rows_never_come_back_and_a_view_follows_commits(tmp_path, space
     _, found = after.search(queries[0], 10)
     assert not set(after.ids(found[0]).tolist()) & set(gone.tolist())
     assert store.view() is after
+    # the rows of a result are read as of its view: the older view's reads are stale, not a mix of two commits
+    with pytest.raises(StaleView):
+        before.items(gone.tolist())
+    assert after.items(gone.tolist()) == {} and set(after.items(after.ids(found[0]).tolist())) == set(after.ids(found[0]).tolist())
 
 
 def test_nothing_matching_is_no_results(tmp_path, space):

@@ -26,18 +26,22 @@ from starlette.types import ASGIApp
 from retrieval.errors import TusouError
 from retrieval.images import ImageError, UnusableQueryImage, load_query_image
 from retrieval.locations import Unreadable
+from retrieval.models.model import load_model
+from retrieval.models.registry import DEFAULT_MODEL
 from retrieval.ocr.engine import read_text
 from retrieval.search.encoder import MAX_BATCH
 from retrieval.search.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT, Query, clean_query, strip_controls
 from retrieval.search.searcher import Searcher, SearchResult
 from retrieval.search.zero_shot import DEFAULT_TEMPLATES, split_list
+from retrieval.store.manifest import MANIFEST
 from ui.access import CLIENT_CONCURRENCY, bound_host
 from ui.api.limits import MAX_UPLOAD_BYTES
 from ui.backend import Backend, checked_labels
 from ui.server import listen, run, service
 from ui.controls import connect_search, filter_panel, pager, read_filters
-from ui.status import caption, describe_image_query, describe_query, index_line, narrowing
+from ui.status import caption, describe_image_query, describe_query, index_line, indexing_line, narrowing
 from ui.thumbnails import thumbnail
+from ui.watch import RESCAN, IndexingState, Watcher
 
 THUMBNAIL = 256
 MAX_UPLOAD = f"{MAX_UPLOAD_BYTES >> 20}mb"
@@ -47,6 +51,8 @@ Answer = tuple[Gallery, list[dict], str]
 BOX_COLOUR = (230, 30, 30)
 CLOSE_ENLARGED = "() => document.querySelector('#%s-gallery .preview button[aria-label=Close]')?.click()"
 """A gallery's enlarged view closed in the page: an update from the server leaves it open."""
+HEADER_SECONDS = 2.0
+"""How often an open page re-reads the header while folders are watched."""
 MATCH_CHOICES = [("自动（有文字时两者）", ""), ("两者：外观与文字", "both"), ("只看外观", "visual"), ("只看图中文字", "text")]
 
 
@@ -79,11 +85,13 @@ def api_result(result: SearchResult, dedupe: bool = False) -> dict:
 
 
 class SearchApp:
-    """The app's handlers, over the Backend it shares with the JSON API (safe across threads)."""
+    """The app's handlers, over the Backend it shares with the JSON API (safe across threads);
+    `indexing`: the folder watcher's state, shown under the header (None: no watcher)."""
 
-    def __init__(self, backend: Backend, examples: list[str] | None = None):
+    def __init__(self, backend: Backend, examples: list[str] | None = None, indexing: IndexingState | None = None):
         self.backend = backend
         self.examples = examples or GENERIC_EXAMPLES
+        self.indexing = indexing
 
     def _results(self, results: list[SearchResult], dedupe: bool = False) -> tuple[Gallery, list[dict]]:
         gallery = []
@@ -223,12 +231,15 @@ class SearchApp:
         return {score.label: score.probability for score in scores}, f"{len(scores)} 个标签"
 
     def info_markdown(self) -> str:
-        return index_line(self.backend.searcher)
+        """The header: the index as last committed and, when watching folders, what the watcher does."""
+        header = index_line(self.backend.searcher)
+        return header if self.indexing is None else f"{header}\n\n{indexing_line(self.indexing.to_dict())}"
 
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="tusou 图搜") as app:
             gr.Markdown("# tusou 图搜\n用中文或图片搜索图片。")
-            gr.Markdown(self.info_markdown(), elem_id="index-info")
+            # read at each page load, and while folders are watched every few seconds: the index changes under the server
+            gr.Markdown(self.info_markdown, every=HEADER_SECONDS if self.indexing else None, elem_id="index-info")
             with gr.Tab("文搜图", id="text"):
                 self._text_tab()
             with gr.Tab("图搜图", id="image"):
@@ -367,9 +378,13 @@ def _picked(event: gr.SelectData) -> int:
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
           examples: list[str] | None = None, precision: str = "auto", keys: Sequence[str] = (),
-          client_concurrency: int = CLIENT_CONCURRENCY, max_batch: int = MAX_BATCH) -> None:
+          client_concurrency: int = CLIENT_CONCURRENCY, max_batch: int = MAX_BATCH, watch: Sequence[Path] | None = None,
+          model: str | None = None, rescan: float = RESCAN) -> None:
     """Load the index and its model once, then serve the UI and the JSON API until SIGTERM or Ctrl-C:
-    on 127.0.0.1 unless told otherwise, and only with a key when told otherwise (ui.access)."""
+    on 127.0.0.1 unless told otherwise, and only with a key when told otherwise (ui.access).
+
+    `watch` (folders checked by ui.watch.check_watch): keep the index in step with them (ui.watch),
+    building it from them first when there is none yet, with `model` (default: DEFAULT_MODEL)."""
     host, warning = bound_host(host, bool(keys))
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -377,16 +392,29 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, devi
     # tusou's decoder checks the declared size before decoding anything (MAX_PIXELS), and says
     # so; Pillow's own, lower bomb limit would make some images the index accepts an error here.
     Image.MAX_IMAGE_PIXELS = None
-    app = server_app(Searcher(index_dir, device=device, precision=precision, max_batch=max_batch), examples, keys, client_concurrency)
+    watcher = Watcher(Path(index_dir), watch, precision, rescan) if watch else None
+    loaded = None
+    if watcher is not None:
+        watcher.observe()  # from now on: what is copied in during the first build is indexed after it
+        if not (Path(index_dir) / MANIFEST).is_file():
+            loaded = load_model(model or DEFAULT_MODEL, device=device)
+            watcher.first_build(loaded)
+    searcher = Searcher(index_dir, device=device, model=loaded, precision=precision, max_batch=max_batch)
+    indexing = None
+    if watcher is not None:
+        watcher.start(searcher.model)
+        indexing = watcher.state
+    app = server_app(searcher, examples, keys, client_concurrency, indexing)
     shown = f"[{host}]" if ":" in host else host
     print(f"tusou: serving {index_dir} on http://{shown}:{port} (JSON API under /api/v1, docs at /docs)", flush=True)
     run(app, listener)
 
 
 def server_app(searcher: Searcher, examples: list[str] | None = None, keys: Sequence[str] = (),
-               client_concurrency: int = CLIENT_CONCURRENCY) -> ASGIApp:
-    """The whole of `tusou serve` over a loaded `searcher` (bench/serve.py serves one it made itself)."""
+               client_concurrency: int = CLIENT_CONCURRENCY, indexing: IndexingState | None = None) -> ASGIApp:
+    """The whole of `tusou serve` over a loaded `searcher` (bench/serve.py serves one it made itself);
+    `indexing`: the folder watcher's state, when it has one."""
     backend = Backend(searcher)
-    ui = SearchApp(backend, examples).build()
+    ui = SearchApp(backend, examples, indexing).build()
     ui.queue(default_concurrency_limit=4)
-    return service(backend, ui, keys, client_concurrency)
+    return service(backend, ui, keys, client_concurrency, indexing)

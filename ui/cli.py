@@ -26,6 +26,7 @@ from retrieval.models.registry import DEFAULT_MODEL, MODELS, get_entry
 from ui.options import number, one_of, parsed
 
 EXIT_USER_ERROR = 2
+RESCAN_SECONDS = 60.0
 EXIT_INTERRUPTED = 130
 SEED_LIMIT = 2**32 - 1
 """The usual range of a seed; far larger ones overflow torch's generator in training."""
@@ -312,17 +313,28 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from retrieval.store.manifest import check_model, read_manifest
+    from retrieval.store.manifest import MANIFEST, check_model, read_manifest
     from ui.access import KEYS_VARIABLE, read_keys  # a bad key is one line before anything loads
 
     keys = read_keys(args.api_keys, os.environ.get(KEYS_VARIABLE, ""))
-    if args.model:
-        check_model(read_manifest(Path(args.index)), Path(args.index), args.model)
+    index = Path(args.index)
+    watched = None
+    if args.watch:  # DIR may be new: the watched folders build it
+        from ui.watch import check_watch
+
+        watched = check_watch(index, args.watch)
+    elif args.rescan is not None:
+        raise TusouError("--rescan is for --watch")
+    if not args.watch or (index / MANIFEST).is_file():
+        manifest = read_manifest(index)
+        if args.model:
+            check_model(manifest, index, args.model)
     from ui.app import serve  # gradio: after the checks
 
     examples = [q.strip() for q in args.examples.split("|") if q.strip()] if args.examples else None
     serve(args.index, host=args.host, port=args.port, device=args.device, examples=examples, precision=args.precision,
-          keys=keys, client_concurrency=args.client_concurrency, max_batch=args.max_batch)
+          keys=keys, client_concurrency=args.client_concurrency, max_batch=args.max_batch, watch=watched, model=args.model,
+          rescan=RESCAN_SECONDS if args.rescan is None else args.rescan)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -521,7 +533,7 @@ def _serve_options(serving: argparse.ArgumentParser) -> None:
     from retrieval.search.encoder import MAX_BATCH
     from ui.access import CLIENT_CONCURRENCY
 
-    serving.add_argument("index", metavar="DIR", type=_index_dir)
+    serving.add_argument("index", metavar="DIR", help="the index to serve (with --watch: built from the watched folders if new)")
     serving.add_argument("--host", default="127.0.0.1",
                          help="address to bind (default: 127.0.0.1, this machine only; another needs an API key)")
     serving.add_argument("--port", type=number(int, 1, 65535), default=7860)
@@ -533,7 +545,15 @@ def _serve_options(serving: argparse.ArgumentParser) -> None:
     serving.add_argument("--max-batch", type=number(int, 1), default=MAX_BATCH, metavar="N",
                          help=f"concurrent queries run through a tower as one batch, at most (default: {MAX_BATCH}; 1: each alone)")
     serving.add_argument("--examples", help="example queries separated by |")
-    serving.add_argument("--model", type=_model_name, help="the model the index must have been built with (checked)")
+    serving.add_argument("--model", type=_model_name,
+                         help="the model the index must have been built with (checked); with --watch, a new index's (default: "
+                         f"{DEFAULT_MODEL})")
+    serving.add_argument("--watch", nargs="+", action="extend", metavar="PATH",
+                         help="keep the index in step with these folders: what appears, changes or goes is indexed within "
+                         "seconds (the index must hold images from these folders only); see docs/cli.md")
+    serving.add_argument("--rescan", type=number(float, 0), metavar="SECONDS",
+                         help=f"with --watch, also look the folders over every SECONDS, for file systems that send no "
+                         f"events (NFS, SMB; default {RESCAN_SECONDS:g}; 0: events only)")
     _add_precision(serving)
     _add_device(serving)
     serving.set_defaults(run=cmd_serve)
@@ -603,8 +623,13 @@ def _escape_undecodable_names() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
+BUILDS = ("index", "reindex")
+"""Commands an interrupt leaves a build to resume of (a serve --watch build resumes at the next start by itself)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _escape_undecodable_names()
+    args = None
     try:
         args = build_parser().parse_args(argv)
         logging.getLogger().setLevel(logging.ERROR)
@@ -616,7 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tusou: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("tusou: interrupted (an index build keeps what it embedded: run it again to resume)", file=sys.stderr)
+        building = args is not None and args.command in BUILDS
+        print("tusou: interrupted" + (" (an index build keeps what it embedded: run it again to resume)" if building else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 

@@ -33,6 +33,7 @@ from ui.api.metrics import CONTENT_TYPE, MeasureRequests, Metrics
 from ui.api.params import accepts
 from ui.api.routes import PREFIX, api_router
 from ui.backend import Backend
+from ui.watch import IndexingState
 
 DRAIN_SECONDS = 30
 MAX_REQUEST_HEAD = 64 * 1024
@@ -70,13 +71,15 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def service(backend: Backend, ui: gr.Blocks, keys: Sequence[str], client_concurrency: int) -> ASGIApp:
-    """The whole server as one ASGI app, over `backend` (shared by the API and `ui`)."""
+def service(backend: Backend, ui: gr.Blocks, keys: Sequence[str], client_concurrency: int,
+            indexing: IndexingState | None = None) -> ASGIApp:
+    """The whole server as one ASGI app, over `backend` (shared by the API and `ui`); `indexing`: the
+    folder watcher's state, for /api/v1/info (None: no watcher)."""
     app = FastAPI(title="tusou 图搜", version=tool_version(), docs_url="/docs", redoc_url=None, default_response_class=JSON,
                   summary="Search images with Chinese text or with images: the JSON API of `tusou serve` (docs/api.md).")
     errors.install(app)
     guard = Keys(keys)
-    routers = [api_router(backend), *([login_router(guard)] if guard else [])]
+    routers = [api_router(backend, indexing), *([login_router(guard)] if guard else [])]
     for router in routers:
         app.include_router(router)
     metrics = Metrics()

@@ -21,9 +21,9 @@ MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~$])")
 SORT_WORDS = {"newest": "最新在前", "oldest": "最早在前"}
 
 
-def shown_query(text: str) -> str:
-    """A query as the Markdown status line shows it: short, and as literal text, not markup."""
-    short = text if len(text) <= SHOWN_QUERY_CHARS else text[:SHOWN_QUERY_CHARS] + "…"
+def shown_query(text: str, limit: int = SHOWN_QUERY_CHARS) -> str:
+    """A query (or other text from outside) as the Markdown status line shows it: short, and as literal text, not markup."""
+    short = text if len(text) <= limit else text[:limit] + "…"
     return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(short, quote=False))
 
 
@@ -101,3 +101,21 @@ def index_line(searcher: Searcher) -> str:
         f"**模型** `{store.manifest.model.name}` · **图片数** {len(searcher)} · "
         f"**索引** {len(segments)} 段 `{layout or '—'}{recall}` · **查询精度** `{precision}` · **更新时间** {updated}"
     )
+
+
+WATCH_STATES = {"idle": "空闲", "pending": "等待中", "indexing": "正在索引"}
+SHOWN_ERROR_CHARS = 160
+
+
+def indexing_line(state: dict) -> str:
+    """The watcher's line under the header (ui.watch.IndexingState): what it does (n/m while
+    embedding), files it waits for, the last commit it made and its last failure."""
+    doing = WATCH_STATES.get(state["state"], state["state"])
+    if state["state"] == "indexing" and state["total"]:
+        doing += f" {state['done']}/{state['total']}"
+    words = [f"**文件夹监视** {doing}"]
+    words += [f"{state['held']} 个文件仍在写入"] if state["held"] else []
+    words += [f"**上次提交** {state['last_commit']}"] if state["last_commit"] else []
+    error = state["last_error"]
+    words += [f"**上次失败** {shown_query(error, SHOWN_ERROR_CHARS)}"] if error else []
+    return " · ".join(words)

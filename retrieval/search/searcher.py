@@ -145,7 +145,7 @@ class Searcher:
         """Results for `hits` (positions in `view`), their catalog rows read in one query; an item deleted
         since is left out (`keep_missing`: None in its place, so the list stays in step with `hits`)."""
         ids = view.ids(np.array([h.row for h in hits] + [f for h in hits for f in h.folded], dtype=np.int64))
-        rows = self.store.catalog.items(ids.tolist())
+        rows = view.items(ids.tolist())
         hit_ids, folded_ids = ids[: len(hits)], iter(ids[len(hits) :])
         results = []
         for number, (hit, item_id) in enumerate(zip(hits, hit_ids), 1):
@@ -268,7 +268,7 @@ class Searcher:
         visual = [] if positive is None else self._ranked(view, query, positive, negatives, pool)
         matches = match_text(self.store.catalog.db, query.text, query.filters, pool)
         candidates = {hit.row: Candidate(hit.row, hit.score, number, None, None) for number, hit in enumerate(visual, 1)}
-        rows = self.store.catalog.items([m.item for m in matches])
+        rows = view.items([m.item for m in matches])
         found = [(view.position_of(rows.get(m.item)), number, m) for number, m in enumerate(matches, 1)]
         found = [(position, number, m) for position, number, m in found if position is not None]  # a commit since the view
         unseen = np.array([position for position, _, _ in found if position not in candidates], dtype=np.int64)

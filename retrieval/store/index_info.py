@@ -48,10 +48,28 @@ def summary(directory: str | Path) -> dict:
     directory = Path(directory)
     store = open_store(directory)
     try:
-        rows, files, generation, updated, layout = _state(store)
+        state = _state(store)
+        if store.manifest.segmented:
+            check_segments(store.directory, state[0], store.manifest.dim)
     finally:
         store.close()
-    manifest = store.manifest
+    return _summary(store, *state)
+
+
+def served_summary(store: Store) -> dict:
+    """`summary` of an open store as its current view has it, for a server answering beside a writer:
+    the view's segments were checked when it opened them, and the rows, generation and update time
+    are one commit's (read in one snapshot at the view's generation; a commit in between reads them
+    again), so the counts agree with what a search of that view finds."""
+    while True:
+        view = store.view()
+        state = _state(store)
+        if not store.manifest.segmented or state[2] == view.generation:
+            return _summary(store, *state)
+
+
+def _summary(store: Store, rows: list[SegmentRow], files: dict[str, list[str]], generation: int, updated: str, layout: dict) -> dict:
+    directory, manifest = store.directory, store.manifest
     biggest = max(rows, key=lambda row: row.live, default=None)
     return {
         "index": str(directory),
@@ -72,20 +90,21 @@ def summary(directory: str | Path) -> dict:
 
 
 def _state(store: Store) -> tuple[list[SegmentRow], dict[str, list[str]], int, str, dict]:
-    """The segment rows, the files by role, generation, last change and layout, checked."""
+    """The segment rows, the files by role, generation, last change and layout, of one commit."""
     manifest, catalog = store.manifest, store.catalog
     if not manifest.segmented:  # one segment, opened (and so checked) when the store was
         entry = manifest.index
         row = SegmentRow(1, manifest.count, 0, dict(manifest.files), entry)
         layout = {"requested": entry.requested or "auto", "max_memory": entry.max_memory}
         return [row], {role: [name] for role, name in manifest.files.items()}, manifest.generation, manifest.updated, layout
-    rows = catalog.segments()
-    check_segments(store.directory, rows, manifest.dim)
+    with catalog.snapshot() as db:
+        rows = catalog.segments(db)
+        generation, updated, layout = (catalog.setting(key, default, db) for key, default in (("generation", 0), ("updated", ""), ("layout", {})))
     files: dict[str, list[str]] = {"manifest": [MANIFEST], "catalog": [CATALOG, f"{CATALOG}-wal"]}
     for row in rows:
         for role, name in row.files.items():
             files.setdefault(role, []).append(name)
-    return rows, files, int(catalog.setting("generation", 0)), str(catalog.setting("updated", "")), catalog.setting("layout", {})
+    return rows, files, int(generation), str(updated), layout
 
 
 def _segment(directory: Path, row: SegmentRow) -> dict:

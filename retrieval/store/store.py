@@ -7,7 +7,8 @@ answers top-k searches over all its segments, merged, with filters planned by ho
 
 An index of format 1 (one generation: JSONL catalog, embeddings, FAISS file) opens as one segment
 with a catalog in memory built from its JSONL, so it searches, filters included, as it is; the
-next build converts it on disk (indexer.convert).
+next build converts it on disk (indexer.convert), and an open Store follows: once the manifest
+says format 2, its next view is of the converted index (a server never restarts for it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from retrieval.search.filters import FORMAT_ALIASES, Filters
 from retrieval.store.arrays import read_array
 from retrieval.store.catalog import Catalog, SegmentRow, item_row, item_values, put_items, put_segment, put_setting
 from retrieval.store.index_store import open_index
-from retrieval.store.manifest import Manifest, read_manifest, rebuild_hint
+from retrieval.store.manifest import MANIFEST, Manifest, read_manifest, rebuild_hint
 from retrieval.store.model_ref import BOTH, OtherWeights, Tower
 from retrieval.store.records import CatalogItem
 from retrieval.store.segment import SCAN_ROWS, Segment, missing_file, open_segment
@@ -122,6 +123,17 @@ class View:
                 scores[q, : len(best)], positions[q, : len(best)] = merged_scores[best], merged[best]
         return scores, positions
 
+    def items(self, ids: Sequence[int]) -> dict[int, dict]:
+        """The catalog rows of `ids` as of this view, read in one transaction of its generation:
+        StaleView when a commit came since (a row deleted by it would be missing from a result the
+        view still holds, a mix of two commits). A format-1 index's catalog never changes."""
+        if not isinstance(self.catalog, Catalog):
+            return self.catalog.items(ids)
+        with self.catalog.snapshot() as db:
+            if int(self.catalog.setting("generation", 0, db)) != self.generation:
+                raise StaleView(f"{self.directory} changed after generation {self.generation}")
+            return self.catalog.items(ids)
+
     @contextmanager
     def _as_of_view(self, filters: Filters | None) -> Iterator[None]:
         """The catalog reads of a filtered search (count, matching rows, post-filter), all in one read
@@ -182,6 +194,7 @@ class Store:
         self.manifest = manifest
         self.catalog = catalog
         self._legacy = legacy
+        self._manifest_stamp = _stamp(directory / MANIFEST) if legacy is not None else None
         self._segments: dict[int, Segment] = {}
         self._view: View | None = None
         self._lock = threading.Lock()
@@ -193,9 +206,26 @@ class Store:
     def view(self) -> View:
         """The index as its last commit left it (the same View object until the next commit)."""
         with self._lock:
+            if self._legacy is not None and self._converted():
+                self._legacy, self._view = None, None
             if self._view is None or (self._legacy is None and self._view.generation != self.generation):
                 self._view = self._legacy_view() if self._legacy else self._open_view()
             return self._view
+
+    def _converted(self) -> bool:
+        """Whether a build converted this format-1 index since it was opened (indexer.convert swaps the
+        manifest after its catalog commit): if so, the manifest and catalog become the converted ones.
+        One stat a view; the legacy catalog is left to the requests still reading it (it is in memory)."""
+        stamp = _stamp(self.directory / MANIFEST)
+        if stamp == self._manifest_stamp:
+            return False
+        self._manifest_stamp = stamp
+        manifest = read_manifest(self.directory)
+        if not manifest.segmented:
+            return False
+        self.catalog = Catalog(self.directory / CATALOG)
+        self.manifest = manifest
+        return True
 
     def _legacy_view(self) -> View:
         return View(self.directory, self.catalog, 0, [self._legacy])
@@ -315,6 +345,15 @@ def _open_legacy(directory: Path) -> Store:
     ids = np.array([item.id for item in old.items], dtype=np.int64)
     segment = Segment(1, old.embeddings, ids, old.faiss_index, old.manifest.index, np.empty(0, np.int64))
     return Store(directory, old.manifest, LegacyCatalog(old.manifest, old.items), legacy=segment)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """What tells a rewritten (renamed over) file from the one seen before."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_mtime_ns
 
 
 def _format_by_name(path: str) -> str | None:

@@ -21,7 +21,7 @@ from retrieval.images import ImageError, load_query_image
 from retrieval.locations import Unreadable
 from retrieval.ocr.engine import read_text
 from retrieval.search.searcher import Searcher
-from retrieval.store.index_info import summary
+from retrieval.store.index_info import served_summary
 from retrieval.store.text_lines import item_lines
 from ui.api.params import (MAX_K, MAX_LABEL_TEXT, MAX_OFFSET, MAX_TEXT, MAX_VALUES, THUMBNAIL_SIZES, LabelParams,
                            SearchParams, ThumbnailParams, accepts, read)
@@ -30,6 +30,7 @@ from ui.options import number
 from ui.search_request import result_rows, search_query
 from ui.status import precision_of
 from ui.thumbnails import thumbnail
+from ui.watch import IndexingState
 
 PREFIX = "/api/v1"
 ITEM_IDS = number(int, 0, 2**63 - 1)
@@ -47,10 +48,10 @@ def upload(image: UploadFile) -> bytes:
     return image.file.read()
 
 
-def api_router(backend: Backend) -> APIRouter:
+def api_router(backend: Backend, indexing: IndexingState | None = None) -> APIRouter:
     router = APIRouter(prefix=PREFIX, dependencies=[Security(BEARER)])
     _queries(router, backend)
-    _items(router, backend)
+    _items(router, backend, indexing)
     return router
 
 
@@ -89,7 +90,7 @@ def _queries(router: APIRouter, backend: Backend) -> None:
         return {"lines": [line.to_dict() for line in result.lines]}
 
 
-def _items(router: APIRouter, backend: Backend) -> None:
+def _items(router: APIRouter, backend: Backend, indexing: IndexingState | None) -> None:
     """An item's row and picture, and the index as a whole: catalog reads only."""
 
     def found(searcher: Searcher, item_id: int) -> dict:
@@ -121,8 +122,9 @@ def _items(router: APIRouter, backend: Backend) -> None:
 
     @router.get("/info", dependencies=[accepts()], summary="the served index and the server's limits")
     def info() -> dict:
-        """`tusou info --json` of the served index, the precision queries run in, whether the index has text
-        read in its images, and the API's limits."""
+        """`tusou info --json` of the served index as the server's searches see it now, the precision queries
+        run in, whether the index has text read in its images, the API's limits, and what the folder watcher
+        does (`indexing`; null without --watch)."""
         searcher = backend.searcher
-        return {"api": "v1", "index": summary(searcher.store.directory), "precision": precision_of(searcher),
-                "text_read": searcher.has_text(), "limits": LIMITS}
+        return {"api": "v1", "index": served_summary(searcher.store), "precision": precision_of(searcher),
+                "text_read": searcher.has_text(), "limits": LIMITS, "indexing": indexing.to_dict() if indexing else None}
