@@ -588,6 +588,30 @@ def test_garbage_bytes_are_not_http_and_the_server_answers(server, api):
 # --- binding, start-up mistakes, SIGTERM --------------------------------------------------
 
 
+def test_the_servers_connections_send_at_once():
+    """A connection accepted from `listen`'s socket has Nagle's algorithm off (asyncio turns it off
+    only for sockets made as TCP): with it on, a response written in two parts (head, then body)
+    waited for the client's delayed ACK, 40 ms a request on Linux."""
+    import asyncio
+
+    from ui.server import listen
+
+    async def accepted_nodelay() -> int:
+        found = asyncio.get_running_loop().create_future()
+
+        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            found.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        server = await asyncio.start_server(connected, sock=listen("127.0.0.1", 0))
+        _, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        value = await asyncio.wait_for(found, 10)
+        writer.close()
+        server.close()
+        return value
+
+    assert asyncio.run(accepted_nodelay()) != 0
+
+
 def test_a_port_in_use_is_one_line_before_the_model_loads(index):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -60,7 +60,7 @@ def is_own(path: str) -> bool:
 def listen(host: str, port: int) -> socket.socket:
     """The server's socket, bound and listening now: a port in use is one line before the model loads
     (and a client that comes early waits in the backlog instead of being refused)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
