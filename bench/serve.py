@@ -7,7 +7,7 @@ taiyi-clip-l14's real architecture with random weights (timing does not depend o
 synthetic vectors. The clients are bench.load, in a process of their own: 16 closed-loop clients for
 30 s per row, distinct text queries (the query cache never answers).
 
-    python -m bench.serve [--seconds 30] [--clients 16]
+    python -m bench.serve [--seconds 30] [--clients 16] [--precisions auto,fp32]
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--images", type=int, default=200, help="demo images in the demo model's collection")
     parser.add_argument("--vectors", type=int, default=100_000, help="synthetic vectors in the taiyi-size index")
+    parser.add_argument("--precisions", default="auto,fp32", help="the taiyi-size rows' --precision values")
     args = parser.parse_args()
     rows, notes = [], []
 
@@ -116,23 +117,24 @@ def main() -> None:
 
         model = load_model(MODEL, device="cpu", pretrained=False)
         directory = _index_dir(root / "taiyi", model, ClipLikeSpace(dim=model.dim).array(args.vectors))
-        rates = {}
-        for max_batch in (MAX_BATCH, 1):
-            searcher = Searcher(directory, model=model, max_batch=max_batch)
-            with serving(searcher, args.clients) as url:
-                figures = load(url, "json", args.clients, args.seconds)
-            dtype = str(searcher.model.dtype).removeprefix("torch.")
-            sizes = list(searcher.encoder.stats.sizes)
-            label = f"taiyi-size ({dtype}): JSON API, " + (f"batched (≤ {max_batch}; mean batch {np.mean(sizes):.1f})" if max_batch > 1 else "one at a time")
-            rows.append([label, *measured(figures)])
-            rates[max_batch] = rows[-1][1]
-            if max_batch > 1:
-                cosine, difference = equal_vectors(searcher, [f"{caption} {n}" for n, caption in enumerate(CAPTIONS * 2)][:16])
-            searcher.close()
-        speedup = rates[MAX_BATCH] / rates[1]
-        notes.append(f"taiyi-size text tower: batched {speedup:.2f}× the requests/s of one at a time (goal ≥ {GOAL_BATCHED}×: "
-                     f"{'met' if speedup >= GOAL_BATCHED else 'missed'}); 16 texts alone against in one batch: lowest cosine "
-                     f"{cosine:.6f}, largest difference {difference:.1e}.")
+        for precision in args.precisions.split(","):
+            rates, dtype = {}, ""
+            for max_batch in (MAX_BATCH, 1):
+                searcher = Searcher(directory, model=model, precision=precision, max_batch=max_batch)
+                with serving(searcher, args.clients) as url:
+                    figures = load(url, "json", args.clients, args.seconds)
+                dtype = str(searcher.model.dtype).removeprefix("torch.")
+                sizes = list(searcher.encoder.stats.sizes)
+                way = f"batched (≤ {max_batch}; mean batch {np.mean(sizes):.1f})" if max_batch > 1 else "one at a time"
+                rows.append([f"taiyi-size, --precision {precision} ({dtype}): JSON API, {way}", *measured(figures)])
+                rates[max_batch] = rows[-1][1]
+                if max_batch > 1:
+                    cosine, difference = equal_vectors(searcher, [f"{caption} {n}" for n, caption in enumerate(CAPTIONS * 2)][:16])
+                searcher.close()
+            speedup = rates[MAX_BATCH] / rates[1]
+            notes.append(f"taiyi-size text tower in {dtype}: batched {speedup:.2f}× the requests/s of one at a time (goal ≥ "
+                         f"{GOAL_BATCHED}×: {'met' if speedup >= GOAL_BATCHED else 'missed'}); 16 texts alone against in one "
+                         f"batch: lowest cosine {cosine:.6f}, largest difference {difference:.1e}.")
 
     notes += [f"{args.clients} closed-loop clients for {args.seconds:g} s a row after 3 s of warm-up, distinct text "
               f"queries, k 10; the server in one process (RSS: now / peak, MB), the clients (bench.load) in another. "
