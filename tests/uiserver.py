@@ -41,8 +41,10 @@ class UIServer:
                 time.sleep(0.3)
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s: a test's gradio_client keeps an event stream open, which a
+        drain waits for (up to 30 s; test_api's SIGTERM test shows the drain itself)."""
         self.process.terminate()
         try:
-            self.process.wait(timeout=20)
+            self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.process.kill()
