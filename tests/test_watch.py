@@ -170,6 +170,7 @@ def test_a_new_index_is_built_from_the_watched_folder_before_serving(watching):
     assert found_paths(client) == {str(path) for path in photos.rglob("image_*")}
     state = indexing(client)
     assert set(state) == {"state", "done", "total", "held", "last_commit", "last_error", "folders", "rescan_seconds"}
+    assert state["last_commit"]  # the first build, before serving, was the watcher's commit
     assert state["folders"] == [str(photos)] and state["rescan_seconds"] == 60 and state["last_error"] is None
     assert "**文件夹监视** " in index_header(watching[0])  # the UI's header says it too
 

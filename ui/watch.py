@@ -212,6 +212,7 @@ class Watcher(FileSystemEventHandler):
         while True:
             try:
                 self._build_once(model, progress=True)
+                self.state.set(last_commit=_now())  # the index's first commit is the watcher's too
                 return
             except BuildLocked as exc:
                 if not told:
