@@ -131,6 +131,14 @@ def test_get_search_gives_what_search_json_gives(api, collection, index, capsys,
     assert_same_results(body["results"], cli_rows(capsys, index, *(arg.format(collection=collection) for arg in argv)))
 
 
+def test_a_k_or_offset_beyond_any_index_asks_for_all_of_it(index, capsys):
+    """The CLI has no upper limit on -k and --offset (the API has its own); past SQLite's integers
+    they overflowed the text match's LIMIT in a traceback."""
+    huge = str(10**20)
+    assert len(cli_rows(capsys, index, "老王火锅", "-k", huge)) == 21
+    assert cli_rows(capsys, index, "老王火锅", "--offset", huge) == []
+
+
 def test_a_text_match_carries_its_line(api):
     first = api.get("/api/v1/search", params={"q": "老王火锅", "k": 3}).json()["results"][0]
     assert first["path"].endswith("sign.png")

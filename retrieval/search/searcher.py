@@ -68,6 +68,9 @@ class SearchResult:
 
 FUSE_POOL = 100
 """Candidates taken from each ranking, the visual and the text, before they are merged."""
+MOST_RESULTS = 2**62
+"""More results than any index holds, and within SQLite's integers: a larger k or offset asks for
+the same (all of them), where it would overflow a LIMIT."""
 
 
 class QueryCache:
@@ -238,7 +241,7 @@ class Searcher:
             raise TusouError(f"offset {offset!r}: give a whole number of results to skip, 0 or more")
         match = self.match_of(query)
         positive, negatives = self.query_vectors(query) if match != "text" else (None, None)
-        wanted = offset + max(1, int(k))
+        wanted = min(offset + max(1, int(k)), MOST_RESULTS)
         if match == "visual":
             results = self._on_current_view(lambda view: self._results(view, self._ranked(view, query, positive, negatives, wanted)))
         else:
