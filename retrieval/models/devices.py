@@ -42,8 +42,9 @@ def compute_dtype(device: torch.device, precision: str = "auto", parameters: int
     Rapids on), where BERT runs ~2.4× and ViT-L ~6× faster than in float32, or AVX-512 BF16 (AMD
     Zen 4, Intel Cooper Lake), ~2× for BERT; vectors stay at cosine ≥ 0.9999 to float32 ones
     (bench/query_latency.py measures both). Elsewhere bfloat16 is emulated, slower than float32;
-    and a model whose text tower has fewer than BF16_MIN_PARAMETERS `parameters` stays float32. On CUDA the towers already run under fp16 autocast, so weights stay
-    float32. Evaluation keeps float32, to compare with published figures.
+    and a model whose text tower has fewer than BF16_MIN_PARAMETERS `parameters` stays float32.
+    On CUDA the towers already run under fp16 autocast, so weights stay float32. Evaluation keeps
+    float32, to compare with published figures.
     """
     if precision not in PRECISIONS:
         raise TusouError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")

@@ -9,8 +9,8 @@ at a time: bench/serve.py).
 
 There is no thread of its own: the first caller that finds no batch being led leads one. It waits
 out the window and for the model, takes what is queued then (oldest first, up to `max_batch`), runs
-it and hands each caller its rows; a caller whose request was not in that batch leads the next. A batch that fails is run again
-one request at a time, so one bad request fails alone.
+it and hands each caller its rows; a caller whose request was not in that batch leads the next. A
+batch that fails is run again one request at a time, so one bad request fails alone.
 """
 
 from __future__ import annotations
