@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from retrieval.datasets.cnclip_layout import split_paths
 from retrieval.errors import TusouError
 from retrieval.models.model import EmbeddingModel, load_model
 from retrieval.models.registry import TextTower, get_entry
+from train.checkpoints import adamw, checkpoint_dir, restore, save_checkpoint, saved_state, trainer_state, warmup_cosine
 from train.pairs import PairBatch, PairData
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -63,30 +64,23 @@ def contrastive_loss(text: torch.Tensor, image: torch.Tensor, scale: torch.Tenso
     return (text_to_image + image_to_text) / 2
 
 
-def checkpoint_dir(out: Path) -> Path:
-    return out / "checkpoint"
+def write_weights(model: EmbeddingModel) -> Callable[[Path], None]:
+    """The checkpoint's weights in the formats the registry loads: `text/` and `image.safetensors`."""
 
+    def write(folder: Path) -> None:
+        model.text_model.bert.save_pretrained(folder / "text")
+        model.text_model.tokenizer.save_pretrained(folder / "text")
+        save_file({k: v.contiguous() for k, v in model.image_model.clip.state_dict().items()}, folder / "image.safetensors")
 
-def save_checkpoint(model: EmbeddingModel, out: Path, trainer_state: dict) -> Path:
-    """Write a complete checkpoint beside the old one, then swap it in."""
-    final, fresh, stale = checkpoint_dir(out), out / "checkpoint.new", out / "checkpoint.old"
-    shutil.rmtree(fresh, ignore_errors=True)
-    fresh.mkdir(parents=True)
-    model.text_model.bert.save_pretrained(fresh / "text")
-    model.text_model.tokenizer.save_pretrained(fresh / "text")
-    save_file({k: v.contiguous() for k, v in model.image_model.clip.state_dict().items()}, fresh / "image.safetensors")
-    torch.save(trainer_state, fresh / "trainer.pt")
-    if final.exists():
-        final.rename(stale)
-    fresh.rename(final)
-    shutil.rmtree(stale, ignore_errors=True)
-    return final
+    return write
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> list[dict]:
     """Train, checkpointing every `checkpoint_every` steps; resumes from `out` when it holds a checkpoint."""
     out = Path(cfg.out)
-    state = _saved_state(cfg, out)
+    if not isinstance(get_entry(cfg.model).text, TextTower):
+        raise TusouError(f"tusou train trains a BERT text tower against an open_clip image tower; {cfg.model!r} is another family")
+    state = saved_state(out, _config_dict(cfg))
     torch.manual_seed(cfg.seed)
     model = load_model(
         cfg.model,
@@ -104,10 +98,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> list[dict]:
     params, optimizer, schedule = _optimizer(model, cfg, planned)
     step, log = 0, []
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"])
-        step, log = state["step"], json.loads(state["log"])
+        step, log = restore(state, optimizer, schedule)
     model.text_model.train()
     model.image_model.train(not cfg.freeze_image)
     order: list[tuple[int, int]] = []
@@ -122,25 +113,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> list[dict]:
             bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch)
             bar.update()
             if step % cfg.checkpoint_every == 0 or step == total:
-                trainer_state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
-                                 "step": step, "log": json.dumps(log), "config": _config_dict(cfg)}
-                save_checkpoint(model, out, trainer_state)
+                save_checkpoint(out, write_weights(model), trainer_state(optimizer, schedule, step, log, _config_dict(cfg)))
     model.text_model.eval()
     model.image_model.eval()
     return log
-
-
-def _saved_state(cfg: TrainConfig, out: Path) -> dict | None:
-    """The trainer state of the run in `out` to resume (None for a new run), checked against `cfg`."""
-    resume = checkpoint_dir(out) / "trainer.pt"
-    if not resume.exists() and (out / "checkpoint.old" / "trainer.pt").exists():
-        (out / "checkpoint.old").rename(checkpoint_dir(out))
-    state = torch.load(resume, weights_only=True) if resume.exists() else None
-    if state is not None and state["config"] != _config_dict(cfg):
-        raise TusouError(f"{out} holds a run with other settings: resume with the same ones or choose another --out")
-    if not isinstance(get_entry(cfg.model).text, TextTower):
-        raise TusouError(f"tusou train trains a BERT text tower against an open_clip image tower; {cfg.model!r} is another family")
-    return state
 
 
 def _optimizer(model: EmbeddingModel, cfg: TrainConfig, planned: int) -> tuple[list, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -149,11 +125,8 @@ def _optimizer(model: EmbeddingModel, cfg: TrainConfig, planned: int) -> tuple[l
     for p in image_params:
         p.requires_grad_(not cfg.freeze_image)
     params = list(model.text_model.parameters()) + ([] if cfg.freeze_image else image_params)
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, cfg.warmup_steps, planned))
-    return params, optimizer, schedule
+    optimizer = adamw(params, cfg.lr, cfg.weight_decay)
+    return params, optimizer, warmup_cosine(optimizer, cfg.warmup_steps, planned)
 
 
 def _step(model: EmbeddingModel, batch: PairBatch, params: list, optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler) -> float:
@@ -178,10 +151,3 @@ def _config_dict(cfg: TrainConfig) -> str:
     for key in ("out", "device", "checkpoint_every", "data", "max_steps"):
         fields.pop(key)
     return json.dumps(fields, sort_keys=True, default=str)
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))

@@ -286,6 +286,12 @@ def make_split(count: int, captions_per_image: int, seed: int, image_size: int, 
     return Split(scenes, images, captions)
 
 
+def caption_texts(count: int, seed: int) -> list[str]:
+    """`count` captions of random scenes, with no image drawn: text for distilling a student (train.distill)."""
+    rng = random.Random(seed)
+    return [render(describe(scene, rng), rng) for scene in (random_scene(rng) for _ in range(count))]
+
+
 def _keys(scene: Scene) -> Iterator[tuple]:
     parts = tuple((s.colour, s.kind) for s in scene.shapes)
     if scene.layout == "single":
@@ -302,7 +308,7 @@ def _encode(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-SPLITS = {"train": 0, "valid": 1, "test": 2}
+SPLITS = {"train": 0, "valid": 1, "test": 2, "distill": 3}
 
 
 def split_seed(seed: int, split: str) -> int:

@@ -8,9 +8,11 @@ passes weights_only=True explicitly and never retries.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import re
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import safetensors.torch
@@ -92,23 +94,31 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return checkpoint
 
 
-def load_pretrained(directory: Path, architecture: str) -> PreTrainedModel:
-    """A transformers model (`architecture`) from a directory: model.safetensors when there is one, else
+def load_pretrained(directory: Path, architecture: str, **options: object) -> PreTrainedModel:
+    """A transformers model (`architecture`, built with `options`) from a directory: model.safetensors when there is one, else
     pytorch_model.bin through torch.load(weights_only=True).
 
     weights_only is transformers' default, passed here anyway: an implicit default is what
     TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD turns off, and a refused file must be one line, not a traceback.
-    Without transformers' "Loading weights" bar: it takes a second, and what a command prints is tusou's.
     """
-    bar = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()
     try:
-        return getattr(transformers, architecture).from_pretrained(str(directory), weights_only=True)
+        with quiet_transformers():
+            return getattr(transformers, architecture).from_pretrained(str(directory), weights_only=True, **options)
     except Exception as exc:  # noqa: BLE001 - a refused pickle, missing, truncated or mismatched weights: one line
         if refused_by_unpickler(exc):
             pickled = directory / "pytorch_model.bin"
             raise unsafe_pickle("text weights", pickled if pickled.is_file() else directory, exc, DIRECTORY_FIX) from None
         raise TusouError(f"cannot load text weights from {directory}: {first_line(exc)}") from None
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Without transformers' progress bars ("Loading weights", "Writing model shards"): each takes a
+    second, and what a command prints is tusou's."""
+    bar = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
     finally:
         if bar:
             transformers.utils.logging.enable_progress_bar()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from retrieval.models import hub
-from retrieval.models.registry import PACKAGE_ASSETS, ChineseClip, ImageTower, ModelEntry, OpenClip, TextTower
+from retrieval.models.registry import PACKAGE_ASSETS, ChineseClip, ImageTower, ModelEntry, OpenClip, StudentTower, TextTower
 
 if TYPE_CHECKING:
     from retrieval.models.towers import LazyImageTower, TextEncoder
@@ -80,12 +80,19 @@ def open_clip_source(spec: ImageTower | OpenClip) -> Source:
     return Source(f"open_clip:{spec.arch}, random (fixed seed)", True)
 
 
+def student_source(entry: ModelEntry) -> Source:
+    """A registered student has no released weights: `tusou distill` makes them (from UER's, where it has the size)."""
+    start = f", from hub:{entry.text.hub_id}" if entry.text.hub_id else ", from random weights"
+    return Source(f"distilled from {entry.teacher} by `tusou distill`{start}", False)
+
+
 FAMILIES: dict[type, Family] = {
     TextTower: Family("retrieval.models.bert_open_clip:load", bert_source, lambda entry: open_clip_source(entry.image)),
     ChineseClip: Family("retrieval.models.chinese_clip:load_chinese_clip",
                         lambda entry: hub_source(entry.text.hub_id), lambda entry: hub_source(entry.text.hub_id)),
     OpenClip: Family("retrieval.models.open_clip_hf:load_open_clip_hf",
                      lambda entry: hub_source(entry.text.text_hub_id, " (config, tokenizer)"), lambda entry: open_clip_source(entry.image)),
+    StudentTower: Family("retrieval.models.student:load", student_source, lambda entry: open_clip_source(entry.image)),
 }
 """Each family's record, by the type of an entry's text spec."""
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from retrieval.models.devices import inference, resolve_device
 from retrieval.models.families import family_of
-from retrieval.models.registry import DEFAULT_MODEL, ModelEntry, get_entry
+from retrieval.models.registry import DEFAULT_MODEL, ModelEntry, resolve_model
 from retrieval.models.towers import ImageEncoder, LazyImageTower, TextEncoder
 
 
@@ -39,6 +39,9 @@ class EmbeddingModel:
     loaded: Fingerprints | None = None
     """The fingerprints of the weights as loaded, kept by a copy cast to another precision (a cast
     changes the values they hash, not which weights they are); None: hash the towers as they are."""
+    teacher_image: str | None = None
+    """A distilled student's record of its teacher's image-tower fingerprint (its student.json): an
+    index of the teacher is checked against it at once, before the image tower is ever built."""
 
     @property
     def image_model(self) -> ImageEncoder:
@@ -108,7 +111,7 @@ class EmbeddingModel:
         The copy's fingerprints stay those of the weights as loaded, so an index still knows them."""
         if self.dtype == dtype:
             return self
-        loaded = self.loaded or Fingerprints.of_text(self.name, self.text_model)
+        loaded = self.loaded or Fingerprints.of_text(self.entry, self.text_model)
         if self.image_built:
             loaded.note_image(self.image_model)
             text, image = copy.deepcopy((self.text_model, self.image_model))
@@ -127,7 +130,7 @@ class EmbeddingModel:
 
     def text_fingerprint(self) -> str:
         """The text tower's part of `fingerprint` alone: a text query needs only this tower checked."""
-        return (self.loaded or Fingerprints.of_text(self.name, self.text_model)).text
+        return (self.loaded or Fingerprints.of_text(self.entry, self.text_model)).text
 
     def image_fingerprint(self) -> str:
         """The image tower's part alone: what vectors in an index depend on (a student text tower shares it)."""
@@ -138,7 +141,7 @@ class EmbeddingModel:
         image = self.image_model
         if self.loaded:
             return self.loaded
-        prints = Fingerprints.of_text(self.name, self.text_model)
+        prints = Fingerprints.of_text(self.entry, self.text_model)
         prints.note_image(image)
         return prints
 
@@ -147,15 +150,16 @@ class EmbeddingModel:
 class Fingerprints:
     """A model's fingerprints, taken from its towers' weights as loaded."""
 
-    name: str
+    image_of: str
+    """The name of the model whose image tower this is (a student's teacher): what the image fingerprint hashes."""
     after_text: hashlib._Hash
     """The hash of the name and the text tower, which `both` goes on from."""
     image: str = ""
     both: str = ""
 
     @classmethod
-    def of_text(cls, name: str, text: TextEncoder) -> Fingerprints:
-        return cls(name, _hashed(hashlib.sha256(name.encode()), "text.", text))
+    def of_text(cls, entry: ModelEntry, text: TextEncoder) -> Fingerprints:
+        return cls(entry.image_of, _hashed(hashlib.sha256(entry.name.encode()), "text.", text))
 
     @property
     def text(self) -> str:
@@ -164,7 +168,7 @@ class Fingerprints:
     def note_image(self, image: ImageEncoder) -> ImageEncoder:
         """Take the image tower's fingerprints (before anything casts it); returns the tower."""
         if not self.image:
-            self.image = _hex(_hashed(hashlib.sha256(self.name.encode()), "image.", image))
+            self.image = _hex(_hashed(hashlib.sha256(self.image_of.encode()), "image.", image))
             self.both = _hex(_hashed(self.after_text.copy(), "image.", image))
         return image
 
@@ -193,21 +197,23 @@ def _stack(rows: list[np.ndarray], dim: int) -> np.ndarray:
 
 
 def load_model(
-    name: str = DEFAULT_MODEL,
+    spec: str = DEFAULT_MODEL,
     *,
     device: str | torch.device = "auto",
     pretrained: bool = True,
     text_weights: str | Path | None = None,
     image_weights: str | Path | None = None,
 ) -> EmbeddingModel:
-    """Build a registry entry's text tower, and its image tower now or on first need (as its family
-    allows); `pretrained=False` keeps the architecture with random weights.
+    """Build a registry entry's text tower (`spec`: its name, or a folder `tusou distill` wrote), and
+    its image tower now or on first need (as its family allows); `pretrained=False` keeps the
+    architecture with random weights.
 
     `text_weights` (a transformers directory) and `image_weights` (an open_clip checkpoint)
     load from local paths instead of the entry's default source. A path that is not there fails
     here; a checkpoint that does not load fails when its tower is built.
     """
-    entry = get_entry(name)
+    model = resolve_model(spec)
+    entry, text_weights = model.entry, text_weights or model.text_weights
     resolved = resolve_device(device)
     text_model, image = family_of(entry).load(entry, pretrained, text_weights, image_weights)
     return EmbeddingModel(
@@ -219,4 +225,5 @@ def load_model(
             "text_weights": str(Path(text_weights).resolve()) if text_weights else None,
             "image_weights": str(Path(image_weights).resolve()) if image_weights else None,
         },
+        teacher_image=model.teacher_image,
     )

@@ -10,6 +10,7 @@ picks the family's loader by the specs' types.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -87,7 +88,21 @@ class OpenClip:
     context_length: int = 77
 
 
-TextSpec = TextTower | ChineseClip | OpenClip
+@dataclass(frozen=True)
+class StudentTower:
+    """A text tower distilled from a teacher's (`tusou distill`): a BERT, its tokens mean-pooled
+    over the attention mask and projected linearly to the teacher's space. It pads to the longest
+    text of a batch (so a short query costs a few tokens, not 77) and keeps the teacher's image tower."""
+
+    teacher: str
+    bert: Mapping[str, Any]
+    """BertConfig fields of the student's architecture (a UER Chinese RoBERTa miniature's, or any L, H)."""
+    hub_id: str | None
+    """The UER miniature whose pre-trained weights a distillation starts from; None off UER's sizes."""
+    context_length: int = 77
+
+
+TextSpec = TextTower | ChineseClip | OpenClip | StudentTower
 ImageSpec = ImageTower | ChineseClip | OpenClip
 
 
@@ -113,6 +128,16 @@ class ModelEntry:
     config), so it cannot be counted offline; `tusou models NAME --measure` counts it once cached."""
     seed: int = 0
     """Seed for every randomly initialised part, so random builds are reproducible."""
+
+    @property
+    def teacher(self) -> str | None:
+        """The model a student's text tower was distilled from (its image tower is that model's); None otherwise."""
+        return self.text.teacher if isinstance(self.text, StudentTower) else None
+
+    @property
+    def image_of(self) -> str:
+        """The model whose image tower this is: what an index's image vectors depend on."""
+        return self.teacher or self.name
 
 
 def bert(hidden: int, layers: int, heads: int, positions: int, **extra: Any) -> Mapping[str, Any]:
@@ -239,9 +264,120 @@ MODELS: dict[str, ModelEntry] = {
 
 DEFAULT_MODEL = "taiyi-clip-l14"
 
+UER_LAYERS = (2, 4, 6, 8, 10, 12)
+UER_HIDDEN = (128, 256, 512, 768)
+"""UER's Chinese RoBERTa miniatures (Turc et al.'s 24 sizes, pre-trained by UER on CLUECorpusSmall), on the
+hub as uer/chinese_roberta_L-{layers}_H-{hidden}: BERT-base's Chinese vocabulary, a head per 64 dimensions."""
+STUDENT_NAME = re.compile(r"(?P<teacher>.+)-student-L(?P<layers>\d+)-H(?P<hidden>\d+)")
+STUDENT_TEACHER = DEFAULT_MODEL
+"""The teacher of the registered students, one per UER size."""
+
+
+def uer_hub_id(layers: int, hidden: int) -> str | None:
+    """The hub repo of UER's miniature of this size; None for a size UER did not publish."""
+    return f"uer/chinese_roberta_L-{layers}_H-{hidden}" if layers in UER_LAYERS and hidden in UER_HIDDEN else None
+
+
+def student_name(teacher: str, layers: int, hidden: int) -> str:
+    return f"{teacher}-student-L{layers}-H{hidden}"
+
+
+def student_entry(teacher: str, layers: int, hidden: int) -> ModelEntry:
+    """The entry of a student of `teacher` with `layers` BERT layers of width `hidden` (a multiple of 64).
+
+    Built at random it has the teacher's vocabulary (UER's, BERT-base Chinese, for Taiyi); from UER's
+    weights, theirs. Its parameters are counted from the architecture here (`tests/test_cli.py` builds
+    each registered one to check the count)."""
+    base = get_entry(teacher)
+    if not isinstance(base.text, TextTower):
+        raise TusouError(f"a student's teacher must be a BERT + open_clip model (taiyi-clip-*, demo, test-tiny); {teacher!r} is not")
+    if layers < 1 or hidden < 64 or hidden % 64:
+        raise TusouError(f"a student has at least 1 layer and a width that is a multiple of 64, not L{layers}-H{hidden}")
+    hub_id = uer_hub_id(layers, hidden)
+    stated = base.text.bert.get("vocab_size")
+    config = bert(hidden, layers, hidden // 64, 512 if hub_id else base.text.context_length, **({"vocab_size": stated} if stated else {}))
+    counts = None
+    if base.parameters is not None:
+        vocab = stated or _lines(PACKAGE_ASSETS / base.text.vocab_dir / "vocab.txt")
+        counts = ParameterCounts(_student_text_parameters({"vocab_size": vocab, **config}, base.dim), base.parameters.image)
+    return ModelEntry(
+        name=student_name(teacher, layers, hidden),
+        dim=base.dim,
+        text=StudentTower(teacher, config, hub_id, base.text.context_length),
+        image=base.image,
+        description=f"a student of {teacher}: {layers}-layer, {hidden}-wide BERT (distil it with `tusou distill`); {teacher}'s image tower",
+        parameters=counts,
+        seed=base.seed,
+    )
+
+
+def _lines(path: Path) -> int:
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for _ in handle)
+
+
+def _student_text_parameters(config: Mapping[str, Any], dim: int) -> int:
+    """A student's parameters: BERT's embeddings and layers (no pooler: it mean-pools) and the projection."""
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    embeddings = (config["vocab_size"] + config["max_position_embeddings"] + config["type_vocab_size"]) * hidden + 2 * hidden
+    layer = 4 * (hidden * hidden + hidden) + 2 * (hidden * config["intermediate_size"]) + config["intermediate_size"] + hidden + 4 * hidden
+    return embeddings + layers * layer + hidden * dim + dim
+
 
 def get_entry(name: str) -> ModelEntry:
-    try:
+    """A registered entry, or a student of a registered teacher by its name (`demo-student-L2-H64`)."""
+    if name in MODELS:
         return MODELS[name]
-    except KeyError:
-        raise TusouError(f"unknown model {name!r}: choose one of {', '.join(MODELS)} (see `tusou models`)") from None
+    student = STUDENT_NAME.fullmatch(name)
+    if student and student["teacher"] in MODELS:
+        return student_entry(student["teacher"], int(student["layers"]), int(student["hidden"]))
+    shown = ", ".join(entry for entry in MODELS if MODELS[entry].teacher is None)
+    raise TusouError(f"unknown model {name!r}: choose one of {shown}, a student NAME-student-L<layers>-H<width>, "
+                     "or a folder `tusou distill` wrote (see `tusou models`)")
+
+
+STUDENT_FILE = "student.json"
+"""What a folder `tusou distill` wrote holds: the student's name, its teacher and the teacher's fingerprints."""
+STUDENT_WEIGHTS = Path("checkpoint") / "text"
+"""Where in such a folder the student's text tower is (its last checkpoint, swapped in whole)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What `--model` names: a registry entry, and for a distilled student's folder its weights."""
+
+    entry: ModelEntry
+    text_weights: Path | None = None
+    teacher_image: str | None = None
+    """The teacher's image-tower fingerprint, as the student's folder records it."""
+
+
+def resolve_model(spec: str | Path) -> ModelSpec:
+    """`--model`'s value: a registry name, a student's name, or a folder `tusou distill` wrote."""
+    folder = Path(spec)
+    if isinstance(spec, Path) or (str(spec) not in MODELS and folder.is_dir()):
+        return read_student(folder)
+    return ModelSpec(get_entry(str(spec)))
+
+
+def read_student(folder: Path) -> ModelSpec:
+    """A distilled student's folder, as `--model DIR` opens it."""
+    import json
+
+    described, weights = folder / STUDENT_FILE, folder / STUDENT_WEIGHTS
+    if not described.is_file():
+        raise TusouError(f"--model {folder}: a folder, but not a student `tusou distill` wrote (no {STUDENT_FILE})")
+    try:
+        record = json.loads(described.read_text(encoding="utf-8"))
+        name, image = record["model"], record["teacher_fingerprints"]["image"]
+    except (ValueError, KeyError, TypeError):
+        raise TusouError(f"{described} is damaged: distil the student again") from None
+    if not (weights / "config.json").is_file():
+        raise TusouError(f"--model {folder}: its distillation has not written a checkpoint yet (no {STUDENT_WEIGHTS}): "
+                         "let `tusou distill` run to its first checkpoint")
+    return ModelSpec(get_entry(name), weights, image)
+
+
+MODELS.update(
+    (entry.name, entry) for entry in (student_entry(STUDENT_TEACHER, layers, hidden) for layers in UER_LAYERS for hidden in UER_HIDDEN)
+)

@@ -239,8 +239,14 @@ def _check_model_dim(directory: Path, manifest: Manifest, fix: str) -> None:
 
 
 def check_model(manifest: Manifest, directory: Path, name: str) -> None:
-    """An index answers only queries embedded by the model that built it: the name, checked before
-    any weights load (ModelRef.verify checks the weights)."""
-    built = manifest.model.name
-    if built != name:
+    """An index answers only queries embedded by the model that built it, or by a student of that model
+    (which shares its image tower): the name, checked before any weights load (ModelRef.verify checks
+    the weights)."""
+    from retrieval.models.registry import resolve_model
+
+    built, entry = manifest.model.name, resolve_model(name).entry
+    if entry.teacher is not None and entry.teacher != built:
+        raise TusouError(f"{directory} was built with model {built!r}, and {name} is a student of {entry.teacher!r}: "
+                         f"use a student of {built}, or {built} itself")
+    if built not in (entry.name, entry.teacher):
         raise TusouError(f"{directory} was built with model {built!r}, not {name!r}: use --model {built} or another --out directory")

@@ -24,9 +24,9 @@ BOTH: tuple[Tower, ...] = ("text", "image")
 class OtherWeights(TusouError):
     """Loaded weights that are not the ones a reference records; whoever checked says whose they are."""
 
-    def __init__(self, name: str, what: str, recorded: str | None, loaded: str):
+    def __init__(self, name: str, what: str, recorded: str | None, loaded: str | None, says: str | None = None):
         self.name, self.recorded, self.loaded = name, recorded, loaded
-        super().__init__(f"other weights of {name!r} ({what} {recorded}, these are {loaded})")
+        super().__init__(says or f"other weights of {name!r} ({what} {recorded}, these are {loaded})")
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,9 @@ class ModelRef:
         """
         if self.fingerprint is None:
             return
+        if model.entry.teacher is not None:
+            self._verify_student(model, towers)
+            return
         if set(towers) == set(BOTH) or not self.per_tower:
             found = model.fingerprint()
             if found != self.fingerprint:
@@ -97,6 +100,22 @@ class ModelRef:
             found = model.text_fingerprint() if tower == "text" else model.image_fingerprint()
             if found != recorded:
                 raise OtherWeights(self.name, f"{tower} tower fingerprint", recorded, found)
+
+
+    def _verify_student(self, model: EmbeddingModel, towers: tuple[Tower, ...]) -> None:
+        """A student answers for its teacher's index: its text tower is its own, its image tower must be the
+        teacher's as recorded here, checked from the student's own record at once and from the tower once built."""
+        teacher = model.entry.teacher
+        if teacher != self.name:
+            raise OtherWeights(self.name, "model", self.name, teacher, f"model {self.name!r}, and {model.name!r} is a student of {teacher!r}")
+        if not self.per_tower:
+            raise OtherWeights(self.name, "model", None, None, f"model {self.name!r} by a tusou that recorded no image-tower fingerprint, "
+                               "which a student is checked by: build the index again to search it with a student")
+        found = model.image_fingerprint() if "image" in towers else model.teacher_image
+        if found is not None and found != self.image_fingerprint:
+            raise OtherWeights(self.name, "image tower fingerprint", self.image_fingerprint, found,
+                               f"other image weights of {self.name!r} than those {model.name!r} was distilled beside "
+                               f"(image tower fingerprint {self.image_fingerprint}, the student's {found})")
 
 
 def cast(model: EmbeddingModel, precision: str) -> EmbeddingModel:
