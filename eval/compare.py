@@ -14,7 +14,7 @@ from retrieval.models import hub
 from retrieval.errors import TusouError
 from retrieval.models.families import weight_sources
 from retrieval.models.model import EmbeddingModel
-from retrieval.models.registry import get_entry
+from retrieval.models.registry import resolve_model
 
 
 def check_weights(names: list[str]) -> None:
@@ -25,7 +25,8 @@ def check_weights(names: list[str]) -> None:
     loading every model first to find out would either hold them all in memory or load each twice.
     Weights that are missing but downloadable are fetched when their model's turn comes.
     """
-    missing = [name for name in names if not weight_sources(get_entry(name))["present"]]
+    specs = {name: resolve_model(name) for name in names}
+    missing = [name for name, spec in specs.items() if not weight_sources(spec.entry, spec.text_weights)["present"]]
     if not missing:
         return
     offline = hub.hub_offline()

@@ -11,7 +11,7 @@ from indexer.ray_engine import RayEngine, RayOptions
 from indexer.sources import SourceFile
 from retrieval.errors import TusouError
 from retrieval.models.model import EmbeddingModel
-from retrieval.models.registry import DEFAULT_MODEL
+from retrieval.models.registry import DEFAULT_MODEL, check_builder, resolve_model
 from retrieval.ocr.engine import require_ocr
 from retrieval.store.catalog import Catalog
 from retrieval.store.model_ref import ModelRef
@@ -75,6 +75,9 @@ class BuildPlan:
                 raise TusouError(f"{flag} must be at least 1")
         if self.ray is not None and self.workers is not None and self.workers < 1:
             raise TusouError("--workers must be at least 1 with --engine ray")
+        if self.model is not None or self.model_name is not None:
+            name = self.model.name if self.model is not None else str(self.model_name)
+            check_builder(name, self.model.entry if self.model is not None else resolve_model(name).entry)
 
     def engine(self) -> Engine:
         """The engine this plan embeds with, chosen here once."""

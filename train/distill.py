@@ -57,9 +57,11 @@ class DistillConfig:
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 200
+    max_steps: int | None = None
+    """Stop after this many steps (the schedule still spans `steps`); a re-run goes on from there."""
 
 
-UNSHAPING = ("out", "device", "checkpoint_every", "texts")
+UNSHAPING = ("out", "device", "checkpoint_every", "texts", "max_steps")
 """Settings that do not shape the result (the texts count by their hash instead of their sources' names)."""
 
 
@@ -123,8 +125,9 @@ def distill(cfg: DistillConfig, progress: bool = True) -> list[dict]:
     targets = torch.from_numpy(teacher_vectors)
     per_epoch = len(train_rows) // cfg.batch_size
     order: list[int] = []
-    with tqdm(total=cfg.steps, initial=step, desc="distilling", unit=" step", disable=not progress) as bar:
-        while step < cfg.steps:
+    stop = cfg.steps if cfg.max_steps is None else min(cfg.max_steps, cfg.steps)
+    with tqdm(total=stop, initial=step, desc="distilling", unit=" step", disable=not progress) as bar:
+        while step < stop:
             epoch, index = divmod(step, per_epoch)
             if index == 0 or not order:
                 order = _epoch_order(train_rows, cfg.seed, epoch)
@@ -132,7 +135,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> list[dict]:
             loss = _step(student, [texts[r] for r in rows], targets[rows].to(device), cfg.loss, parameters, optimizer, schedule)
             step += 1
             record = {"step": step, "loss": round(loss, 5), "lr": schedule.get_last_lr()[0]}
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if step % cfg.checkpoint_every == 0 or step == stop:
                 record["held_out_cosine"] = round(held_out_cosine(student, [texts[r] for r in held], teacher_vectors[held]), 5)
                 log.append(record)
                 save_checkpoint(out, lambda folder: student.save(folder / "text"), trainer_state(optimizer, schedule, step, log, settings))
@@ -178,7 +181,7 @@ def _teacher_vectors(cfg: DistillConfig, out: Path, texts: list[str], digest: st
         vectors = np.load(cached, mmap_mode="r")
         same = record.get("teacher") == cfg.teacher and record.get("texts", {}).get("sha256") == digest
         if same and vectors.shape[0] == len(texts):
-            return np.ascontiguousarray(vectors), record["teacher_fingerprints"]
+            return np.array(vectors), record["teacher_fingerprints"]
     teacher = load_model(cfg.teacher, device=cfg.device)
     fingerprints = {"text": teacher.text_fingerprint(), "image": teacher.image_fingerprint()}
     vectors = _encode(teacher, texts, progress)

@@ -27,7 +27,7 @@ from retrieval.errors import TusouError
 from retrieval.images import ImageError, UnusableQueryImage, load_query_image
 from retrieval.locations import Unreadable
 from retrieval.models.model import load_model
-from retrieval.models.registry import DEFAULT_MODEL
+from retrieval.models.registry import DEFAULT_MODEL, resolve_model
 from retrieval.ocr.engine import read_text
 from retrieval.search.encoder import MAX_BATCH
 from retrieval.search.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT, Query, clean_query, strip_controls
@@ -384,7 +384,8 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, devi
     on 127.0.0.1 unless told otherwise, and only with a key when told otherwise (ui.access).
 
     `watch` (folders checked by ui.watch.check_watch): keep the index in step with them (ui.watch),
-    building it from them first when there is none yet, with `model` (default: DEFAULT_MODEL)."""
+    building it from them first when there is none yet, with `model` (default: DEFAULT_MODEL). Without
+    `watch`, a `model` that is a student of the index's embeds the text queries."""
     host, warning = bound_host(host, bool(keys))
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -399,6 +400,8 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, devi
         if not (Path(index_dir) / MANIFEST).is_file():
             loaded = load_model(model or DEFAULT_MODEL, device=device)
             watcher.first_build(loaded)
+    elif model is not None and resolve_model(model).entry.teacher is not None:
+        loaded = load_model(model, device=device)  # a student of the index's model: its text tower answers the queries
     searcher = Searcher(index_dir, device=device, model=loaded, precision=precision, max_batch=max_batch)
     indexing = None
     if watcher is not None:

@@ -1,4 +1,4 @@
-"""The `tusou` command line: index, reindex, info, search, label, ocr, serve, train, eval, models.
+"""The `tusou` command line: index, reindex, info, search, label, ocr, train, distill, serve, eval, models.
 
 Every subcommand turns a user's mistake into one line on stderr and exit code 2;
 `--json` output is one JSON object per line on stdout.
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from retrieval.errors import TusouError
-from retrieval.models.registry import DEFAULT_MODEL, MODELS, get_entry
+from retrieval.models.registry import DEFAULT_MODEL, MODELS, check_builder, resolve_model
 from ui.options import number, one_of, parsed
 
 EXIT_USER_ERROR = 2
@@ -103,7 +103,14 @@ def _size(text: str) -> str:
 
 
 def _model_name(name: str) -> str:
-    get_entry(name)
+    """A registry entry, a student's name, or a folder `tusou distill` wrote."""
+    resolve_model(name)
+    return name
+
+
+def _building_model(name: str) -> str:
+    """A model to embed images with: a student has no image tower of its own to build an index by."""
+    check_builder(name, resolve_model(name).entry)
     return name
 
 
@@ -114,7 +121,7 @@ def _model_names(spec: str) -> list[str]:
     if not names:
         raise TusouError("no model named: give one, or several separated by commas (see `tusou models`)")
     for name in names:
-        get_entry(name)
+        resolve_model(name)
     return names
 
 
@@ -122,9 +129,12 @@ def _print_json(obj: object) -> None:
     print(json.dumps(obj, ensure_ascii=False), flush=True)
 
 
-def _add_model_options(parser: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL, several: bool = False) -> None:
-    parser.add_argument("--model", default=default, type=_model_names if several else _model_name,
-                        help=f"registry entry (default: {default or 'the index model'}); see `tusou models`")
+def _add_model_options(parser: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL, several: bool = False,
+                       building: bool = False) -> None:
+    kind = _model_names if several else _building_model if building else _model_name
+    also = "" if building else ", or a folder `tusou distill` wrote"
+    parser.add_argument("--model", default=default, type=kind,
+                        help=f"registry entry{also} (default: {default or 'the index model'}); see `tusou models`")
     parser.add_argument("--text-weights", help="local transformers directory with the text tower's weights")
     parser.add_argument("--image-weights", help="local open_clip checkpoint file with the image tower's weights")
 
@@ -245,9 +255,10 @@ def cmd_search(args: argparse.Namespace) -> None:
     from ui.search_request import result_rows, search_query
 
     query = search_query(args, args.image)  # checked (an empty query, a bad filter) before torch and the model load
+    model = _query_model(args.index, args.model, args.device)
     from retrieval.search.searcher import Searcher
 
-    searcher = Searcher(args.index, device=args.device, precision=args.precision)
+    searcher = Searcher(args.index, device=args.device, precision=args.precision, model=model)
     try:
         results = searcher.search(query, args.k, args.offset)
     finally:
@@ -262,6 +273,21 @@ def cmd_search(args: argparse.Namespace) -> None:
         print(f"{result.rank:>3}  {result.score:.4f}  {taken}{result.path}{folded}")
         if result.ocr is not None:
             print(f"     text: {result.ocr.text}")
+
+
+def _query_model(index: str, model: str | None, device: str) -> Any:
+    """The student to query `index` with, loaded once its name is checked against the index (a model that
+    is not a student of the index's is one line); None: the index's own model, with the weights it was built by."""
+    if model is None:
+        return None
+    from retrieval.store.manifest import check_model, read_manifest
+
+    check_model(read_manifest(Path(index)), Path(index), model)
+    if resolve_model(model).entry.teacher is None:
+        return None
+    from retrieval.models.model import load_model
+
+    return load_model(model, device=device)
 
 
 def cmd_label(args: argparse.Namespace) -> None:
@@ -312,12 +338,25 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"--text-weights {saved / 'text'} --image-weights {saved / 'image.safetensors'}")
 
 
+def cmd_distill(args: argparse.Namespace) -> None:
+    from train.distill import DistillConfig, distill
+
+    settings = {f.name: getattr(args, f.name) for f in fields(DistillConfig) if hasattr(args, f.name)}
+    log = distill(DistillConfig(**settings))
+    last = next(record for record in reversed(log) if "held_out_cosine" in record)
+    print(f"final loss {log[-1]['loss']:.4f} after {log[-1]['step']} steps, held-out cosine to {args.teacher} "
+          f"{last['held_out_cosine']:.4f}; search {args.teacher}'s indexes with it: --model {args.out}")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from retrieval.store.manifest import MANIFEST, check_model, read_manifest
     from ui.access import KEYS_VARIABLE, read_keys  # a bad key is one line before anything loads
 
     keys = read_keys(args.api_keys, os.environ.get(KEYS_VARIABLE, ""))
     index = Path(args.index)
+    if args.watch and args.model and resolve_model(args.model).entry.teacher:
+        raise TusouError(f"--watch embeds new images with the index's own model, and {args.model} is a student: "
+                         "serve the student without --watch, beside a `tusou serve --watch` or `tusou index` of its teacher")
     watched = None
     if args.watch:  # DIR may be new: the watched folders build it
         from ui.watch import check_watch
@@ -387,20 +426,27 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    """The registry's facts; the parameter counts are data, so only --measure builds anything."""
+    """The registry's facts; the parameter counts are data, so only --measure builds anything.
+
+    Students (one per UER miniature size) follow the models, a line each: their text tower's share of
+    their teacher's FLOPs per query, and their ms per query with --measure."""
     import gc
 
-    from retrieval.models.footprint import format_count, measure
+    from retrieval.models.footprint import format_count, measure, text_flops
     from retrieval.models.families import weight_sources
 
     names = args.names or list(MODELS)
-    labels = {name: f"{name} (default)" if name == DEFAULT_MODEL else name for name in names}
+    specs = {name: resolve_model(name) for name in names}
+    labels = {name: f"{spec.entry.name} (default)" if name == DEFAULT_MODEL else spec.entry.name for name, spec in specs.items()}
     width = max(map(len, labels.values())) + 2
-    if not args.json:
-        print(f"{'model':<{width}}{'dim':>5}  {'parameters':<13}{'weights':<9}{'ms/query' if args.measure else ''}".rstrip(), flush=True)
-    for name in names:
-        info = weight_sources(MODELS[name])
-        counts, footprint, problem = MODELS[name].parameters, None, None
+    timed = "ms/query" if args.measure else ""
+    shown_students = False
+    if not args.json and any(spec.entry.teacher is None for spec in specs.values()):
+        print(f"{'model':<{width}}{'dim':>5}  {'parameters':<13}{'weights':<9}{timed}".rstrip(), flush=True)
+    for name, spec in specs.items():
+        entry = spec.entry
+        info = weight_sources(entry, spec.text_weights)
+        counts, footprint, problem = entry.parameters, None, None
         if args.measure:
             try:
                 footprint = measure(name, latency=True)
@@ -410,21 +456,35 @@ def cmd_models(args: argparse.Namespace) -> None:
             gc.collect()
             info["text_query_ms"] = round(footprint.text_query_ms, 2) if footprint else None
         info["parameters"] = {"text": counts.text, "image": counts.image} if counts else None
+        share = None
+        if entry.teacher is not None:
+            share = text_flops(entry) / text_flops(resolve_model(entry.teacher).entry)
+            info |= {"teacher": entry.teacher, "teacher_flops_share": round(share, 4)}
         if args.json:
             _print_json(info | ({"not_built": problem} if problem else {}))
             continue
-        parameters = f"{format_count(counts.text)} + {format_count(counts.image)}" if counts else "—"
         latency = (f"{footprint.text_query_ms:8.1f}" if footprint else f"{'—':>8}") if args.measure else ""
+        if share is not None:
+            if not shown_students:
+                print(("\n" if any(spec.entry.teacher is None for spec in specs.values()) else "") + f"{'student':<{width}}{'dim':>5}  {'text':<7}{'FLOPs':>7}  {'weights':<9}{timed}".rstrip())
+                shown_students = True
+            weights = "present" if info["present"] else "distil"
+            print(f"{labels[name]:<{width}}{info['dim']:>5}  {format_count(counts.text):<7}{share:>7.1%}  {weights:<9}{latency}".rstrip(), flush=True)
+            continue
+        parameters = f"{format_count(counts.text)} + {format_count(counts.image)}" if counts else "—"
         weights = "present" if info["present"] else "missing"
         print(f"{labels[name]:<{width}}{info['dim']:>5}  {parameters:<13}{weights:<9}{latency}".rstrip())
         print(f"    text:  {info['text']}\n    image: {info['image']}" + (f"\n    not built: {problem}" if problem else ""), flush=True)
+    if shown_students:
+        print("    FLOPs: of a text query, against the teacher's at its context length; the image tower is the teacher's\n"
+              "    (distil the weights with `tusou distill`, then use the folder it writes as --model DIR)")
 
 
 def _index_options(index: argparse.ArgumentParser) -> None:
     index.add_argument("paths", nargs="+", metavar="PATH", help="image folders (walked recursively) or files; SHARD.tar or shards/{000000..000009}.tar "
                        "(webdataset tar shards); list:FILE (one PATH or URL a line); URLs (http://, s3://, ...) via fsspec")
     index.add_argument("--out", required=True, help="index directory to create or update")
-    _add_model_options(index, default=None)
+    _add_model_options(index, default=None, building=True)
     index.add_argument("--batch-size", type=number(int, 1), default=32)
     index.add_argument("--workers", type=number(int, 0), default=None,
                        help="local: decoding processes (default: min(4, cores)); ray: embedding actors (default: one per GPU, else CPUs/2)")
@@ -465,6 +525,9 @@ def _search_options(search: argparse.ArgumentParser) -> None:
     search.add_argument("index", metavar="DIR", type=_index_dir)
     search.add_argument("query", nargs="?", help="Chinese text query")
     search.add_argument("--image", type=_image, help="search by this image (alone, or mixed with the text query)")
+    search.add_argument("--model", type=_model_name, metavar="STUDENT",
+                        help="embed the query with a student of the index's model (`tusou distill`; a folder or a name) "
+                        "instead of the index's own: the index is searched as it is")
     search.add_argument("--weight", type=parsed(float), help=f"the image's share when mixed with text, 0..1 (default: {IMAGE_WEIGHT})")
     search.add_argument("--not", dest="negatives", action="append", default=[], metavar="TEXT",
                         help="push down images that look like TEXT (repeatable)")
@@ -529,6 +592,38 @@ def _train_options(training: argparse.ArgumentParser) -> None:
     training.set_defaults(run=cmd_train)
 
 
+def _teacher(name: str) -> str:
+    """A teacher: a registered BERT + open_clip model (a student's image tower is its)."""
+    from retrieval.models.registry import student_entry
+
+    student_entry(name, 1, 64)
+    return name
+
+
+def _distill_options(distilling: argparse.ArgumentParser) -> None:
+    from train.distill import LOSSES
+    from train.texts import SOURCES, check_source
+
+    distilling.description = ("Train a small text tower to reproduce a teacher's text vectors on text alone; it keeps the "
+                              "teacher's image tower, so it searches the teacher's indexes as they are. See docs/models.md.")
+    distilling.add_argument("--teacher", required=True, type=_teacher, help="the model to learn from, e.g. taiyi-clip-l14 or demo")
+    distilling.add_argument("--student", required=True, metavar="ARCH_OR_DIR",
+                            help="L<layers>-H<width> (UER's miniatures: L2..L12, H128..H768, weights from the hub; other sizes "
+                            "with --random), a hub id uer/chinese_roberta_L-4_H-512, or a folder with a local copy")
+    distilling.add_argument("--texts", required=True, nargs="+", type=check_source, metavar="SOURCE", help=f"texts to learn on: {SOURCES}")
+    distilling.add_argument("--out", required=True, type=Path, help="the student's folder: checkpoints, resumed when re-run; --model DIR loads it")
+    distilling.add_argument("--steps", type=number(int, 1), default=2000)
+    distilling.add_argument("--batch-size", type=number(int, 1), default=128)
+    distilling.add_argument("--lr", type=number(float, 0, above=True), default=1e-3)
+    distilling.add_argument("--loss", choices=LOSSES, default="cosine",
+                            help="cosine: match the teacher's directions (default); mse: its unit vectors; both: the sum")
+    distilling.add_argument("--random", action="store_true", help="start from the architecture at random, with the teacher's vocabulary")
+    distilling.add_argument("--seed", type=number(int, 0, SEED_LIMIT), default=0)
+    distilling.add_argument("--checkpoint-every", type=number(int, 1), default=200, help="steps between checkpoints")
+    _add_device(distilling)
+    distilling.set_defaults(run=cmd_distill)
+
+
 def _serve_options(serving: argparse.ArgumentParser) -> None:
     from retrieval.search.encoder import MAX_BATCH
     from ui.access import CLIENT_CONCURRENCY
@@ -546,8 +641,8 @@ def _serve_options(serving: argparse.ArgumentParser) -> None:
                          help=f"concurrent queries run through a tower as one batch, at most (default: {MAX_BATCH}; 1: each alone)")
     serving.add_argument("--examples", help="example queries separated by |")
     serving.add_argument("--model", type=_model_name,
-                         help="the model the index must have been built with (checked); with --watch, a new index's (default: "
-                         f"{DEFAULT_MODEL})")
+                         help="the model the index must have been built with (checked), or a student of it (`tusou distill`; "
+                         f"its folder or name), which then embeds the text queries; with --watch, a new index's (default: {DEFAULT_MODEL})")
     serving.add_argument("--watch", nargs="+", action="extend", metavar="PATH",
                          help="keep the index in step with these folders: what appears, changes or goes is indexed within "
                          "seconds (the index must hold images from these folders only); see docs/cli.md")
@@ -599,6 +694,7 @@ COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None]], ...]
     ("label", "zero-shot labels for images from a Chinese label list", _label_options),
     ("ocr", "the lines of text in images: text, confidence and box (needs pip install 'tusou[ocr]')", _ocr_options),
     ("train", "contrastive training on a Chinese-CLIP layout dataset", _train_options),
+    ("distill", "distil a small, fast text tower from a model's, for its indexes as they are", _distill_options),
     ("serve", "the search UI and its JSON API over an index", _serve_options),
     ("eval", "Top-1/5/10 retrieval or zero-shot accuracy on a benchmark", _eval_options),
     ("models", "the models: dimension, parameters, where their weights come from", _models_options),

@@ -102,8 +102,10 @@ def family_of(entry: ModelEntry) -> Family:
     return FAMILIES[type(entry.text)]
 
 
-def weight_sources(entry: ModelEntry) -> dict[str, object]:
-    """Where an entry's weights come from and whether they are on this machine (no network)."""
+def weight_sources(entry: ModelEntry, text_weights: Path | None = None) -> dict[str, object]:
+    """Where an entry's weights come from and whether they are on this machine (no network);
+    `text_weights`: a distilled student's, in the folder `--model` named."""
     family = family_of(entry)
-    text, image = family.text_source(entry), family.image_source(entry)
+    text = Source(f"local:{text_weights}", True) if text_weights else family.text_source(entry)
+    image = family.image_source(entry)
     return {"name": entry.name, "dim": entry.dim, "text": text.where, "image": image.where, "present": text.present and image.present}

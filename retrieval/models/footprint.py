@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from retrieval.models.registry import ParameterCounts
+from retrieval.models.registry import ModelEntry, ParameterCounts, StudentTower, TextTower
 
 if TYPE_CHECKING:
     import torch
@@ -78,6 +78,20 @@ def measure(name: str, latency: bool = False, runs: int = RUNS) -> Footprint:
                 tensor.normal_(0.0, 0.02)
         footprint.text_query_ms = _median_ms(lambda: model.encode_texts([QUERY]), runs)
     return footprint
+
+
+def text_flops(entry: ModelEntry, tokens: int | None = None) -> int | None:
+    """Floating-point operations (2 per multiply-add) of one text query through a BERT text tower at
+    `tokens` tokens (default: its context length, to which Taiyi-CLIP pads every query): what a CPU
+    query's time follows. None for the other families (their towers are not described by a BertConfig)."""
+    spec = entry.text
+    if not isinstance(spec, (TextTower, StudentTower)):
+        return None
+    config, length = spec.bert, tokens or spec.context_length
+    hidden, inner = config["hidden_size"], config["intermediate_size"]
+    layer = 2 * length * (4 * hidden * hidden + 2 * hidden * inner) + 4 * length * length * hidden  # projections, feed-forward; attention
+    head = 2 * hidden * (entry.dim if isinstance(spec, StudentTower) or spec.feature == "logits" else hidden)  # projection or pooler
+    return config["num_hidden_layers"] * layer + head
 
 
 def format_count(count: int) -> str:

@@ -336,6 +336,14 @@ def get_entry(name: str) -> ModelEntry:
                      "or a folder `tusou distill` wrote (see `tusou models`)")
 
 
+def check_builder(name: str, entry: ModelEntry) -> None:
+    """Refuse a student as the model an index is built by: an index records its model, and a student's
+    image tower is its teacher's, so the teacher builds the index and the student searches it."""
+    if entry.teacher is not None:
+        raise TusouError(f"{name} is a student: build the index with its teacher, --model {entry.teacher}, "
+                         "then search it with the student (`tusou search DIR QUERY --model STUDENT`)")
+
+
 STUDENT_FILE = "student.json"
 """What a folder `tusou distill` wrote holds: the student's name, its teacher and the teacher's fingerprints."""
 STUDENT_WEIGHTS = Path("checkpoint") / "text"

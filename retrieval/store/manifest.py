@@ -228,7 +228,7 @@ def _check_model_dim(directory: Path, manifest: Manifest, fix: str) -> None:
     name = manifest.model.name
     if not isinstance(name, str) or name not in MODELS:
         raise TusouError(
-            f"{directory} names model {name!r}, which this tusou does not know ({', '.join(MODELS)}): "
+            f"{directory} names model {name!r}, which this tusou does not know ({', '.join(n for n, e in MODELS.items() if e.teacher is None)}): "
             f"upgrade tusou, or {fix}"
         )
     if MODELS[name].dim != manifest.dim:
