@@ -198,3 +198,14 @@ def test_serve_answers_with_a_student_of_the_index_model(capsys, tiny_index, tin
     assert info["index"]["model"]["name"] == "test-tiny" and info["query_model"] == "test-tiny-student-L1-H64"
     code, _, err = run(capsys, "serve", tiny_index, "--model", tiny_student, "--watch", tmp_path)
     assert code == 2 and "is a student: serve the student without --watch" in err
+
+
+def test_eval_puts_a_teacher_and_its_student_in_one_table(capsys, tmp_path, tiny_student):
+    from retrieval.datasets.synthetic import write_dataset
+
+    write_dataset(tmp_path / "set", {"test": 40}, image_size=32)
+    code, out, err = run(capsys, "eval", "--dataset", "flickr30k-cn", "--data", tmp_path / "set", "--model", f"test-tiny,{tiny_student}",
+                         "--device", "cpu", "--no-cache")
+    assert code == 0, err
+    rows = [line.split()[0] for line in out.splitlines()[2:4]]
+    assert rows == ["test-tiny", "test-tiny-student-L1-H64"]
