@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from retrieval.errors import TusouError
-from retrieval.models.onnx_text import OUTPUT, ExportInfo, OnnxText, require_onnx
+from retrieval.models.onnx_text import OUTPUT, ExportInfo, OnnxText
+from retrieval.models.runtime import export_target, require_onnx
 from retrieval.models.towers import TextEncoder
 
 if TYPE_CHECKING:
@@ -127,9 +128,7 @@ def export_text_tower(model: EmbeddingModel, out: str | Path, int8: bool = False
 
     if model.device.type != "cpu" or model.dtype != torch.float32:
         raise TusouError("an ONNX export is made from the float32 weights on the CPU: load the model with device cpu and fp32")
-    out = Path(out)
-    if out.is_dir():
-        raise TusouError(f"--out {out} is a folder: name the file to write, e.g. {out / (model.name + '.onnx')}")
+    out = export_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     info = ExportInfo.of(model, int8)
     proto = graph(model.text_model, info)

@@ -3,7 +3,8 @@
 The export's metadata names the weights it was made from (the model and its text-tower
 fingerprint) and how its inputs were tokenized, so a tower of other weights, or of the same
 weights tokenized another way, is refused in one line instead of giving wrong vectors.
-onnxruntime is an optional extra (`tusou[onnx]`): a missing package is one line naming the fix.
+onnxruntime is an optional extra (`tusou[onnx]`): a missing package is one line naming the fix
+(retrieval.models.runtime.require_onnx).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from retrieval.errors import TusouError
+from retrieval.models.runtime import require_onnx
 from retrieval.models.towers import TextEncoder
 
 if TYPE_CHECKING:
@@ -23,17 +25,7 @@ if TYPE_CHECKING:
 
     from retrieval.models.model import EmbeddingModel
 
-ONNX_FIX = "pip install 'tusou[onnx]'"
 OUTPUT = "features"
-
-
-def require_onnx() -> None:
-    """A missing package is one line, before any model loads."""
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise TusouError(f"the ONNX runtime needs onnxruntime and onnx ({exc.name} is missing): {ONNX_FIX}") from None
 
 
 @dataclass(frozen=True)
@@ -73,10 +65,11 @@ class ExportInfo:
         """Raise unless this export is of `expected`'s weights, tokenized the same way (the int8 flag aside)."""
         if (self.model, self.text_fingerprint) != (expected.model, expected.text_fingerprint):
             raise TusouError(f"{path} is an export of other weights ({self.model!r}, text tower fingerprint {self.text_fingerprint}; "
-                             f"these are {expected.model!r}, {expected.text_fingerprint}): export this model with `tusou export`")
+                             f"these are {expected.model!r}, {expected.text_fingerprint}): make one with `tusou export --model {expected.model}`, "
+                             "or leave out --onnx to use the cache's")
         if (self.inputs, self.context_length, self.padding) != (expected.inputs, expected.context_length, expected.padding):
             raise TusouError(f"{path} was exported for other tokenizer settings ({self.padding} padding to {self.context_length} tokens, "
-                             f"inputs {', '.join(self.inputs)}): export this model again with `tusou export`")
+                             f"inputs {', '.join(self.inputs)}): make one with `tusou export --model {expected.model}`")
 
 
 def session(path: str | Path) -> onnxruntime.InferenceSession:

@@ -1,4 +1,5 @@
-"""Which runtime runs a model's text queries: torch (the default), or ONNX Runtime from an export.
+"""Which runtime runs a model's text queries: torch (the default), or ONNX Runtime from an export;
+and what of that is checked before any model loads.
 
 An export comes from `--onnx FILE` (made by `tusou export`; its own int8 flag says which ONNX
 runtime it is), or else from tusou's cache, `~/.cache/tusou/onnx/<model>-<text fingerprint>.onnx`
@@ -20,6 +21,24 @@ if TYPE_CHECKING:
     from retrieval.models.model import EmbeddingModel
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
+ONNX_FIX = "pip install 'tusou[onnx]'"
+
+
+def require_onnx() -> None:
+    """A missing package is one line naming the fix, before any model loads."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise TusouError(f"the ONNX runtime needs onnxruntime and onnx ({exc.name} is missing): {ONNX_FIX}") from None
+
+
+def export_target(out: str | Path) -> Path:
+    """The file an export is to be written to: not a folder (checked before any model loads)."""
+    out = Path(out)
+    if out.is_dir():
+        raise TusouError(f"--out {out} is a folder: name the file to write, e.g. {out / 'model.onnx'}")
+    return out
 
 
 def check_runtime(runtime: str | None, onnx_file: str | Path | None) -> None:
@@ -30,8 +49,6 @@ def check_runtime(runtime: str | None, onnx_file: str | Path | None) -> None:
     if onnx_file is not None and runtime == "torch":
         raise TusouError("--onnx FILE is for --runtime onnx or onnx-int8 (or give --onnx alone)")
     if onnx_file is not None or runtime not in (None, "torch"):
-        from retrieval.models.onnx_text import require_onnx
-
         require_onnx()
 
 
