@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,10 +83,14 @@ def graph(tower: TextEncoder, info: ExportInfo) -> onnx.ModelProto:
 
     inputs = tower.tokenize(list(EXAMPLE))
     example = tuple(inputs[name] for name in info.inputs)
-    axes = tuple({0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")} for _ in info.inputs)
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")  # one of each, shared by every input
+    axes = tuple({0: batch, 1: sequence} for _ in info.inputs)
     try:
-        program = torch.onnx.export(_Positional(tower, info.inputs).eval(), example, None, input_names=list(info.inputs),
-                                    output_names=[OUTPUT], dynamic_shapes=(axes,), dynamo=True, verbose=False)
+        with warnings.catch_warnings():
+            # the axes are named once; torch.onnx warns of each further input whose axes it did not name again
+            warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
+            program = torch.onnx.export(_Positional(tower, info.inputs).eval(), example, None, input_names=list(info.inputs),
+                                        output_names=[OUTPUT], dynamic_shapes=(axes,), dynamo=True, verbose=False)
     except Exception as exc:  # torch.export's failures come as many types, each with a long report
         raise TusouError(f"cannot export {info.model}'s text tower to ONNX: {str(exc).strip().splitlines()[0][:300]}") from None
     proto = program.model_proto
