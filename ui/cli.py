@@ -358,7 +358,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     model = load_model(args.model, device=args.device, text_weights=args.text_weights, image_weights=args.image_weights)
     report = export_text_tower(model, args.out, args.int8)
     kind = "int8 weights" if report.int8 else "float32"
-    print(f"{report.path}: {args.model}'s text tower in ONNX ({kind}), lowest cosine to torch {report.lowest_cosine:.5f}, "
+    print(f"{report.path}: {model.name}'s text tower in ONNX ({kind}), lowest cosine to torch {report.lowest_cosine:.5f}, "
           f"{format_size(report.bytes)}")
 
 

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 FP32_FLOOR = 0.9999
 """The lowest cosine a float32 export may give against the torch tower (the rule bf16 is held to)."""
 INT8_FLOOR = 0.99
-"""The lowest for int8 weights, which cannot reach FP32_FLOOR: below it rankings visibly change
-(int8 of BERT-base lands near 0.999, of the small towers near 0.9999: docs/performance.md)."""
+"""The lowest for int8 weights, which need not reach FP32_FLOOR (torch's own int8 of BERT-base gave
+0.999); below it rankings visibly change. Measured: docs/performance.md."""
 LONG_QUERY = "左边一个红色的圆形，右边一个蓝色的三角形，上面还有两个绿色的正方形和一颗小小的紫色星星。" * 4
 CHECK_QUERIES = ("红", "圆形", "一个红色的圆形", "两个绿色的正方形", "黄色背景上有一个小的紫色星形", "海边的日落",
                  "一只在草地上奔跑的小狗", LONG_QUERY)
