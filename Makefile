@@ -21,6 +21,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PYTHON) -m bench.startup
 	$(PYTHON) -m bench.query_latency
+	$(PYTHON) -m bench.onnx_text
 	$(PYTHON) -m bench.build_throughput
 	$(PYTHON) -m bench.index_types
 	$(PYTHON) -m bench.store

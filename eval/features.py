@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from retrieval.cache import cache_root
 from retrieval.store.atomic import atomic_write
 from retrieval.images import ImageError, open_image
 from retrieval.models.model import EmbeddingModel
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tusou" / "features"
+    return cache_root() / "features"
 
 
 @dataclass

@@ -379,13 +379,14 @@ def _picked(event: gr.SelectData) -> int:
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
           examples: list[str] | None = None, precision: str = "auto", keys: Sequence[str] = (),
           client_concurrency: int = CLIENT_CONCURRENCY, max_batch: int = MAX_BATCH, watch: Sequence[Path] | None = None,
-          model: str | None = None, rescan: float = RESCAN) -> None:
+          model: str | None = None, rescan: float = RESCAN, runtime: str | None = None, onnx: str | Path | None = None) -> None:
     """Load the index and its model once, then serve the UI and the JSON API until SIGTERM or Ctrl-C:
     on 127.0.0.1 unless told otherwise, and only with a key when told otherwise (ui.access).
 
     `watch` (folders checked by ui.watch.check_watch): keep the index in step with them (ui.watch),
     building it from them first when there is none yet, with `model` (default: DEFAULT_MODEL). Without
-    `watch`, a `model` that is a student of the index's embeds the text queries."""
+    `watch`, a `model` that is a student of the index's embeds the text queries.
+    `runtime` and `onnx`: what runs text queries (retrieval.models.runtime)."""
     host, warning = bound_host(host, bool(keys))
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -402,7 +403,7 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, devi
             watcher.first_build(loaded)
     elif model is not None and resolve_model(model).entry.teacher is not None:
         loaded = load_model(model, device=device)  # a student of the index's model: its text tower answers the queries
-    searcher = Searcher(index_dir, device=device, model=loaded, precision=precision, max_batch=max_batch)
+    searcher = Searcher(index_dir, device=device, model=loaded, precision=precision, max_batch=max_batch, runtime=runtime, onnx=onnx)
     indexing = None
     if watcher is not None:
         watcher.start(searcher.model)

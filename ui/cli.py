@@ -1,4 +1,4 @@
-"""The `tusou` command line: index, reindex, info, search, label, ocr, train, distill, serve, eval, models.
+"""The `tusou` command line: index, reindex, info, search, label, ocr, train, distill, serve, eval, models, export.
 
 Every subcommand turns a user's mistake into one line on stderr and exit code 2;
 `--json` output is one JSON object per line on stdout.
@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 from retrieval.errors import TusouError
 from retrieval.models.registry import DEFAULT_MODEL, MODELS, check_builder, resolve_model
+from retrieval.models.runtime import RUNTIMES, check_runtime, export_target, require_onnx
 from ui.options import number, one_of, parsed
 
 EXIT_USER_ERROR = 2
@@ -151,6 +152,15 @@ def _add_index_type(parser: argparse.ArgumentParser, default: str | None) -> Non
     parser.add_argument("--max-index-memory", metavar="SIZE", type=_size, help="memory budget for the index, e.g. 1G or 800M (default: half of RAM)")
 
 
+def _add_runtime(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runtime", choices=RUNTIMES,
+                        help="what runs text queries: torch (default), or ONNX Runtime in float32 (onnx) or with int8 weights "
+                        "(onnx-int8), from the model's export, made and checked on first use in ~/.cache/tusou/onnx "
+                        "(needs pip install 'tusou[onnx]'); see docs/performance.md")
+    parser.add_argument("--onnx", metavar="FILE", type=_existing("file"),
+                        help="run text queries from this export by `tusou export` (ONNX Runtime; its own float32 or int8)")
+
+
 def _add_precision(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                         help="the towers' precision (default: auto = bf16 on CPUs with AMX, else fp32)")
@@ -255,10 +265,11 @@ def cmd_search(args: argparse.Namespace) -> None:
     from ui.search_request import result_rows, search_query
 
     query = search_query(args, args.image)  # checked (an empty query, a bad filter) before torch and the model load
+    check_runtime(args.runtime, args.onnx)
     model = _query_model(args.index, args.model, args.device)
     from retrieval.search.searcher import Searcher
 
-    searcher = Searcher(args.index, device=args.device, precision=args.precision, model=model)
+    searcher = Searcher(args.index, device=args.device, precision=args.precision, model=model, runtime=args.runtime, onnx=args.onnx)
     try:
         results = searcher.search(query, args.k, args.offset)
     finally:
@@ -353,6 +364,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from ui.access import KEYS_VARIABLE, read_keys  # a bad key is one line before anything loads
 
     keys = read_keys(args.api_keys, os.environ.get(KEYS_VARIABLE, ""))
+    check_runtime(args.runtime, args.onnx)
     index = Path(args.index)
     if args.watch and args.model and resolve_model(args.model).entry.teacher:
         raise TusouError(f"--watch embeds new images with the index's own model, and {args.model} is a student: "
@@ -373,7 +385,20 @@ def cmd_serve(args: argparse.Namespace) -> None:
     examples = [q.strip() for q in args.examples.split("|") if q.strip()] if args.examples else None
     serve(args.index, host=args.host, port=args.port, device=args.device, examples=examples, precision=args.precision,
           keys=keys, client_concurrency=args.client_concurrency, max_batch=args.max_batch, watch=watched, model=args.model,
-          rescan=RESCAN_SECONDS if args.rescan is None else args.rescan)
+          rescan=RESCAN_SECONDS if args.rescan is None else args.rescan, runtime=args.runtime, onnx=args.onnx)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    require_onnx()  # --out is checked as it is parsed
+    from retrieval.models.model import load_model
+    from retrieval.models.onnx_export import export_text_tower
+    from retrieval.sizes import format_size
+
+    model = load_model(args.model, device=args.device, text_weights=args.text_weights, image_weights=args.image_weights)
+    report = export_text_tower(model, args.out, args.int8)
+    kind = "int8 weights" if report.int8 else "float32"
+    print(f"{report.path}: {model.name}'s text tower in ONNX ({kind}), lowest cosine to torch {report.lowest_cosine:.5f}, "
+          f"{format_size(report.bytes)}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -541,6 +566,7 @@ def _search_options(search: argparse.ArgumentParser) -> None:
     search.add_argument("--offset", type=number(int, 0), default=0, help="skip this many results first (the next page)")
     _filter_options(search)
     _add_precision(search)
+    _add_runtime(search)
     _add_device(search)
     search.add_argument("--json", action="store_true", help="one JSON object per result")
     search.set_defaults(run=cmd_search)
@@ -650,8 +676,19 @@ def _serve_options(serving: argparse.ArgumentParser) -> None:
                          help=f"with --watch, also look the folders over every SECONDS, for file systems that send no "
                          f"events (NFS, SMB; default {RESCAN_SECONDS:g}; 0: events only)")
     _add_precision(serving)
+    _add_runtime(serving)
     _add_device(serving)
     serving.set_defaults(run=cmd_serve)
+
+
+def _export_options(export: argparse.ArgumentParser) -> None:
+    _add_model_options(export)
+    export.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the one format; default)")
+    export.add_argument("--out", required=True, type=export_target, metavar="FILE", help="the .onnx file to write (replaced only by a checked export)")
+    export.add_argument("--int8", action="store_true",
+                        help="int8 weights (onnxruntime's dynamic quantisation): smaller and faster, checked to a looser bound")
+    export.add_argument("--device", choices=("cpu",), default="cpu", help="cpu: the export and its check run there, as ONNX Runtime does")
+    export.set_defaults(run=cmd_export)
 
 
 def _eval_options(evaluation: argparse.ArgumentParser) -> None:
@@ -698,6 +735,7 @@ COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None]], ...]
     ("serve", "the search UI and its JSON API over an index", _serve_options),
     ("eval", "Top-1/5/10 retrieval or zero-shot accuracy on a benchmark", _eval_options),
     ("models", "the models: dimension, parameters, where their weights come from", _models_options),
+    ("export", "a model's text tower as ONNX, checked against torch (needs pip install 'tusou[onnx]')", _export_options),
 )
 """Each subcommand: its name, its line in `tusou --help`, and what adds its options."""
 

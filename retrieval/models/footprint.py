@@ -61,21 +61,27 @@ def _median_ms(call: Callable[[], object], runs: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def measure(name: str, latency: bool = False, runs: int = RUNS) -> Footprint:
-    """Parameters of both towers; with `latency`, the median of `runs` single-query text encodings.
-
-    Only the text tower is given values (normal, std 0.02) before timing: uninitialised memory may
-    hold NaNs or denormals, which the CPU computes more slowly. The image tower is never written,
-    so measuring a ViT-H entry costs only its text tower's memory."""
+def text_to_time(name: str) -> EmbeddingModel:
+    """The entry at its real size, built fast, for timing its text tower: only the text tower is given
+    values (normal, std 0.02), since uninitialised memory may hold NaNs or denormals, which the CPU
+    computes more slowly. The image tower is never written, so a ViT-H entry costs only its text
+    tower's memory."""
     import torch
 
     model = _uninitialised(name)
+    with torch.no_grad():
+        for tensor in _own_parameters(model.text_model):
+            tensor.normal_(0.0, 0.02)
+    return model
+
+
+def measure(name: str, latency: bool = False, runs: int = RUNS) -> Footprint:
+    """Parameters of both towers; with `latency`, the median of `runs` single-query text encodings
+    (on `text_to_time`'s build)."""
+    model = text_to_time(name) if latency else _uninitialised(name)
     text, image = _own_parameters(model.text_model), _own_parameters(model.image_model)
     footprint = Footprint(ParameterCounts(sum(t.numel() for t in text), sum(t.numel() for t in image)))
     if latency:
-        with torch.no_grad():
-            for tensor in text:
-                tensor.normal_(0.0, 0.02)
         footprint.text_query_ms = _median_ms(lambda: model.encode_texts([QUERY]), runs)
     return footprint
 

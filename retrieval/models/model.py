@@ -102,16 +102,19 @@ class EmbeddingModel:
 
     @property
     def dtype(self) -> torch.dtype:
-        """The towers' dtype, read from the text tower: reading it must not build the image tower."""
-        return next(self.text_model.parameters()).dtype
+        """The towers' dtype, read from the text tower: reading it must not build the image tower.
+        A text tower run outside torch (ONNX Runtime) has no torch weights: float32 in and out."""
+        weight = next(self.text_model.parameters(), None)
+        return torch.float32 if weight is None else weight.dtype
 
     def with_dtype(self, dtype: torch.dtype) -> EmbeddingModel:
         """A copy whose towers run in `dtype`; this model is left as it is (one copy of what both
         towers share). An image tower not built yet is built in `dtype` when the copy needs it.
-        The copy's fingerprints stay those of the weights as loaded, so an index still knows them."""
+        The copy's fingerprints stay those of the weights as loaded, so an index still knows them.
+        A text tower without torch weights (ONNX Runtime's) is left as it is: the cast is the image tower's."""
         if self.dtype == dtype:
             return self
-        loaded = self.loaded or Fingerprints.of_text(self.entry, self.text_model)
+        loaded = self._loaded()
         if self.image_built:
             loaded.note_image(self.image_model)
             text, image = copy.deepcopy((self.text_model, self.image_model))
@@ -119,6 +122,19 @@ class EmbeddingModel:
         else:
             text, lazy = copy.deepcopy(self.text_model), self.lazy_image.then(lambda image: loaded.note_image(image).to(dtype))
         return dataclasses.replace(self, text_model=text.to(dtype), lazy_image=lazy, loaded=loaded)
+
+    def with_text_tower(self, tower: TextEncoder) -> EmbeddingModel:
+        """A copy whose texts go through `tower` (one made from this model's own: ONNX Runtime's
+        OnnxText, which checks that itself), with this model's image tower (built for the copy when
+        it first needs one). The copy keeps the fingerprints of the weights as loaded, so an index
+        still knows them."""
+        loaded = self._loaded()
+        lazy = LazyImageTower(tower=loaded.note_image(self.image_model)) if self.image_built else self.lazy_image.then(loaded.note_image)
+        return dataclasses.replace(self, text_model=tower, lazy_image=lazy, loaded=loaded)
+
+    def _loaded(self) -> Fingerprints:
+        """The fingerprints of the weights as loaded, for a copy to keep (the text tower's taken now)."""
+        return self.loaded or Fingerprints.of_text(self.entry, self.text_model)
 
     def fingerprint(self) -> str:
         """A short hash of both towers' weights: names, shapes and a strided sample of values.
@@ -130,7 +146,7 @@ class EmbeddingModel:
 
     def text_fingerprint(self) -> str:
         """The text tower's part of `fingerprint` alone: a text query needs only this tower checked."""
-        return (self.loaded or Fingerprints.of_text(self.entry, self.text_model)).text
+        return self._loaded().text
 
     def image_fingerprint(self) -> str:
         """The image tower's part alone: what vectors in an index depend on (a student text tower shares it)."""

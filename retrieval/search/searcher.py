@@ -13,6 +13,7 @@ from PIL import Image
 
 from retrieval.images import load_query_image
 from retrieval.models.model import EmbeddingModel
+from retrieval.models.runtime import check_runtime, with_runtime
 from retrieval.errors import TusouError
 from retrieval.search.encoder import QueryEncoder
 from retrieval.search.filters import Filters
@@ -100,8 +101,9 @@ class QueryCache:
 class Searcher:
     """`Searcher(index_dir)` loads the index and its model once; queries are then cheap.
 
-    Queries run in the `precision` chosen (retrieval.models.devices.compute_dtype); repeated text
-    queries come from a cache. It answers several threads at once: their queries share the model
+    Queries run in the `precision` chosen (retrieval.models.devices.compute_dtype), text queries in
+    the `runtime` chosen (retrieval.models.runtime: torch, or ONNX Runtime from `onnx`, an export,
+    or from the cache's); repeated text queries come from a cache. It answers several threads at once: their queries share the model
     in batches of up to `max_batch` (retrieval.search.encoder; 1: each alone). The model is
     checked to be the one that built the index: its text tower at once, its image tower when a
     query or a label first needs it (an index of an older tusou records one fingerprint for both
@@ -116,12 +118,15 @@ class Searcher:
         precision: str = "auto",
         cache_size: int = 1024,
         max_batch: int = 1,
+        runtime: str | None = None,
+        onnx: str | Path | None = None,
     ):
+        check_runtime(runtime, onnx)
         self.store: Store = open_store(index_dir)
         ref = self.store.manifest.model
         loaded = model or ref.load_weights(device)
         self.store.check_weights(loaded, TEXT)  # both towers, for an index without per-tower fingerprints
-        self.model = cast(loaded, precision)
+        self.model = cast(with_runtime(loaded, runtime, onnx), precision)
         self._image_check = threading.Lock()
         self._image_unchecked = ref.per_tower  # a cast keeps the fingerprints of the weights as loaded
         self.cache = QueryCache(cache_size)
