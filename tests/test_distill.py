@@ -209,3 +209,15 @@ def test_eval_puts_a_teacher_and_its_student_in_one_table(capsys, tmp_path, tiny
     assert code == 0, err
     rows = [line.split()[0] for line in out.splitlines()[2:4]]
     assert rows == ["test-tiny", "test-tiny-student-L1-H64"]
+
+
+def test_a_student_runs_in_onnx_runtime_with_the_ids_torch_gives(capsys, tiny_index, tiny_student, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    answers = []
+    for runtime in ("torch", "onnx"):
+        code, out, err = run(capsys, "search", tiny_index, "黄色的星形", "--model", tiny_student, "--runtime", runtime, "--json", "-k", "5",
+                             "--device", "cpu")
+        assert code == 0, err
+        answers.append(json_lines(out))
+    assert [r["id"] for r in answers[0]] == [r["id"] for r in answers[1]]
+    assert [r["score"] for r in answers[0]] == pytest.approx([r["score"] for r in answers[1]], abs=1e-4)
