@@ -217,3 +217,13 @@ def test_without_onnxruntime_the_fix_is_named(index, tmp_path, capsys, monkeypat
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if `tusou[onnx]` were not installed
     code, _, err = run(capsys, *(arg.format(index=index, new=tmp_path / "new.onnx") for arg in argv))
     assert "needs onnxruntime and onnx (onnxruntime is missing): pip install 'tusou[onnx]'" in one_error_line(code, err)
+
+
+def test_an_onnx_tower_holds_no_torch_weights_and_says_what_it_runs_in(index, tiny_export):
+    searcher = Searcher(index, device="cpu", onnx=tiny_export)
+    try:
+        shell = searcher.model.text_model._tokenize.__self__
+        assert {p.device.type for p in shell.parameters()} == {"meta"}, "the torch text tower is not kept beside the export"
+        assert searcher.model.text_model.runs_in == "onnx float32" and len(searcher.search_text("红色的圆", 3)) == 3
+    finally:
+        searcher.close()

@@ -82,8 +82,8 @@ def caption(result: SearchResult) -> str:
 
 
 def precision_of(searcher: Searcher) -> str:
-    """The dtype queries run in: `float32` or `bfloat16`."""
-    return str(searcher.model.dtype).removeprefix("torch.")
+    """What text queries run in: `float32` or `bfloat16` in torch, `onnx float32` or `onnx int8` in ONNX Runtime."""
+    return searcher.model.text_model.runs_in
 
 
 def index_line(searcher: Searcher) -> str:

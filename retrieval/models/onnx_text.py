@@ -9,6 +9,8 @@ onnxruntime is an optional extra (`tusou[onnx]`): a missing package is one line 
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +112,7 @@ class OnnxText(TextEncoder):
         run = session(path)
         info = read_info(run, path)
         info.check(ExportInfo.of(model, info.int8), path)
-        return cls(run, info, model.text_model.tokenize, model.text_model.context_length)
+        return cls(run, info, _without_weights(model.text_model).tokenize, model.text_model.context_length)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return self._tokenize(texts)
@@ -123,5 +125,17 @@ class OnnxText(TextEncoder):
         """None to hash: a model holding this tower keeps the fingerprints of the weights it was exported from."""
         return {}
 
+    @property
+    def runs_in(self) -> str:
+        return "onnx int8" if self.info.int8 else "onnx float32"
+
     def __deepcopy__(self, memo: dict) -> OnnxText:
         return self
+
+
+def _without_weights(tower: TextEncoder) -> TextEncoder:
+    """A copy of `tower` whose tensors are on torch's meta device (shapes, no storage): its `tokenize`
+    (the tokenizer and its settings) without holding the torch weights the export replaces in memory."""
+    memo: dict[int, object] = {id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False) for p in tower.parameters()}
+    memo.update((id(b), torch.empty_like(b, device="meta")) for b in tower.buffers())
+    return copy.deepcopy(tower, memo)

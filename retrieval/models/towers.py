@@ -28,6 +28,11 @@ class TextEncoder(torch.nn.Module):
         """The tensors that define this tower (for fingerprints), under stable names."""
         raise NotImplementedError
 
+    @property
+    def runs_in(self) -> str:
+        """What its queries run in, as the server shows it: the torch dtype (`float32`, `bfloat16`)."""
+        return str(next(self.parameters()).dtype).removeprefix("torch.")
+
 
 class ImageEncoder(torch.nn.Module):
     """Preprocessed pixel batches to raw image features; `preprocess` makes one image a tensor."""
