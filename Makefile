@@ -17,11 +17,12 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PYTHON) -m ui.demo
 
-# The performance tables of docs/performance.md (about 40 minutes on 2 CPU cores, 26 more for OCR and text search, 4 for serving).
+# The performance tables of docs/performance.md (about 40 minutes on 2 CPU cores, 26 more for OCR and text search, 4 for serving, 18 for ONNX and students).
 bench: $(STAMP)
 	$(PYTHON) -m bench.startup
 	$(PYTHON) -m bench.query_latency
 	$(PYTHON) -m bench.onnx_text
+	$(PYTHON) -m bench.distill
 	$(PYTHON) -m bench.build_throughput
 	$(PYTHON) -m bench.index_types
 	$(PYTHON) -m bench.store
