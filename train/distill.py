@@ -29,9 +29,9 @@ from retrieval.models.model import EmbeddingModel, load_model
 from retrieval.models.registry import STUDENT_FILE, UER_HIDDEN, UER_LAYERS, ModelEntry, student_entry
 from retrieval.models.student import StudentBert, student_text, uer_weights
 from train.checkpoints import adamw, checkpoint_dir, restore, save_checkpoint, saved_state, trainer_state, warmup_cosine
+from train.losses import LOSSES
 from train.texts import read_texts
 
-LOSSES = ("cosine", "mse", "both")
 TEACHER_VECTORS = "teacher.npy"
 ARCHITECTURE = re.compile(r"L-?(?P<layers>\d+)[-_]H-?(?P<hidden>\d+)")
 UER_ID = re.compile(r"uer/chinese_roberta_L-(?P<layers>\d+)_H-(?P<hidden>\d+)")
@@ -66,9 +66,7 @@ UNSHAPING = ("out", "device", "checkpoint_every", "texts", "max_steps")
 
 
 def distill_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """cosine: 1 − cos(student, teacher), the direction alone (what a search ranks by); mse: squared
-    distance of the raw student vector to the unit teacher vector (Multilingual-CLIP's), which also
-    pulls its length to 1; both: their sum."""
+    """The loss of `kind` (train.losses) between a batch of student and unit teacher vectors."""
     cosine = (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
     squared = (student - teacher).pow(2).sum(-1).mean()
     return {"cosine": cosine, "mse": squared, "both": cosine + squared}[kind]

@@ -627,7 +627,7 @@ def _teacher(name: str) -> str:
 
 
 def _distill_options(distilling: argparse.ArgumentParser) -> None:
-    from train.distill import LOSSES
+    from train.losses import LOSSES
     from train.texts import SOURCES, check_source
 
     distilling.description = ("Train a small text tower to reproduce a teacher's text vectors on text alone; it keeps the "
