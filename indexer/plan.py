@@ -75,9 +75,10 @@ class BuildPlan:
                 raise TusouError(f"{flag} must be at least 1")
         if self.ray is not None and self.workers is not None and self.workers < 1:
             raise TusouError("--workers must be at least 1 with --engine ray")
-        if self.model is not None or self.model_name is not None:
-            name = self.model.name if self.model is not None else str(self.model_name)
-            check_builder(name, self.model.entry if self.model is not None else resolve_model(name).entry)
+        if self.model is not None:
+            check_builder(self.model.name, self.model.entry)
+        elif self.model_name is not None:
+            check_builder(self.model_name, resolve_model(self.model_name).entry)
 
     def engine(self) -> Engine:
         """The engine this plan embeds with, chosen here once."""

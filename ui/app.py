@@ -26,8 +26,8 @@ from starlette.types import ASGIApp
 from retrieval.errors import TusouError
 from retrieval.images import ImageError, UnusableQueryImage, load_query_image
 from retrieval.locations import Unreadable
-from retrieval.models.model import load_model
-from retrieval.models.registry import DEFAULT_MODEL, resolve_model
+from retrieval.models.model import load_model, student_model
+from retrieval.models.registry import DEFAULT_MODEL
 from retrieval.ocr.engine import read_text
 from retrieval.search.encoder import MAX_BATCH
 from retrieval.search.query import DEDUPE_THRESHOLD, IMAGE_WEIGHT, Query, clean_query, strip_controls
@@ -401,8 +401,8 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, devi
         if not (Path(index_dir) / MANIFEST).is_file():
             loaded = load_model(model or DEFAULT_MODEL, device=device)
             watcher.first_build(loaded)
-    elif model is not None and resolve_model(model).entry.teacher is not None:
-        loaded = load_model(model, device=device)  # a student of the index's model: its text tower answers the queries
+    elif model is not None:
+        loaded = student_model(model, device)  # a student of the index's model answers the queries; else the index loads its own
     searcher = Searcher(index_dir, device=device, model=loaded, precision=precision, max_batch=max_batch, runtime=runtime, onnx=onnx)
     indexing = None
     if watcher is not None:

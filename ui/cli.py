@@ -294,11 +294,9 @@ def _query_model(index: str, model: str | None, device: str) -> Any:
     from retrieval.store.manifest import check_model, read_manifest
 
     check_model(read_manifest(Path(index)), Path(index), model)
-    if resolve_model(model).entry.teacher is None:
-        return None
-    from retrieval.models.model import load_model
+    from retrieval.models.model import student_model
 
-    return load_model(model, device=device)
+    return student_model(model, device)
 
 
 def cmd_label(args: argparse.Namespace) -> None:

@@ -212,6 +212,12 @@ def _stack(rows: list[np.ndarray], dim: int) -> np.ndarray:
     return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
 
 
+def student_model(spec: str, device: str | torch.device = "auto") -> EmbeddingModel | None:
+    """The model `spec` names, loaded, when it is a student: it queries its teacher's indexes with its
+    own text tower. None for any other model, which an index loads itself, with the weights it was built by."""
+    return load_model(spec, device=device) if resolve_model(spec).entry.teacher is not None else None
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     *,

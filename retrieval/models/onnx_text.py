@@ -10,7 +10,6 @@ onnxruntime is an optional extra (`tusou[onnx]`): a missing package is one line 
 from __future__ import annotations
 
 import copy
-
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path

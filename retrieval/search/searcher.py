@@ -103,11 +103,11 @@ class Searcher:
 
     Queries run in the `precision` chosen (retrieval.models.devices.compute_dtype), text queries in
     the `runtime` chosen (retrieval.models.runtime: torch, or ONNX Runtime from `onnx`, an export,
-    or from the cache's); repeated text queries come from a cache. It answers several threads at once: their queries share the model
-    in batches of up to `max_batch` (retrieval.search.encoder; 1: each alone). The model is
-    checked to be the one that built the index: its text tower at once, its image tower when a
-    query or a label first needs it (an index of an older tusou records one fingerprint for both
-    towers, checked at once).
+    or from the cache's); repeated text queries come from a cache. It answers several threads at
+    once: their queries share the model in batches of up to `max_batch` (retrieval.search.encoder;
+    1: each alone). The model is checked to be the one that built the index: its text tower at once,
+    its image tower when a query or a label first needs it (an index of an older tusou records one
+    fingerprint for both towers, checked at once).
     """
 
     def __init__(

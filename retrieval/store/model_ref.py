@@ -101,7 +101,6 @@ class ModelRef:
             if found != recorded:
                 raise OtherWeights(self.name, f"{tower} tower fingerprint", recorded, found)
 
-
     def _verify_student(self, model: EmbeddingModel, towers: tuple[Tower, ...]) -> None:
         """A student answers for its teacher's index: its text tower is its own, its image tower must be the
         teacher's as recorded here, checked from the student's own record at once and from the tower once built."""

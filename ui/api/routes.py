@@ -122,9 +122,10 @@ def _items(router: APIRouter, backend: Backend, indexing: IndexingState | None) 
 
     @router.get("/info", dependencies=[accepts()], summary="the served index and the server's limits")
     def info() -> dict:
-        """`tusou info --json` of the served index as the server's searches see it now, the model that embeds
-        the queries (the index's, or a student of it) and the precision they run in, whether the index has text read in its images, the API's limits, and what the folder watcher
-        does (`indexing`; null without --watch)."""
+        """`tusou info --json` of the served index as the server's searches see it now, the model that
+        embeds the queries (the index's, or a student of it) and the precision they run in, whether the
+        index has text read in its images, the API's limits, and what the folder watcher does
+        (`indexing`; null without --watch)."""
         searcher = backend.searcher
-        return {"api": "v1", "index": served_summary(searcher.store), "query_model": searcher.model.name, "precision": precision_of(searcher),
-                "text_read": searcher.has_text(), "limits": LIMITS, "indexing": indexing.to_dict() if indexing else None}
+        return {"api": "v1", "index": served_summary(searcher.store), "query_model": searcher.model.name,
+                "precision": precision_of(searcher), "text_read": searcher.has_text(), "limits": LIMITS, "indexing": indexing.to_dict() if indexing else None}
